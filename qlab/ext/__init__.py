@@ -1,0 +1,1 @@
+"""What plugs into :mod:`qlab.core`: data sets, the model zoo, checkpoint and result stores."""
