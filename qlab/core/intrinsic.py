@@ -154,14 +154,22 @@ def _product_dtype(q: FixedPoint, A: FixedPoint) -> torch.dtype:
     return torch.int64
 
 
-def _chunk_addends(xT, w, spec, k0, k1, dt, generator, grid_exact):
+def _chunk_addends(xT, w, spec, k0, k1, dt, generator, grid_exact, to_acc=True):
     """A-grid addends a_k = R_A(p_k * 2**(Fa-F)) with p_k = clamp_Q(R_Q(x_k w_k 2**-F)): [kc, M, N]."""
     q, A = spec.q, spec.A
     P = xT[k0:k1, :, None] * w[k0:k1, None, :]  # exact products on grid 2F (x on grid F)
     shift = q.F if grid_exact else 0  # inputs=False: x is a plain float, x*kw is already on grid F
     P = rescale(P, shift, q.rounding, generator, grid_exact)
     P = P.clamp_(q.min_int, q.max_int)
-    return rescale(P, q.F - A.F, A.rounding, generator)
+    return rescale(P, q.F - A.F, A.rounding, generator) if to_acc else P
+
+
+def add_round(ks: torch.Tensor, kp: torch.Tensor, d: int, mode: str, generator=None) -> torch.Tensor:
+    """A(s + p) before clamping: s on grid Fa (integers ks), p on grid Fa + d (integers kp)."""
+    if d <= 0:
+        return ks + rescale(kp, d, mode, generator)
+    fine = ks * (2 ** d) + kp if ks.dtype != torch.int64 else (ks << d) + kp
+    return rescale(fine, d, mode, generator)
 
 
 def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torch.Tensor:
@@ -190,6 +198,10 @@ def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torc
     bound = bound * 2.0 ** (A.F - q.F) + K
     bound = bound * (1 + 1e-9) + 1
     safe_rows = (bound <= min(hi, -lo)).all(dim=1)
+    # R(s + v) == s + R(v) for an integer s only for floor, ceil and stochastic rounding
+    shift_invariant = A.F >= q.F or A.rounding in ("down", "up", "stochastic")
+    if not shift_invariant:
+        safe_rows = torch.zeros_like(safe_rows)
     s = torch.zeros(M, N, dtype=dt, device=device)
     if bool(safe_rows.all()):
         rows_fast, rows_slow = None, None
@@ -204,12 +216,17 @@ def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torc
         xs = xT if rows is None else xT[:, rows]
         acc = torch.zeros(xs.shape[1], N, dtype=dt, device=device)
         for k0 in range(0, K, kc):
-            a = _chunk_addends(xs, w, spec, k0, min(K, k0 + kc), dt, generator, grid_exact)
+            a = None if (part == "slow" and not shift_invariant) else \
+                _chunk_addends(xs, w, spec, k0, min(K, k0 + kc), dt, generator, grid_exact)
             if part == "fast":
                 acc += a.sum(0)
-            else:
+            elif a is not None:
                 for j in range(a.shape[0]):
                     acc.add_(a[j]).clamp_(lo, hi)
+            else:  # round each sum on A's coarser grid (the mode depends on the whole sum)
+                p = _chunk_addends(xs, w, spec, k0, min(K, k0 + kc), dt, generator, grid_exact, to_acc=False)
+                for j in range(p.shape[0]):
+                    acc = add_round(acc, p[j], q.F - A.F, A.rounding, generator).clamp_(lo, hi)
         if rows is None:
             s = acc
         else:
@@ -252,7 +269,7 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, sp
         s = s.to(torch.int64) if dt != torch.int64 else s
     if bias is not None:
         kb = _grid_int(bias, q, generator)
-        s = (s + rescale_int(kb, q.F - A.F, A.rounding, generator)).clamp_(A.min_int, A.max_int)
+        s = add_round(s, kb, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
     ky = rescale_int(s, A.F - q.F, q.rounding, generator).clamp_(q.min_int, q.max_int)
     return _grid_value(ky, q.F, out_dtype)
 
@@ -456,12 +473,16 @@ def _window_sum_round(win: torch.Tensor, divisor, spec: Intrinsic, generator, ou
         else:
             n = a.shape[-1]
             lim = min(A.max_int, -A.min_int)
-            if bool((a.abs().sum(-1) <= lim).all()):
+            shift_invariant = A.F >= q.F or A.rounding in ("down", "up", "stochastic")
+            if shift_invariant and bool((a.abs().sum(-1) <= lim).all()):
                 s = a.sum(-1)
             else:
                 s = torch.zeros(a.shape[:-1], dtype=torch.int64, device=a.device)
                 for k in range(n):
-                    s.add_(a[..., k]).clamp_(A.min_int, A.max_int)
+                    if shift_invariant:
+                        s.add_(a[..., k]).clamp_(A.min_int, A.max_int)
+                    else:
+                        s = add_round(s, kx[..., k], q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
         # y = Q(s / n): s on grid Fa -> R(s * 2**(F - Fa) / n)
         d = torch.as_tensor(divisor, dtype=torch.int64, device=win.device)
         if q.F >= A.F:
