@@ -196,6 +196,25 @@ def _nullcontext():
 
 
 @contextmanager
+def float_scope():
+    """Plain torch inside an intrinsic scope: for qlab's own quantizer calls from hooks."""
+    stack = _stack()
+    if not stack:
+        yield
+        return
+    stack.append(("<qlab>", None, None))
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def _plain(q, t, generator):
+    with float_scope():
+        return q(t, generator)
+
+
+@contextmanager
 def intrinsic_scope(name: str, spec, generator=None):
     """Run the block with arithmetic done intrinsically in ``spec`` (innermost scope wins)."""
     from .intrinsic import as_intrinsic
@@ -238,7 +257,7 @@ def _check_intrinsic_module(name: str, module: nn.Module, spec: Intrinsic):
 # ---------------------------------------------------------------------------- the handle
 def _quantize_outputs(out, q: Quantizer, generator):
     if isinstance(out, torch.Tensor):
-        return q(out, generator) if out.is_floating_point() else out
+        return _plain(q, out, generator) if out.is_floating_point() else out
     if isinstance(out, tuple) and hasattr(out, "_fields"):
         return type(out)(*(_quantize_outputs(o, q, generator) for o in out))
     if isinstance(out, (tuple, list)):
@@ -310,13 +329,13 @@ class QuantizeHandle:
                 if p is None or id(p) in seen or not p.requires_grad:
                     continue
                 seen.add(id(p))
-                self._hooks.append(p.register_hook(lambda g, q=q: q(g, gen)))
+                self._hooks.append(p.register_hook(lambda g, q=q: _plain(q, g, gen)))
         for name, spec in self.resolved["intrinsic"].items():
             self._wrap_forward(name, modules[name], spec)
 
     def _shadow(self, mod, q, params):
         for k in params:
-            mod.__dict__[k] = q(mod._parameters[k], self.generator)
+            mod.__dict__[k] = _plain(q, mod._parameters[k], self.generator)
         self._shadowed.setdefault(mod, params)
 
     def _unshadow(self, mod, params):

@@ -104,7 +104,9 @@ class _StraightThroughOp(torch.autograd.Function):
         ctx.is_tensor = [isinstance(t, torch.Tensor) for t in tensors]
         ctx.others = [None if isinstance(t, torch.Tensor) else t for t in tensors]
         with torch.no_grad():
-            return quant_fn(*tensors)
+            out = quant_fn(*tensors)
+        # autograd forbids in-place ops (relu_) on a view made inside a Function
+        return out.clone() if out._is_view() or any(out is t for t in tensors) else out
 
     @staticmethod
     def backward(ctx, grad):
