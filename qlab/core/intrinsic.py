@@ -156,12 +156,38 @@ def _product_dtype(q: FixedPoint, A: FixedPoint) -> torch.dtype:
     return torch.int64
 
 
-def _chunk_addends(xT, w, spec, k0, k1, dt, generator, grid_exact, to_acc=True):
-    """A-grid addends a_k = R_A(p_k * 2**(Fa-F)) with p_k = clamp_Q(R_Q(x_k w_k 2**-F)): [kc, M, N]."""
+def _chunk_addends(xT, w, spec, k0, k1, dt, generator, grid_exact, to_acc=True, bufs=None):
+    """A-grid addends a_k = R_A(p_k * 2**(Fa-F)) with p_k = clamp_Q(R_Q(x_k w_k 2**-F)): [kc, M, N].
+
+    ``bufs``: two preallocated float buffers [kc, M, N]; reusing them keeps the hot loop
+    free of large allocations (each one costs page faults on the CPU).
+    """
     q, A = spec.q, spec.A
-    P = xT[k0:k1, :, None] * w[k0:k1, None, :]  # exact products on grid 2F (x on grid F)
-    shift = q.F if grid_exact else 0  # inputs=False: x is a plain float, x*kw is already on grid F
-    P = rescale(P, shift, q.rounding, generator, grid_exact)
+    n = k1 - k0
+    if bufs is not None and grid_exact and dt != torch.int64 and q.rounding != "stochastic":
+        P, T = bufs[0][:n], bufs[1][:n]
+        torch.mul(xT[k0:k1, :, None], w[k0:k1, None, :], out=P)  # exact products on grid 2F
+        if q.F > 0:
+            P.mul_(2.0 ** -q.F)
+            r = q.rounding
+            if r == "nearest":  # exact here: see grid._half_away_float
+                torch.abs(P, out=T)
+                T.add_(0.5).floor_()
+                torch.copysign(T, P, out=P)
+            elif r == "even":
+                P.round_()
+            elif r == "down":
+                P.floor_()
+            elif r == "up":
+                P.ceil_()
+            else:  # zero
+                P.sub_(torch.frac(P, out=T))
+        elif q.F < 0:
+            P.mul_(2.0 ** -q.F)
+    else:
+        P = xT[k0:k1, :, None] * w[k0:k1, None, :]  # exact products on grid 2F (x on grid F)
+        shift = q.F if grid_exact else 0  # inputs=False: x is a plain float, x*kw is already on grid F
+        P = rescale(P, shift, q.rounding, generator, grid_exact)
     P = P.clamp_(q.min_int, q.max_int)
     return rescale(P, q.F - A.F, A.rounding, generator) if to_acc else P
 
@@ -217,11 +243,16 @@ def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torc
             continue
         xs = xT if rows is None else xT[:, rows]
         acc = torch.zeros(xs.shape[1], N, dtype=dt, device=device)
+        bufs = None
+        if dt != torch.int64:
+            bufs = (torch.empty(min(kc, K), xs.shape[1], N, dtype=dt, device=device),
+                    torch.empty(min(kc, K), xs.shape[1], N, dtype=dt, device=device))
+        sum_buf = torch.empty(xs.shape[1], N, dtype=dt, device=device)
         for k0 in range(0, K, kc):
             a = None if (part == "slow" and not shift_invariant) else \
-                _chunk_addends(xs, w, spec, k0, min(K, k0 + kc), dt, generator, grid_exact)
+                _chunk_addends(xs, w, spec, k0, min(K, k0 + kc), dt, generator, grid_exact, bufs=bufs)
             if part == "fast":
-                acc += a.sum(0)
+                acc += torch.sum(a, 0, out=sum_buf)
             elif a is not None:
                 for j in range(a.shape[0]):
                     acc.add_(a[j]).clamp_(lo, hi)
