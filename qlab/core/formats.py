@@ -174,7 +174,7 @@ class FixedPoint(Quantizer):
         return f"fixed({self.W},{self.F},{self.rounding})"
 
     def quantize(self, x, generator=None):
-        fast = backends.lookup("fixed", x)
+        fast = backends.lookup("fixed", x, self)
         if fast is not None:
             return fast(x, self, generator)
         if x.numel() == 0:
@@ -272,7 +272,7 @@ class Float(Quantizer):
         return f"float({self.E},{self.M},{self.rounding}{extra})"
 
     def quantize(self, x, generator=None):
-        fast = backends.lookup("float", x)
+        fast = backends.lookup("float", x, self)
         if fast is not None:
             return fast(x, self, generator)
         if x.numel() == 0:
@@ -335,7 +335,7 @@ class Log(Quantizer):
         return f"log({self.W},{self.E},{self.rounding})"
 
     def quantize(self, x, generator=None):
-        fast = backends.lookup("log", x)
+        fast = backends.lookup("log", x, self)
         if fast is not None:
             return fast(x, self, generator)
         if x.numel() == 0:
