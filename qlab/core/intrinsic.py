@@ -499,7 +499,7 @@ def _window_sum_round(win: torch.Tensor, divisor, spec: Intrinsic, generator, ou
     """Q(s / n) where s is the A-accumulated sum over the last dim of win (values already Q'd)."""
     q, A = spec.q, spec.A
     if spec.fixed:
-        kx = _grid_int(win, q, generator) if spec.inputs else _grid_int(win, q, generator)
+        kx = _grid_int(win, q, generator)  # inputs=False: values are on the grid already, so this is exact
         a = rescale_int(kx, q.F - A.F, A.rounding, generator)
         if spec.accumulate == "final":
             s = rescale_int(kx.sum(-1), q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
