@@ -138,14 +138,6 @@ def _grid_int(x: torch.Tensor, q: FixedPoint, generator=None) -> torch.Tensor:
     return fixed_to_grid(x, q.W, q.F, q.rounding, generator).to(torch.int64)
 
 
-def _fixed_operands(x, w, spec: Intrinsic, generator):
-    """Grid integers of x^ (or None when inputs=False) and w^."""
-    q = spec.q
-    kx = _grid_int(x, q, generator) if spec.inputs else None
-    kw = _grid_int(w, q, generator)
-    return kx, kw
-
-
 def _product_dtype(q: FixedPoint, A: FixedPoint) -> torch.dtype:
     """Float dtype in which every product, rounding and (bounded) sum is exact; int64 otherwise."""
     # products |kx*kw| <= 2**(2W-2); nearest needs |n| + 2**(F-1) exact too
@@ -364,8 +356,10 @@ def _exact_sum(terms: torch.Tensor, q: Quantizer) -> torch.Tensor:
         lsb = emin - q.M
         if (emax + 1 - lsb) + math.ceil(math.log2(max(2, terms.shape[0]))) <= 62:
             ints = torch.round(terms * 2.0 ** -lsb).to(torch.int64)
-            return ints.sum(0).to(torch.float64) * 2.0 ** lsb if ints.sum(0).abs().max() < 2 ** 53 else \
-                _odd_from_int(ints.sum(0), lsb)
+            total = ints.sum(0)
+            if total.numel() == 0 or total.abs().max() < 2 ** 53:
+                return total.to(torch.float64) * 2.0 ** lsb
+            return _odd_from_int(total, lsb)
     return terms.sum(0)
 
 
@@ -382,11 +376,6 @@ def _odd_from_int(n: torch.Tensor, lsb: int) -> torch.Tensor:
 
 
 # =========================================================================== public ops
-def _check_spec(spec):
-    spec = as_intrinsic(spec)
-    return spec
-
-
 def _matmul2d(x, w, bias, spec, generator, quantize_w=True):
     if spec.is_identity:
         y = x @ w
@@ -398,7 +387,7 @@ def _matmul2d(x, w, bias, spec, generator, quantize_w=True):
 
 def intrinsic_linear(x, weight, bias=None, spec="fixed(8,4,nearest)", generator=None):
     """F.linear(x, weight, bias) with intrinsic arithmetic; x [..., in], weight [out, in]."""
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
 
     def q(x, weight, bias):
         lead = x.shape[:-1]
@@ -410,7 +399,7 @@ def intrinsic_linear(x, weight, bias=None, spec="fixed(8,4,nearest)", generator=
 
 def intrinsic_matmul(a, b, spec="fixed(8,4,nearest)", generator=None):
     """torch.matmul(a, b) with intrinsic arithmetic (both operands are activation inputs)."""
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
 
     def q(a, b):
         a2 = a.unsqueeze(0) if a.dim() == 1 else a
@@ -442,7 +431,7 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
     The reference lays the input out as columns (unfold); k runs over weight[o].flatten().
     """
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
     nd = weight.dim() - 2
     if nd not in (1, 2):
         raise ValueError(f"intrinsic convolution supports 1-d and 2-d, got a {nd}-d weight")
@@ -538,7 +527,7 @@ def _window_sum_round(win: torch.Tensor, divisor, spec: Intrinsic, generator, ou
 
 def intrinsic_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
                          divisor_override=None, spec="fixed(8,4,nearest)", generator=None):
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
     ks = _pair(kernel_size, 2)
     st = _pair(stride if stride not in (None, []) else kernel_size, 2)
     pd = _pair(padding, 2)
@@ -574,7 +563,7 @@ def intrinsic_avg_pool2d(x, kernel_size, stride=None, padding=0, ceil_mode=False
 
 
 def intrinsic_adaptive_avg_pool2d(x, output_size, spec="fixed(8,4,nearest)", generator=None):
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
 
     def float_fn(x):
         return F.adaptive_avg_pool2d(x, output_size)
@@ -661,7 +650,7 @@ def intrinsic_batch_norm(x, running_mean, running_var, weight=None, bias=None, e
                          generator=None):
     """Batch norm in eval mode: inv = Q(1/Q(sqrt(var+eps))), g = Q(inv*gamma),
     r = Q(beta - Q(mean*g)), y = Q(Q(x*g) + r)."""
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
     if running_mean is None or running_var is None:
         raise ValueError("intrinsic batch norm needs running statistics (eval mode)")
 
@@ -705,7 +694,7 @@ _ELEMENTWISE = {"add": torch.add, "sub": torch.sub, "mul": torch.mul}
 
 def intrinsic_elementwise(op: str, a, b, spec="fixed(8,4,nearest)", generator=None):
     """y = Q(Q(a) op Q(b)) for op in add, sub, mul (operands broadcast; scalars allowed)."""
-    spec = _check_spec(spec)
+    spec = as_intrinsic(spec)
     if op not in _ELEMENTWISE:
         raise ValueError(f"unknown elementwise op {op!r}")
     ref = a if isinstance(a, torch.Tensor) else b
