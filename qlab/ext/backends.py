@@ -1,21 +1,34 @@
-"""Fill qlab.core's backend registry with what can load here (imported by ``import qlab``)."""
+"""Fill qlab.core's backend registry with what can load here (imported by ``import qlab``).
+
+CUDA tensors use the Triton kernels by default, CPU tensors the torch reference; each
+kernel's ``accepts`` declines what it does not cover (other dtypes, formats or modes),
+and the reference runs instead.  ``QLAB_BACKEND=torch|triton`` overrides (core).
+"""
 from __future__ import annotations
 
 import warnings
 
 from qlab.core import backends
 
+_WARNED = False
 
-def register_triton() -> bool:
+
+def register_triton(device_type: str = "cuda") -> bool:
+    """Register the Triton kernels for ``device_type`` tensors ("cpu" only makes sense
+    under ``TRITON_INTERPRET=1``, which the tests use).  False when triton cannot load."""
+    global _WARNED
     try:
         from qlab.ext.triton import elementwise
     except Exception as e:  # triton missing or broken: the torch path stays
         import torch
 
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and not _WARNED:
+            _WARNED = True
             warnings.warn(f"qlab: triton unavailable ({e}); CUDA tensors use the torch reference path")
         return False
-    backends.register("fixed", "cuda", "triton", elementwise.fixed_quantize, elementwise.accepts)
+    backends.register("fixed", device_type, "triton", elementwise.fixed_quantize, elementwise.fixed_accepts)
+    backends.register("float", device_type, "triton", elementwise.float_quantize, elementwise.float_accepts)
+    backends.register("log", device_type, "triton", elementwise.log_quantize, elementwise.log_accepts)
     return True
 
 

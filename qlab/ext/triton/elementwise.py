@@ -1,25 +1,59 @@
-"""Triton kernel for the elementwise fixed-point quantizer (one read, one write).
+"""Triton kernels for the elementwise quantizers (one read, one write per element).
 
-Bit-identical to the torch reference for every deterministic rounding mode: the kernel
-works in float32 on the same exact steps (scale by 2**F, clamp, round, scale back), so
-it serves inputs where the reference itself computes in float32 (W <= 24, F in range).
+* ``fixed(W,F)``: float32 arithmetic on the same exact steps as the torch reference
+  (scale by 2**F, clamp, round, scale back), so it serves inputs where the reference
+  itself computes in float32 (float32 tensors, W <= 24, F in range).  Every rounding
+  mode; ``stochastic`` draws from Triton's Philox generator (``tl.rand``).
+* ``float(E,M)`` and ``log(W,E)``: integer bit manipulation of float32 inputs (int32
+  bitcasts, shifts and masks) plus one exact float32 product by a power of two, so the
+  kernels neither depend on the device's float conversions nor on libdevice.
+
+Bit-identical to :mod:`qlab.core.formats` for every deterministic mode, including the
+sign of zero results, NaN, infinities and subnormals.
+
+Stochastic rounding: a 62-bit Philox seed is drawn per call from torch -- from the
+``generator`` given, else from the default generator of the tensor's device (the CUDA
+generator for CUDA tensors) -- so ``torch.manual_seed`` repeats a run.  The kernel reads
+the seed from device memory (no host synchronisation) and uses the element index as the
+Philox counter.  ``tl.rand`` has 2**-23 resolution, so the probability of rounding up
+is off by less than 2**-23 (bias < 1.2e-7 grid steps); the draws are not the torch
+path's draws (only the distribution is shared).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import triton
 import triton.language as tl
 
-_MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4}
+_MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
+_LOG_MODES = {"nearest": 0, "log": 1, "down": 2}
+BLOCK = 1024
 
 
+def _seed_tensor(x: torch.Tensor, generator) -> torch.Tensor:
+    """One int64 Philox seed, drawn from ``generator`` or the default generator of x's device."""
+    if generator is not None:
+        s = torch.randint(0, 2 ** 62, (1,), generator=generator, device=generator.device, dtype=torch.int64)
+    else:
+        s = torch.randint(0, 2 ** 62, (1,), device=x.device, dtype=torch.int64)
+    return s.to(x.device)
+
+
+# --------------------------------------------------------------------------- fixed point
 @triton.jit
-def _fixed_kernel(x_ptr, y_ptr, n, scale, inv_scale, lo, hi, MODE: tl.constexpr, BLOCK: tl.constexpr):
+def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
+                  BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     y = x * scale
+    if NEG_F:
+        # a tiny nonzero x can underflow to 0 in x * 2**F, but floor/ceil/stochastic see it
+        tiny = tl.where(x < 0, -1.1754943508222875e-38, 1.1754943508222875e-38)
+        y = tl.where((y == 0) & (x != 0), tiny, y)
     y = tl.minimum(tl.maximum(y, lo), hi)
     y = tl.where(x != x, x, y)  # NaN stays NaN
     t = tl.where(y < 0, tl.ceil(y), tl.floor(y))  # trunc(y)
@@ -35,28 +69,185 @@ def _fixed_kernel(x_ptr, y_ptr, n, scale, inv_scale, lo, hi, MODE: tl.constexpr,
         r = tl.floor(y)
     elif MODE == 3:
         r = tl.ceil(y)
-    else:  # toward zero
+    elif MODE == 4:  # toward zero
         r = t
+    else:  # stochastic: floor(y) + 1 with probability y - floor(y)
+        seed = tl.load(seed_ptr)
+        u = tl.rand(seed, offs)
+        f = tl.floor(y)
+        r = tl.where(u < y - f, f + 1.0, f)
     out = r * inv_scale + 0.0
     tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
-    from qlab.core.formats import fixed_compute_dtype
-
-    if q.rounding not in _MODES or fixed_compute_dtype(x.dtype, q.W, q.F) != torch.float32:
-        raise ValueError(f"the Triton kernel covers deterministic float32-exact fixed formats, not {q} on {x.dtype}")
+    if not fixed_accepts(x, q, generator):
+        raise ValueError(f"the Triton kernel covers float32-exact fixed formats on float32 tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     n = xc.numel()
     if n:
-        BLOCK = 1024
-        _fixed_kernel[(triton.cdiv(n, BLOCK),)](xc, y, n, 2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int),
-                                               MODE=_MODES[q.rounding], BLOCK=BLOCK)
+        seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
+        _fixed_kernel[(triton.cdiv(n, BLOCK),)](xc, y, seed, n, 2.0 ** q.F, 2.0 ** -q.F, float(q.min_int),
+                                               float(q.max_int), MODE=_MODES[q.rounding], NEG_F=q.F < 0, BLOCK=BLOCK)
     return y
 
 
-def accepts(x: torch.Tensor, q, generator=None) -> bool:
+def fixed_accepts(x: torch.Tensor, q, generator=None) -> bool:
     from qlab.core.formats import fixed_compute_dtype
 
     return q.rounding in _MODES and x.dtype == torch.float32 and fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float32
+
+
+accepts = fixed_accepts  # the name the first version registered
+
+
+# --------------------------------------------------------------------------- float(E, M)
+@triton.jit
+def _pow2_bits(e):
+    """int32 bits of the float32 2**e for -149 <= e <= 127."""
+    return tl.where(e >= -126, (e + 127) << 23, 1 << tl.maximum(e + 149, 0))
+
+
+@triton.jit
+def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
+                  BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    bits = x.to(tl.int32, bitcast=True)
+    neg = bits < 0
+    a = bits & 0x7FFFFFFF
+    ef = a >> 23
+    efp = tl.maximum(ef, 1)
+    sig = tl.where(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF)  # |x| = sig * 2**(efp - 150)
+    L = tl.maximum(efp - 127, EMIN) - M  # exponent of the format's ulp at |x|
+    s = tl.minimum(L - (efp - 150), 30)  # >= 23 - M; beyond 25 the value is below 1/2 either way
+    fl = sig >> s
+    rem = sig & ((1 << s) - 1)
+    half = (1 << s) >> 1
+    inexact = rem != 0
+    gt = rem > half
+    tie = (rem == half) & inexact
+    if MODE == 0:  # nearest: ties away from zero
+        up = gt | tie
+    elif MODE == 1:  # even
+        up = gt | (tie & ((fl & 1) == 1))
+    elif MODE == 2:  # down: magnitude up for negatives
+        up = inexact & neg
+    elif MODE == 3:  # up
+        up = inexact & (~neg)
+    elif MODE == 4:  # zero
+        up = rem < 0
+    else:  # stochastic: magnitude up with probability rem / 2**s
+        seed = tl.load(seed_ptr)
+        u = tl.rand(seed, offs)
+        up = u < rem.to(tl.float32) * _pow2_bits(-s).to(tl.float32, bitcast=True)  # exact
+    r = fl + up.to(tl.int32)  # <= 2**24: exact in float32
+    mag = r.to(tl.float32) * _pow2_bits(L).to(tl.float32, bitcast=True)  # exact (inf past float32's max)
+    sat = maxv
+    if INF:
+        sat = float("inf")
+    mag = tl.where((mag > maxv) | (a == 0x7F800000), sat, mag)
+    mbits = mag.to(tl.int32, bitcast=True)
+    # sign of a zero result, as torch's ops give it in the reference: round/ceil/floor keep
+    # -0, trunc via y - frac(y) keeps it only for -0 itself, nearest and stochastic give +0
+    if MODE == 0:
+        keep = mbits != 0
+    elif MODE == 4:
+        keep = (mbits != 0) | (a == 0)
+    elif MODE == 5:
+        keep = mbits != 0
+    else:
+        keep = mbits == mbits
+    out = tl.where(neg & keep, mbits | (-2147483647 - 1), mbits)
+    out = tl.where(a > 0x7F800000, bits, out)  # NaN
+    tl.store(y_ptr + offs, out.to(tl.float32, bitcast=True), mask=mask)
+
+
+def float_accepts(x: torch.Tensor, q, generator=None) -> bool:
+    # fn with E = 8 has values beyond float32's range: the reference handles it
+    return x.dtype == torch.float32 and not (q.fn and q.E == 8)
+
+
+def float_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
+    from qlab.core.formats import _float_params
+
+    if not float_accepts(x, q, generator):
+        raise ValueError(f"the Triton kernel covers float formats on float32 tensors, not {q} on {x.dtype}")
+    emin, _, maxv = _float_params(q.E, q.M, q.fn)
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    n = xc.numel()
+    if n:
+        seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
+        _float_kernel[(triton.cdiv(n, BLOCK),)](xc, y, seed, n, emin, q.M, maxv, INF=q.inf, MODE=_MODES[q.rounding],
+                                               BLOCK=BLOCK)
+    return y
+
+
+# --------------------------------------------------------------------------- log(W, E)
+def _sqrt_half_mantissa() -> int:
+    """Smallest 23-bit mantissa field f with (1 + f/2**23)**2 >= 2, i.e. m >= sqrt(1/2) in frexp terms."""
+    f = math.isqrt(2 ** 47) - 2 ** 23
+    while (2 ** 23 + f) ** 2 < 2 ** 47:
+        f += 1
+    while f > 0 and (2 ** 23 + f - 1) ** 2 >= 2 ** 47:
+        f -= 1
+    return f
+
+
+_SQRT_HALF_MANT = _sqrt_half_mantissa()
+
+
+@triton.jit
+def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    bits = x.to(tl.int32, bitcast=True)
+    neg = bits < 0
+    a = bits & 0x7FFFFFFF
+    ef = a >> 23
+    sub = ef == 0
+    xn = tl.where(sub, x * 18446744073709551616.0, x)  # 2**64: subnormals become normal (exact)
+    bn = xn.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    e0 = (bn >> 23) - 127 - tl.where(sub, 64, 0)  # floor(log2|x|)
+    mant = bn & 0x7FFFFF
+    e = e0
+    if MODE == 0:  # nearest in the linear domain: up from 1.5 * 2**e
+        e = e + (mant >= 4194304).to(tl.int32)
+    elif MODE == 1:  # nearest in the log domain: up from sqrt(2) * 2**e
+        e = e + (mant >= THRESH).to(tl.int32)
+    e = tl.minimum(e, E)
+    e = tl.where(a == 0x7F800000, E, e)  # infinities saturate
+    # below the smallest power p = 2**EMIN: p from p/2 up, else 0
+    small = (e0 < EMIN) & (a != 0x7F800000)
+    e = tl.where(small, EMIN, e)
+    zero = (a == 0) | (small & (e0 < EMIN - 1))
+    mbits = tl.where(e > 127, 0x7F800000, tl.where(e >= -149, _pow2_bits(tl.minimum(e, 127)), 0))
+    mbits = tl.where(zero, 0, mbits)
+    out = tl.where(neg & (a != 0), mbits | (-2147483647 - 1), mbits)
+    out = tl.where(a > 0x7F800000, bits, out)  # NaN
+    tl.store(y_ptr + offs, out.to(tl.float32, bitcast=True), mask=mask)
+
+
+def log_accepts(x: torch.Tensor, q, generator=None) -> bool:
+    return x.dtype == torch.float32 and q.rounding in _LOG_MODES
+
+
+def log_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
+    if not log_accepts(x, q, generator):
+        raise ValueError(f"the Triton kernel covers log formats on float32 tensors, not {q} on {x.dtype}")
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    n = xc.numel()
+    if n:
+        # float32 magnitudes are >= 2**-149: a smallest power below 2**-151 never catches one
+        E = max(-300, min(300, q.E))  # beyond float32's range either way
+        emin = min(max(q.min_exponent, -200), E)
+        _log_kernel[(triton.cdiv(n, BLOCK),)](xc, y, n, E, emin, MODE=_LOG_MODES[q.rounding],
+                                             THRESH=_SQRT_HALF_MANT, BLOCK=BLOCK)
+    return y
