@@ -241,16 +241,20 @@ class PanelController:
                                                   progress=False))
         return self._float_accuracy
 
-    def evaluate(self, label: str | None = None) -> dict | None:
-        """Evaluate the current plan; append and return its run (None, and a message, when the rows make no plan)."""
+    def evaluate(self, label: str | None = None, progress: bool | None = None) -> dict | None:
+        """Evaluate the current plan; append and return its run (None, and a message, when the rows make no plan).
+
+        ``progress`` (default: the controller's) shows a progress bar over the images."""
         from ..ext.lab import evaluate
+
+        progress = self.progress if progress is None else progress
 
         try:
             plan = self.build_plan()
             plan_label = label or self.label()
             float_acc = self.float_accuracy
             t0 = time.perf_counter()
-            acc = float(evaluate(self.model, self.data, plan, batch_size=self.batch_size, progress=self.progress))
+            acc = float(evaluate(self.model, self.data, plan, batch_size=self.batch_size, progress=progress))
             seconds = time.perf_counter() - t0
         except (PanelError, ValueError, RuntimeError, NotImplementedError) as e:
             self.message = str(e) if isinstance(e, PanelError) else f"evaluation failed: {e}"
