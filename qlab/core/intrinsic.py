@@ -266,7 +266,7 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, sp
     ``quantize_w=False`` treats w like an activation input (``spec.inputs`` decides).
     """
     q, A = spec.q, spec.A
-    fast = backends.lookup("fixed_matmul", x)
+    fast = backends.lookup("fixed_matmul", x, w, bias, spec, generator, quantize_w)
     if fast is not None:
         return fast(x, w, bias, spec, generator, quantize_w)
     out_dtype = x.dtype
@@ -460,6 +460,11 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         else:
             p = (0,) + _pair(padding, 1) if nd == 1 else _pair(padding, 2)
             pads = (p[1], p[1], p[0], p[0])
+        fast = backends.lookup("fixed_conv2d", x4, w4, bias, st, pads, dl, groups, spec, generator)
+        if fast is not None:  # an implicit-GEMM kernel (qlab.ext): same result, no unfold
+            y = fast(x4, w4, bias, st, pads, dl, groups, spec, generator)
+            y = y.squeeze(-2) if nd == 1 else y
+            return y if batched else y.squeeze(0)
         if any(pads):
             x4 = F.pad(x4, pads)
         B, C, H, W_ = x4.shape

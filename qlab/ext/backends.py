@@ -18,7 +18,7 @@ def register_triton(device_type: str = "cuda") -> bool:
     under ``TRITON_INTERPRET=1``, which the tests use).  False when triton cannot load."""
     global _WARNED
     try:
-        from qlab.ext.triton import elementwise
+        from qlab.ext.triton import elementwise, intrinsic
     except Exception as e:  # triton missing or broken: the torch path stays
         import torch
 
@@ -29,6 +29,8 @@ def register_triton(device_type: str = "cuda") -> bool:
     backends.register("fixed", device_type, "triton", elementwise.fixed_quantize, elementwise.fixed_accepts)
     backends.register("float", device_type, "triton", elementwise.float_quantize, elementwise.float_accepts)
     backends.register("log", device_type, "triton", elementwise.log_quantize, elementwise.log_accepts)
+    backends.register("fixed_matmul", device_type, "triton", intrinsic.fixed_matmul, intrinsic.matmul_accepts)
+    backends.register("fixed_conv2d", device_type, "triton", intrinsic.fixed_conv2d, intrinsic.conv_accepts)
     return True
 
 

@@ -1,0 +1,329 @@
+"""Triton kernels for intrinsic fixed-point linear and convolution (SEMANTICS.md section 4).
+
+One kernel serves both: each program owns a BLOCK_M x BLOCK_N tile of outputs and walks
+k in the order of ``weight[o].flatten()``; per k it forms the exact integer products
+kx * kw (grid 2F), rounds them to Q's grid and range, and accumulates on A's grid:
+
+* ``sequential``: s = A(s + p) after every product (saturating, rounded as a whole sum
+  where A's grid is coarser: ``add_round`` of the reference);
+* ``final``: the exact sum of the products, rounded once to A.
+
+Then bias (A(s + Q(b))), the step back to Q's grid and range, and the float32 store.
+The convolution is an implicit GEMM: a row of the tile is an output position (batch,
+row, column), its k-th operand is read from the input at (channel, row*stride - pad +
+r*dilation, ...) directly -- zero padding reads as 0 -- so no im2col tensor exists.
+
+Integers are int32 when every product, partial sum and rounding step provably fits
+(``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
+that provably gives the same result.  ``inputs=False`` multiplies the float32 input by
+the weight's grid integer exactly in float64, like the reference.  What the kernel does
+not cover (stochastic rounding, other dtypes, ranges beyond int64) is declined by
+``matmul_accepts``/``conv_accepts`` and the torch reference runs.
+
+Bit-identical with :func:`qlab.core.intrinsic.fixed_matmul` / ``intrinsic_conv``.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4}
+I32 = 2 ** 31 - 1
+I64 = 2 ** 63 - 1
+
+
+@triton.jit
+def _rshift_round(n, S: tl.constexpr, MODE: tl.constexpr):
+    """R(n / 2**S) for an integer tensor n (S >= 0)."""
+    if S == 0:
+        r = n
+    elif MODE == 2:  # down
+        r = n >> S
+    elif MODE == 3:  # up
+        r = -((-n) >> S)
+    elif MODE == 4:  # toward zero
+        r = tl.where(n >= 0, n >> S, -((-n) >> S))
+    elif MODE == 0:  # nearest, ties away: negatives step down by one so their ties go down
+        r = (n - (n < 0).to(n.dtype) + (1 << (S - 1))) >> S
+    else:  # even
+        q = (n + (1 << (S - 1))) >> S
+        tie = (n & ((1 << S) - 1)) == (1 << (S - 1))
+        r = q - (tie & ((q & 1) == 1)).to(n.dtype)
+    return r
+
+
+@triton.jit
+def _round_f64(y, MODE: tl.constexpr):
+    """R(y) for float64 y, exactly (no step adds a constant that could round)."""
+    t = tl.where(y < 0, tl.ceil(y), tl.floor(y))
+    d = y - t
+    sgn = tl.where(y < 0, -1.0, 1.0).to(tl.float64)
+    if MODE == 0:
+        r = tl.where((d >= 0.5) | (d <= -0.5), t + sgn, t)
+    elif MODE == 1:
+        t_odd = (t - 2.0 * tl.floor(t * 0.5)) == 1.0
+        ad = tl.abs(d)
+        r = tl.where((ad > 0.5) | ((ad == 0.5) & t_odd), t + sgn, t)
+    elif MODE == 2:
+        r = tl.floor(y)
+    elif MODE == 3:
+        r = tl.ceil(y)
+    else:
+        r = t
+    return r
+
+
+@triton.jit
+def _acc_step(acc, p, alo, ahi, D: tl.constexpr, LA: tl.constexpr, AMODE: tl.constexpr):
+    """A(s + p) clamped: s on A's grid, p on Q's grid (D = F - Fa)."""
+    if D <= 0:
+        acc = acc + (p << LA)
+    else:
+        acc = _rshift_round((acc << D) + p, D, AMODE)
+    return tl.minimum(tl.maximum(acc, alo), ahi)
+
+
+@triton.jit
+def _fixed_gemm_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr,
+    M, N, K_total,
+    # convolution geometry (matmul: C_IN = K, KH = KW = 1, x is x^T [K, M])
+    C_IN, H, W_IN, HO, WO, CG,
+    qlo, qhi, alo, ahi, out_scale,
+    CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr, SEQ: tl.constexpr,
+    SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
+    LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
+    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    if CONV:
+        b_idx = offs_m // (HO * WO)
+        rem = offs_m % (HO * WO)
+        ih0 = (rem // WO) * SH - PT
+        iw0 = (rem % WO) * SW - PL
+        x_row = x_ptr + b_idx.to(tl.int64) * (C_IN * H * W_IN) + (g * CG).to(tl.int64) * (H * W_IN)
+    # weights as [G, K, N]: one coalesced row per k
+    w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=IDT)
+    for c in range(0, CG):
+        for r in range(KH):
+            for s in range(KW):
+                k = (c * KH + r) * KW + s
+                if CONV:
+                    ih = ih0 + r * DH
+                    iw = iw0 + s * DW
+                    ok = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W_IN)
+                    xp = x_row + c * (H * W_IN) + ih * W_IN + iw
+                else:
+                    ok = m_mask
+                    xp = x_ptr + k.to(tl.int64) * M + offs_m
+                wk = tl.load(w_base + k * N, mask=n_mask, other=0)
+                if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
+                    xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
+                    pf = _round_f64(xk[:, None] * wk.to(tl.float64)[None, :], QMODE)
+                    pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
+                    p = pf.to(IDT)
+                else:
+                    xk = tl.load(xp, mask=ok, other=0)
+                    prod = xk[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
+                    if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
+                        p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
+                    else:
+                        p = _rshift_round(prod, SP, QMODE)
+                    p = tl.minimum(tl.maximum(p, qlo), qhi)
+                if SEQ:
+                    acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE)
+                else:
+                    acc += p
+    if not SEQ:  # the exact sum, rounded once onto A
+        if D >= 0:
+            acc = _rshift_round(acc, D, AMODE)
+        else:
+            acc = tl.minimum(tl.maximum(acc, -HA), HA) << LT
+        acc = tl.minimum(tl.maximum(acc, alo), ahi)
+    if HAS_BIAS:
+        kb = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0).to(IDT)
+        acc = _acc_step(acc, kb[None, :], alo, ahi, D, LA, AMODE)
+    # back onto Q's grid: s * 2**(F - Fa)
+    if D > 0:
+        ky = tl.minimum(tl.maximum(acc, -HQ), HQ) << LO
+    else:
+        ky = _rshift_round(acc, SO, QMODE)
+    ky = tl.minimum(tl.maximum(ky, qlo), qhi)
+    out = ky.to(tl.float32) * out_scale + 0.0  # one rounding (W > 24), then an exact power of two
+    if CONV:  # y [B, G*N, HO, WO]
+        y_off = (b_idx.to(tl.int64) * (tl.num_programs(2) * N) * (HO * WO) + rem)[:, None] + \
+            ((g * N + offs_n).to(tl.int64) * (HO * WO))[None, :]
+    else:
+        y_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
+
+
+def _plan(spec, K: int, has_bias: bool):
+    """Constexprs for the kernel, or None where it does not apply (bounds, modes, formats)."""
+    from qlab.core.formats import FixedPoint
+
+    q, A = spec.q, spec.A
+    if not (isinstance(q, FixedPoint) and isinstance(A, FixedPoint)):
+        return None
+    if q.rounding not in _MODES or A.rounding not in _MODES:
+        return None
+    W, F, Wa, Fa = q.W, q.F, A.W, A.F
+    if not (F <= 126 and W - 1 - F <= 127):  # 2**-F and the largest value are normal float32 numbers
+        return None
+    if not spec.inputs and W > 29:  # the reference's own limit for exact float64 products
+        return None
+    d = F - Fa
+    HQ, HA = 2 ** (W - 1), 2 ** (Wa - 1)
+    bounds = [2 ** (2 * W - 2)]
+    SP = LP = 0
+    if F > 0:
+        SP = min(F, 2 * W)
+        bounds.append(2 ** (2 * W - 2) + 2 ** (SP - 1))
+    elif F < 0:
+        LP = min(-F, W)
+        bounds.append(2 ** (W - 1 + LP))
+    LA = LT = 0
+    if d <= 0:
+        LA = min(-d, Wa + 1)
+        step = HA + 2 ** (W - 1 + LA)
+    else:
+        step = 2 ** (Wa - 1 + d) + HQ + 2 ** (d - 1)
+    if spec.accumulate == "sequential" or has_bias:
+        bounds.append(step)
+    if spec.accumulate == "final":
+        total = max(1, K) * HQ
+        bounds.append(total)
+        if d > 0:
+            bounds.append(total + 2 ** (d - 1))
+        elif d < 0:
+            LT = min(-d, Wa + 1)
+            bounds.append(2 ** (Wa - 1 + LT))
+    SO = LO = 0
+    if d > 0:
+        LO = min(d, W + 1)
+        bounds.append(2 ** (W - 1 + LO))
+    elif d < 0:
+        SO = min(-d, Wa + 1)
+        bounds.append(HA + 2 ** (SO - 1))
+    big = max(bounds)
+    if big < I32:
+        idt = tl.int32
+    elif big < I64:
+        idt = tl.int64
+    else:
+        return None
+    return dict(IDT=idt, X_FLOAT=not spec.inputs, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
+                SEQ=spec.accumulate == "sequential", SP=SP, LP=LP, HQ=HQ, D=d, LA=LA, LT=LT, HA=HA, SO=SO, LO=LO)
+
+
+def _torch_int(idt):
+    return torch.int32 if idt == tl.int32 else torch.int64
+
+
+def _common_accepts(x, w, bias, spec, generator, quantize_w, K):
+    if not getattr(spec, "fixed", False):
+        return False
+    if x.dtype != torch.float32 or w.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+        return False
+    if not (quantize_w or spec.inputs):  # two activation operands with inputs=False: the reference raises
+        return False
+    return _plan(spec, K, bias is not None) is not None
+
+
+def matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=True) -> bool:
+    if spec is None or w is None or x.dim() != 2 or w.dim() != 2:
+        return False
+    return _common_accepts(x, w, bias, spec, generator, quantize_w, x.shape[1])
+
+
+def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block):
+    q, A = spec.q, spec.A
+    BM, BN = block
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
+    C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
+    _fixed_gemm_kernel[grid](
+        xin, kw3, kb if kb is not None else kw3, y, M, N, K, C_IN, H, W_IN, HO, WO, CG,
+        q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
+        CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
+        HAS_BIAS=kb is not None, BLOCK_M=BM, BLOCK_N=BN, **plan)
+
+
+def _block(M, N, idt):
+    import os
+
+    if os.environ.get("TRITON_INTERPRET") == "1":  # few program instances under the interpreter
+        return (32, 16)
+    return (64, 64) if idt == tl.int32 else (32, 64)
+
+
+def _grid_ints(t, q, generator, idt):
+    from qlab.core.intrinsic import _grid_int
+
+    return _grid_int(t, q, generator).to(_torch_int(idt))
+
+
+def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
+    """Intrinsic y = x @ w (+ bias) for x [M, K], w [K, N], bias [N] (float32); fixed-point spec."""
+    M, K = x.shape
+    N = w.shape[1]
+    plan = _plan(spec, K, bias is not None)
+    if plan is None or not matmul_accepts(x, w, bias, spec, generator, quantize_w):
+        raise ValueError(f"the Triton intrinsic kernel does not cover {spec} here")
+    q = spec.q
+    y = torch.empty(M, N, dtype=torch.float32, device=x.device)
+    if M == 0 or N == 0:
+        return y.zero_()
+    idt = plan["IDT"]
+    xin = x.t().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).t().contiguous()
+    kw = _grid_ints(w, q, generator, idt).contiguous()  # [K, N]
+    kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
+    geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
+    _launch(xin, kw, kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt))
+    return y
+
+
+# --------------------------------------------------------------------------- convolution
+def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
+                 generator=None) -> bool:
+    if spec is None or w is None or x.dim() != 4 or w.dim() != 4:
+        return False
+    return _common_accepts(x, w, bias, spec, generator, True, w.shape[1] * w.shape[2] * w.shape[3])
+
+
+def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=None):
+    """Intrinsic conv2d on x [B, C, H, W] with weight [O, C/groups, kh, kw]; pads = (left,
+    right, top, bottom) zero padding; k order (channel, kernel row, kernel column)."""
+    B, C, H, W_ = x.shape
+    O, CG, KH, KW = w.shape
+    K = CG * KH * KW
+    plan = _plan(spec, K, bias is not None)
+    if plan is None or not conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
+        raise ValueError(f"the Triton intrinsic conv kernel does not cover {spec} here")
+    SH, SW = stride
+    DH, DW = dilation
+    pl, pr, pt, pb = pads
+    HO = (H + pt + pb - DH * (KH - 1) - 1) // SH + 1
+    WO = (W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1
+    y = torch.empty(B, O, max(HO, 0), max(WO, 0), dtype=torch.float32, device=x.device)
+    if y.numel() == 0:
+        return y.zero_()
+    idt = plan["IDT"]
+    q = spec.q
+    xin = x.contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).contiguous()
+    og = O // groups
+    kw = _grid_ints(w, q, generator, idt).reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
+    kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
+    M = B * HO * WO
+    geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)
+    _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt))
+    return y
