@@ -347,13 +347,14 @@ class Panel:
         text = f"<b>{html.escape(name)}</b>" if bold else html.escape(name)
         label = w.HTML(f"{text} <span style='color:#777'>{html.escape(kind)}</span>", layout=w.Layout(width="15em"))
         small = w.Layout(width="9em")
+        slider, slider_style = w.Layout(width="20em"), {"description_width": "1.5em"}
         widgets = {
             "placement": w.Dropdown(options=PLACEMENTS, value=s.placement, layout=small),
             "method": w.Dropdown(options=METHODS, value=s.method, layout=small),
             "W": w.IntSlider(value=s.W, min=W_MIN, max=W_MAX, description="W", continuous_update=False,
-                             layout=w.Layout(width="16em")),
+                             layout=slider, style=slider_style),
             "F": w.IntSlider(value=s.F, min=-W_MAX, max=W_MAX + 8, description="F", continuous_update=False,
-                             layout=w.Layout(width="16em")),
+                             layout=slider, style=slider_style),
             "rounding": w.Dropdown(options=ROUNDINGS, value=s.rounding, layout=small),
         }
         css = "all" if name == ALL else re.sub(r"[^A-Za-z0-9_-]", "-", name)
@@ -414,8 +415,11 @@ class Panel:
     def evaluate(self):
         """What the Evaluate button does: run the controller's evaluate with a progress bar."""
         self.progress.clear_output()
-        with self.progress:
-            return self.controller.evaluate()
+        try:
+            with self.progress:
+                return self.controller.evaluate()
+        finally:
+            self.progress.clear_output()  # the finished bar is closed; its place would read "Loading widget..."
 
     def export(self):
         """What the Export button does: show the plan as JSON and as Python."""
