@@ -1,69 +1,270 @@
-"""One script for a lent GPU (issue 3): bit-exactness of the CUDA Triton path against the CPU
-torch reference, then a bandwidth table.  Run: PYTHONPATH=. python bench/gpu_check.py [--quick]
+"""One script for a lent GPU (issue 3): first the CUDA exactness checks (the same checks
+as tests/ext/test_triton_*.py: CPU torch path vs CUDA Triton path, bit for bit), then
+the speed tables.
 
-Intrinsic linear/conv kernels and the ResNet-50 rows are still owed (not yet written).
+    PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS]
+
+Needs only torch and triton (no pytest; torchvision is used for ResNet-50 when present,
+else an equivalent ResNet-50 defined here).  Rows:
+
+* elementwise fixed(8,4) nearest and stochastic on 2**28 float32: GB/s beside a
+  device-to-device copy and torch.fake_quantize_per_tensor_affine;
+* intrinsic linear fixed(16,8) sequential at 512^3 and 2048^3: quantized MACs/s beside
+  a naive per-k torch loop (512^3) and cuBLAS fp32 with TF32 off (2048^3);
+* intrinsic conv, ResNet-50 layer (batch 32, 256->256, 14x14, 3x3, pad 1): QMAC/s, and
+  the intrinsic linear at the same GEMM shape (equal MACs) for the ratio;
+* ResNet-50 (random weights), every conv and fc intrinsic fixed(16,8), batch 64:
+  images/s, and the float model.
 """
+from __future__ import annotations
+
 import argparse
-import math
+import os
 import sys
+import time
 
 import torch
 
-import qlab
+ROWS = ("elementwise", "linear", "conv", "resnet")
 
 
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
+    ap.add_argument("--skip-checks", action="store_true", help="skip the CUDA exactness checks")
+    ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    ap.add_argument("--reps", type=int, default=10, help="timed repetitions per row")
+    a = ap.parse_args(argv)
+    a.only = [r.strip() for r in a.only.split(",") if r.strip()]
+    bad = [r for r in a.only if r not in ROWS]
+    if bad:
+        ap.error(f"unknown rows {bad}; choose from {ROWS}")
+    return a
+
+
+def table(title: str, header: list[str], rows: list[list]) -> str:
+    """A markdown table (numbers already formatted by the caller)."""
+    out = [f"\n{title}", "| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+def fmt_rate(v: float, unit: str) -> str:
+    for p, s in ((1e12, "T"), (1e9, "G"), (1e6, "M")):
+        if v >= p:
+            return f"{v / p:.2f} {s}{unit}"
+    return f"{v:.1f} {unit}"
+
+
+def timed(fn, reps: int) -> float:
+    """Seconds per call (CUDA events, one warm-up call)."""
+    fn()
+    torch.cuda.synchronize()
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    s.record()
+    for _ in range(reps):
+        fn()
+    e.record()
+    torch.cuda.synchronize()
+    return s.elapsed_time(e) / reps / 1e3
+
+
+# --------------------------------------------------------------------------- exactness
 def check_exact() -> bool:
-    torch.manual_seed(0)
-    specials = [0.0, -0.0, math.nan, math.inf, -math.inf, 0.49999997, -0.49999997, 1e-40, -1e-40]
-    x = torch.cat([torch.randn(1 << 20) * 20, torch.tensor(specials), (torch.arange(-1000, 1000) + 0.5) / 16])
+    from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
+    from qlab.ext.triton.testing import run_sections
+
     ok = True
-    for W, F in [(8, 4), (4, 0), (1, 0), (16, 8), (24, 10), (8, -2), (6, 20)]:
-        for m in ["nearest", "even", "down", "up", "zero"]:
-            q = qlab.FixedPoint(W, F, m)
-            a = q(x)
-            b = q(x.cuda()).cpu()
-            same = torch.equal(a.nan_to_num(7.5), b.nan_to_num(7.5)) and torch.equal(torch.signbit(a), torch.signbit(b))
-            ok &= same
-            if not same:
-                print("MISMATCH", q)
-    print("elementwise fixed, CUDA (Triton) == CPU (torch) bit for bit:", ok)
+    t = time.time()
+    for name, res in {**run_sections(ELEMENTWISE, "cuda"), **run_sections(INTRINSIC, "cuda")}.items():
+        good = res == "ok"
+        ok &= good
+        print(f"exactness {name}: {'ok' if good else 'FAILED'}")
+        if not good:
+            print(res)
+    print(f"CUDA (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t:.0f} s)")
     return ok
 
 
-def bench(quick: bool):
+# --------------------------------------------------------------------------- rows
+def bench_elementwise(quick: bool, reps: int):
+    import qlab
+
     n = 1 << (24 if quick else 28)
     x = torch.randn(n, device="cuda")
     y = torch.empty_like(x)
-
-    def t(fn, reps=10):
-        fn()
-        torch.cuda.synchronize()
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        for _ in range(reps):
-            fn()
-        e.record()
-        torch.cuda.synchronize()
-        return s.elapsed_time(e) / reps / 1e3
-
+    qn, qs = qlab.FixedPoint(8, 4), qlab.FixedPoint(8, 4, "stochastic")
     rows = [
-        ("device-to-device copy", t(lambda: y.copy_(x))),
-        ("torch.fake_quantize_per_tensor_affine", t(lambda: torch.fake_quantize_per_tensor_affine(x, 1 / 16, 0, -128, 127))),
-        ("qlab fixed(8,4,nearest)", t(lambda: qlab.FixedPoint(8, 4)(x))),
+        ("device-to-device copy", timed(lambda: y.copy_(x), reps)),
+        ("torch.fake_quantize_per_tensor_affine", timed(lambda: torch.fake_quantize_per_tensor_affine(x, 1 / 16, 0, -128, 127), reps)),
+        ("qlab fixed(8,4,nearest)", timed(lambda: qn(x), reps)),
+        ("qlab fixed(8,4,stochastic)", timed(lambda: qs(x), reps)),
     ]
-    print(f"\n{torch.cuda.get_device_name()}, {n} float32 elements, read + write")
-    print(f"| op | ms | GB/s |\n|---|---:|---:|")
-    for name, sec in rows:
-        print(f"| {name} | {sec * 1e3:.3f} | {2 * 4 * n / sec / 1e9:.0f} |")
+    copy_bw = 2 * 4 * n / rows[0][1]
+    out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
+           for name, sec in rows]
+    print(table(f"elementwise, {n} float32 elements, read + write", ["op", "ms", "GB/s", "of copy"], out))
+
+
+def naive_loop(kx, kw, q):
+    """The naive per-k torch loop: one vectorised step per k (product, round, clamp, add, clamp)."""
+    M, K = kx.shape
+    s = torch.zeros(M, kw.shape[1], dtype=torch.int64, device=kx.device)
+    half = 1 << (q.F - 1)
+    for k in range(K):
+        p = kx[:, k, None] * kw[None, k, :]
+        p = (p - (p < 0).to(p.dtype) + half) >> q.F  # nearest, ties away
+        s = (s + p.clamp_(q.min_int, q.max_int)).clamp_(q.min_int, q.max_int)
+    return s
+
+
+def bench_linear(quick: bool, reps: int):
+    from qlab.core.intrinsic import _grid_int, intrinsic_linear
+
+    spec = "fixed(16,8)"
+    import qlab
+
+    q = qlab.FixedPoint(16, 8)
+    rows = []
+    sizes = [256, 1024] if quick else [512, 2048]
+    for n in sizes:
+        x = torch.randn(n, n, device="cuda")
+        w = torch.randn(n, n, device="cuda")
+        sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
+        rows.append([f"qlab intrinsic linear {spec} sequential (Triton)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+        if n == sizes[0]:
+            kx, kw = _grid_int(x, q), _grid_int(w.t().contiguous(), q)
+            sec = timed(lambda: naive_loop(kx, kw, q), max(1, reps // 5))
+            rows.append(["naive per-k torch loop (int64)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+            os.environ["QLAB_BACKEND"] = "torch"
+            try:
+                sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), max(1, reps // 5))
+            finally:
+                os.environ.pop("QLAB_BACKEND")
+            rows.append(["qlab torch reference path on CUDA", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+    n = sizes[-1]
+    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        sec = timed(lambda: a @ b, reps)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    rows.append(["cuBLAS fp32 matmul (TF32 off)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "MAC/s")])
+    print(table("intrinsic linear", ["op", "size", "ms", "rate"], rows))
+
+
+def bench_conv(quick: bool, reps: int):
+    from qlab.core.intrinsic import intrinsic_conv, intrinsic_linear
+
+    spec = "fixed(16,8)"
+    B = 8 if quick else 32
+    x = torch.randn(B, 256, 14, 14, device="cuda")
+    w = torch.randn(256, 256, 3, 3, device="cuda") * 0.05
+    macs = B * 14 * 14 * 256 * 256 * 9
+    sec_c = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
+    xl = torch.randn(B * 196, 2304, device="cuda")
+    wl = torch.randn(256, 2304, device="cuda") * 0.05
+    sec_l = timed(lambda: intrinsic_linear(xl, wl, None, spec=spec), reps)
+    sec_f = timed(lambda: torch.nn.functional.conv2d(x, w, None, padding=1), reps)
+    rows = [
+        [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
+        [f"qlab intrinsic linear {spec}, same GEMM ({B * 196}x2304x256)", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
+        ["float conv2d (cuDNN)", f"{sec_f * 1e3:.3f}", fmt_rate(macs / sec_f, "MAC/s"), ""],
+    ]
+    print(table(f"ResNet-50 layer: batch {B}, 256->256, 14x14, 3x3, pad 1 ({macs / 1e9:.2f} GMAC)",
+                ["op", "ms", "rate", "time / linear"], rows))
+
+
+def resnet50():
+    try:
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None), "torchvision resnet50"
+    except ImportError:
+        return _ResNet50(), "ResNet-50 (torchvision layout, defined in bench/gpu_check.py)"
+
+
+class _Bottleneck(torch.nn.Module):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        nn = torch.nn
+        cout = width * 4
+        self.conv1, self.bn1 = nn.Conv2d(cin, width, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv2, self.bn2 = nn.Conv2d(width, width, 3, stride, 1, bias=False), nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = nn.Conv2d(width, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        return self.relu(self.bn3(self.conv3(out)) + idt)
+
+
+class _ResNet50(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.bn1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64)
+        self.relu, self.maxpool = nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for width, blocks, stride in ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2)):
+            mods = []
+            for i in range(blocks):
+                mods.append(_Bottleneck(cin, width, stride if i == 0 else 1))
+                cin = width * 4
+            layers.append(nn.Sequential(*mods))
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(2048, 1000)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def bench_resnet(quick: bool, reps: int):
+    import qlab
+
+    model, name = resnet50()
+    model = model.cuda().eval()
+    B = 8 if quick else 64
+    x = torch.randn(B, 3, 224, 224, device="cuda")
+    plan = qlab.Plan(intrinsic={"type:Conv2d": "fixed(16,8)", "type:Linear": "fixed(16,8)"})
+    with torch.no_grad():
+        sec_f = timed(lambda: model(x), reps)
+        with qlab.quantize(model, plan):
+            sec_q = timed(lambda: model(x), max(1, reps // 2))
+    rows = [
+        ["float32 (cuDNN)", f"{sec_f * 1e3:.1f}", f"{B / sec_f:.0f}"],
+        ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
+    ]
+    print(table(f"{name}, random weights, batch {B}, 224x224", ["model", "ms / batch", "images/s"], rows))
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to check or time")
+        return 0
+    import triton
+
+    import qlab  # noqa: F401  (registers the Triton backend)
+
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+          f"{time.strftime('%Y-%m-%d')}")
+    good = True
+    if not a.skip_checks:
+        good = check_exact()
+    fns = {"elementwise": bench_elementwise, "linear": bench_linear, "conv": bench_conv, "resnet": bench_resnet}
+    for r in a.only:
+        fns[r](a.quick, a.reps)
+    return 0 if good else 1
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true")
-    a = ap.parse_args()
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check")
-        sys.exit(0)
-    good = check_exact()
-    bench(a.quick)
-    sys.exit(0 if good else 1)
+    sys.exit(main())

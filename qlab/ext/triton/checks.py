@@ -1,0 +1,229 @@
+"""The Triton checks shared by the tests (tests/ext/test_triton_*.py) and bench/gpu_check.py.
+
+Each value is a script body for :func:`qlab.ext.triton.testing.run_sections`: it compares
+the Triton path on ``DEV`` with the CPU torch reference bit for bit (deterministic
+modes) or checks the stochastic properties, and raises on any difference.
+"""
+
+FIXED = """
+    torch.manual_seed(0)
+    specials = [0., -0., math.nan, math.inf, -math.inf, 0.49999997, -0.49999997, 1e-40, -1e-40, 1e-45, -1e-45,
+                3e38, -3e38]
+    x = torch.cat([torch.randn(1500) * 20, torch.tensor(specials), (torch.arange(-100, 100) + 0.5) / 16])
+    bad = []
+    for W, F in [(8, 4), (4, 0), (1, 0), (16, 8), (24, 10), (8, -2), (6, 20), (24, -3)]:
+        for m in ["nearest", "even", "down", "up", "zero"]:
+            q = qlab.FixedPoint(W, F, m)
+            assert dispatched("fixed", x, q), q
+            if not same(ref(q, x), fast(q, x)):
+                bad.append(str(q))
+    assert fast(qlab.FixedPoint(8, 4), torch.empty(0)).shape == (0,)
+    # outside the kernel's cover the dispatcher declines and the reference result comes back
+    for q, t in [(qlab.FixedPoint(32, 8), x), (qlab.FixedPoint(25, 0), x), (qlab.FixedPoint(8, 4), x.double())]:
+        assert not dispatched("fixed", t, q), q
+        assert same(ref(q, t), fast(q, t)), q
+    print("BAD", bad)
+    assert not bad, bad
+"""
+
+STOCHASTIC = """
+    N = 1024
+    for q in [qlab.FixedPoint(8, 4, "stochastic"), qlab.Float(4, 3, "stochastic")]:
+        vals = torch.tensor([0.3, -0.3, 1.0 + 1 / 64, -5.77, 7.9, 0.0, 2.5 / 16, 0.01, 3.0])
+        x = vals.repeat_interleave(N)
+        assert dispatched("fixed" if isinstance(q, qlab.FixedPoint) else "float", x, q)
+        torch.manual_seed(5); y1 = fast(q, x)
+        torch.manual_seed(5); y2 = fast(q, x)
+        torch.manual_seed(6); y3 = fast(q, x)
+        assert torch.equal(y1, y2), "torch.manual_seed must repeat a run"
+        assert not torch.equal(y1, y3), "another seed must give other draws"
+        g = torch.Generator(device=DEV); g.manual_seed(11)
+        z1 = fast(q, x, generator=g)
+        g.manual_seed(11)
+        z2 = fast(q, x, generator=g)
+        assert torch.equal(z1, z2), "a given generator must repeat a run"
+        # the two neighbours: down- and up-rounded values (deterministic reference)
+        lo = ref(type(q)(*[getattr(q, f) for f in (("W", "F") if isinstance(q, qlab.FixedPoint) else ("E", "M"))], "down"), x)
+        hi = ref(type(q)(*[getattr(q, f) for f in (("W", "F") if isinstance(q, qlab.FixedPoint) else ("E", "M"))], "up"), x)
+        assert bool(((y1 == lo) | (y1 == hi)).all()), "every result is one of the two neighbouring grid points"
+        for i, v in enumerate(vals.tolist()):
+            yi = y1[i * N:(i + 1) * N].double()
+            l, h = lo[i * N].item(), hi[i * N].item()
+            if l == h:
+                assert bool((yi == l).all()), (q, v)
+                continue
+            p = (v - l) / (h - l)
+            sigma = (h - l) * math.sqrt(p * (1 - p) / N)
+            mean = yi.mean().item()
+            # unbiased: the mean of N draws lies within 5 sigma of x (plus the 2**-23 draw resolution)
+            assert abs(mean - v) <= 5 * sigma + (h - l) * 2 ** -22, (str(q), v, mean, sigma)
+            assert 0 < (yi == h).sum().item() < N, (q, v)
+    print("STOCHASTIC OK")
+"""
+
+FLOAT = """
+    torch.manual_seed(1)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (2500,), dtype=torch.int64).to(torch.int32)
+    x_rand = bits.view(torch.float32)  # every exponent, subnormals, inf, NaN
+    x_norm = torch.randn(600) * 2.0 ** torch.randint(-20, 20, (600,)).float()
+    specials = torch.tensor([0., -0., math.nan, -math.nan, math.inf, -math.inf, 1e-45, -1e-45, 3.4028235e38,
+                             -3.4028235e38, 448., 464., 480., 57344., 61440., 65504., 65520., 1e-8, -1e-8])
+    bad = []
+    for E, M, fn, inf in [(5, 10, False, False), (8, 7, False, False), (5, 2, False, False), (4, 3, True, False),
+                          (2, 0, False, False), (3, 1, False, True), (8, 23, False, False), (8, 20, False, True),
+                          (6, 5, False, False), (7, 4, True, False)]:
+        # exact ties on this format's grid, in every binade
+        tie_bit = max(0, 22 - M)
+        ties = ((bits & ~((1 << (tie_bit + 1)) - 1)) | (1 << tie_bit)).view(torch.float32)[:800] if M < 23 else x_norm
+        x = torch.cat([x_rand, x_norm, specials, ties])
+        for m in ["even", "nearest", "down", "up", "zero"]:
+            q = qlab.Float(E, M, m, fn=fn, inf=inf)
+            assert dispatched("float", x, q), q
+            if not same(ref(q, x), fast(q, x)):
+                bad.append(str(q))
+    q = qlab.Float(8, 3, fn=True)  # values beyond float32: declined, the reference runs
+    assert not dispatched("float", x, q) and same(ref(q, x), fast(q, x))
+    assert not dispatched("float", x.half(), qlab.Float(5, 2))
+    print("BAD", bad)
+    assert not bad, bad
+"""
+
+LOG = """
+    torch.manual_seed(2)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (2500,), dtype=torch.int64).to(torch.int32)
+    x_rand = bits.view(torch.float32)
+    x_norm = torch.randn(800) * 2.0 ** torch.randint(-12, 12, (800,)).float()
+    pw = 2.0 ** torch.arange(-149, 128).double()
+    specials = torch.cat([torch.tensor([0., -0., math.nan, math.inf, -math.inf, 1e-45, -1e-45, 0.75, 1.5, -3.0]),
+                          pw.float(), (pw * 1.5).float(), (pw * 0.75).float(), (pw * math.sqrt(2)).float(),
+                          -(pw * math.sqrt(2)).float().nextafter(torch.tensor(0.))])
+    x = torch.cat([x_rand, x_norm, specials])
+    bad = []
+    for W, E in [(4, 2), (8, 0), (9, 127), (2, 5), (32, 10), (5, -140), (3, 200), (6, -130), (4, -147),
+                 (16, -160), (3, -400), (7, 60)]:
+        for m in ["nearest", "log", "down"]:
+            q = qlab.Log(W, E, m)
+            assert dispatched("log", x, q), q
+            if not same(ref(q, x), fast(q, x)):
+                bad.append(str(q))
+    print("BAD", bad)
+    assert not bad, bad
+"""
+
+
+COMMON = """
+    from qlab.core.intrinsic import intrinsic_linear, intrinsic_conv, intrinsic_matmul, as_intrinsic, Intrinsic
+    MODES = ["nearest", "even", "down", "up", "zero"]
+
+    def spec_of(W, F_, Wa, Fa, mode, acc, inputs=True, amode=None):
+        return Intrinsic(qlab.FixedPoint(W, F_, mode), acc=qlab.FixedPoint(Wa, Fa, amode or mode),
+                         accumulate=acc, inputs=inputs)
+
+    def lin_dispatched(x, w, b, spec):
+        return dispatched("fixed_matmul", x, w.t(), b, as_intrinsic(spec), None, True)
+"""
+
+LINEAR = COMMON + """
+    rng = torch.Generator().manual_seed(0)
+    FORMATS = [  # W, F, Wa, Fa, input scale
+        (8, 4, 8, 4, 2.0), (6, 3, 8, 2, 3.0), (6, 3, 10, 5, 2.0), (16, 8, 16, 8, 40.0), (16, 8, 12, 3, 4.0),
+        (32, 16, 32, 16, 3.0), (8, -1, 8, -1, 40.0), (5, 2, 5, 2, 6.0), (30, 10, 32, 12, 5.0), (4, 6, 6, 9, 0.1),
+    ]
+    bad, n = [], 0
+    differ = 0
+    for i, (W, F_, Wa, Fa, sc) in enumerate(FORMATS):
+        for j, mode in enumerate(MODES):
+            M, K, N = [int(v) for v in torch.randint(1, 13, (3,), generator=rng)]
+            M += 17 * (j % 2)  # ragged tiles: more than one row block
+            x = torch.randn(M, K, generator=rng) * sc
+            w = torch.randn(N, K, generator=rng) * sc / 2
+            b = torch.randn(N, generator=rng) * sc if (i + j) % 2 else None
+            outs = {}
+            for acc in ["sequential", "final"]:
+                spec = spec_of(W, F_, Wa, Fa, mode, acc)
+                assert lin_dispatched(x, w, b, spec), spec
+                r, f = ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)
+                n += 1
+                outs[acc] = r
+                if not same(r, f):
+                    bad.append((str(spec), M, K, N))
+            differ += not torch.equal(outs["sequential"], outs["final"])
+    # saturation is exercised: sequential and final differ for some cases
+    assert differ >= 5, differ
+    # inputs=False (the float input times the weight's grid integer, exactly)
+    for mode in MODES:
+        for acc in ["sequential", "final"]:
+            spec = spec_of(8, 4, 10, 5, mode, acc, inputs=False)
+            x = torch.randn(9, 7, generator=rng) * 3
+            w = torch.randn(5, 7, generator=rng)
+            b = torch.randn(5, generator=rng)
+            assert lin_dispatched(x, w, b, spec), spec
+            n += 1
+            if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+                bad.append(str(spec))
+    # a different accumulator rounding mode, and leading batch dims
+    spec = spec_of(8, 4, 8, 2, "nearest", "sequential", amode="down")
+    x, w = torch.randn(2, 3, 5, generator=rng) * 4, torch.randn(4, 5, generator=rng)
+    n += 1
+    if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+        bad.append(str(spec))
+    # matmul of two activations (quantize_w=False): both operands on the grid
+    a, c = torch.randn(6, 5, generator=rng) * 2, torch.randn(5, 3, generator=rng) * 2
+    n += 1
+    if not same(ref(intrinsic_matmul, a, c, spec="fixed(8,4,even)"), fast(intrinsic_matmul, a, c, spec="fixed(8,4,even)")):
+        bad.append("matmul")
+    # outside the kernel: declined, and the reference result comes back
+    x, w = torch.randn(5, 4, generator=rng), torch.randn(3, 4, generator=rng)
+    for spec, xx, ww in [(spec_of(8, 4, 8, 4, "stochastic", "sequential"), x, w),
+                         (as_intrinsic("fixed(8,4)"), x.double(), w.double()),
+                         (spec_of(32, 200, 32, 200, "nearest", "sequential"), x, w),
+                         (as_intrinsic("fp16"), x, w)]:
+        assert not lin_dispatched(xx, ww, None, spec), spec
+        if not spec.q.stochastic:
+            assert same(ref(intrinsic_linear, xx, ww, None, spec=spec), fast(intrinsic_linear, xx, ww, None, spec=spec))
+    print("CASES", n, "BAD", bad)
+    assert not bad, bad
+"""
+
+CONV = COMMON + """
+    rng = torch.Generator().manual_seed(1)
+    CASES = [  # B, C, H, W, O, kh, kw, stride, padding, dilation, groups
+        (2, 3, 5, 6, 4, 3, 3, 1, 1, 1, 1),
+        (1, 4, 7, 5, 6, 3, 2, (2, 1), (1, 2), (1, 2), 2),
+        (2, 2, 6, 6, 3, 1, 1, 2, 0, 1, 1),
+        (1, 6, 5, 5, 6, 3, 3, 1, "same", 2, 6),   # depthwise, 'same' padding
+        (1, 2, 4, 7, 2, 2, 3, 3, "valid", 1, 1),
+    ]
+    bad, n = [], 0
+    for i, (B, C, H, W_, O, kh, kw, st, pd, dl, g) in enumerate(CASES):
+        x = torch.randn(B, C, H, W_, generator=rng) * 3
+        w = torch.randn(O, C // g, kh, kw, generator=rng)
+        b = torch.randn(O, generator=rng) if i % 2 == 0 else None
+        for j, mode in enumerate(MODES):
+            W, F_, Wa, Fa = [(8, 4, 8, 4), (6, 2, 9, 4), (16, 8, 12, 3), (32, 16, 32, 16), (6, -1, 6, -1)][(i + j) % 5]
+            acc = ["sequential", "final"][j % 2]
+            spec = spec_of(W, F_, Wa, Fa, mode, acc)
+            kw_ = dict(stride=st, padding=pd, dilation=dl, groups=g, spec=spec)
+            assert dispatched("fixed_conv2d", x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), g, spec, None), spec
+            n += 1
+            if not same(ref(intrinsic_conv, x, w, b, **kw_), fast(intrinsic_conv, x, w, b, **kw_)):
+                bad.append((i, str(spec)))
+    # conv1d and an unbatched input go through the same kernel
+    x1, w1 = torch.randn(2, 3, 9, generator=rng) * 2, torch.randn(4, 3, 3, generator=rng)
+    n += 1
+    if not same(ref(intrinsic_conv, x1, w1, None, stride=2, padding=1, spec="fixed(8,4)"),
+                fast(intrinsic_conv, x1, w1, None, stride=2, padding=1, spec="fixed(8,4)")):
+        bad.append("conv1d")
+    x3 = torch.randn(3, 5, 5, generator=rng) * 2
+    w3 = torch.randn(2, 3, 3, 3, generator=rng)
+    spec = spec_of(8, 4, 8, 4, "even", "sequential", inputs=False)
+    n += 1
+    if not same(ref(intrinsic_conv, x3, w3, None, padding=1, spec=spec),
+                fast(intrinsic_conv, x3, w3, None, padding=1, spec=spec)):
+        bad.append("unbatched inputs=False")
+    print("CASES", n, "BAD", bad)
+    assert not bad, bad
+"""
+
+ELEMENTWISE = {"fixed": FIXED, "stochastic": STOCHASTIC, "float": FLOAT, "log": LOG}
+INTRINSIC = {"linear": LINEAR, "conv": CONV}
