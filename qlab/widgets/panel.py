@@ -14,6 +14,7 @@ A row ``all layers`` copies its setting into every row.  Combinations that make 
 format (intrinsic binary, float with too few bits, log with ``even`` ...) are not
 refused when set: :meth:`PanelController.problem` names the layer and the reason, and
 ``evaluate`` reports it in :attr:`PanelController.message` instead of running.
+``weights`` on a layer without parameters (ReLU, Flatten, pooling) is left out of the plan.
 """
 from __future__ import annotations
 
@@ -125,6 +126,7 @@ class PanelController:
             raise ValueError(f"layer {unknown[0]!r} is not a module of the model")
         self.layers = list(layers)
         self.kinds = {name: type(modules[name]).__name__ for name in self.layers}
+        self.has_parameters = {name: any(True for _ in modules[name].parameters()) for name in self.layers}
         self.batch_size = batch_size
         self.progress = progress
         self.all = LayerSetting()
@@ -188,10 +190,8 @@ class PanelController:
 
         Raises :class:`PanelError` naming the first layer whose setting makes no format."""
         maps = {"extrinsic": {}, "intrinsic": {}, "weights": {}}
-        for name in self.layers:
+        for name in self._planned():
             s = self.rows[name]
-            if s.placement == "none":
-                continue
             spec = s.spec()
             try:
                 Plan(**{s.placement: {name: spec}})  # parses and checks the placement
@@ -200,6 +200,12 @@ class PanelController:
                 raise PanelError(f"layer {name}: {s.placement} {spec} is not possible: {reason}") from None
             maps[s.placement][name] = spec
         return Plan(**maps)
+
+    def _planned(self) -> list[str]:
+        """The layers whose rows go into the plan: placement not none, and for ``weights`` a
+        layer with parameters (on ReLU, Flatten, pooling ... it would quantize nothing)."""
+        return [n for n in self.layers if self.rows[n].placement != "none"
+                and (self.rows[n].placement != "weights" or self.has_parameters[n])]
 
     def problem(self) -> str:
         """Why the current rows make no plan, or "" when they do."""
@@ -212,10 +218,9 @@ class PanelController:
     def label(self) -> str:
         """A short description of the current rows: "float", or "<placement> <spec> [layers]; ..."."""
         groups = {}
-        for name in self.layers:
+        for name in self._planned():
             s = self.rows[name]
-            if s.placement != "none":
-                groups.setdefault((s.placement, str(parse(s.spec()))), []).append(name)
+            groups.setdefault((s.placement, str(parse(s.spec()))), []).append(name)
         if not groups:
             return "float"
         parts = []

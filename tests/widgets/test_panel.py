@@ -58,6 +58,17 @@ def test_set_rows_and_all_layers(ctl):
     assert "fc2" not in ctl.build_plan().intrinsic and len(ctl.build_plan().intrinsic) == 5
 
 
+def test_weights_go_to_layers_with_parameters(ctl):
+    ctl.set(ALL, placement="weights", method="binary")
+    plan = ctl.build_plan()
+    assert plan == qlab.Plan(weights={"fc1": "binary", "fc2": "binary", "fc3": "binary"})
+    assert ctl.label() == "weights binary(mean) [fc1, fc2, fc3]"
+    run = ctl.evaluate()
+    assert run is not None and 0 <= run["relative_accuracy"] < 1.0, ctl.message
+    ctl.set("relu1", placement="intrinsic", method="fixed", W=16, F=8)
+    assert ctl.build_plan().intrinsic == {"relu1": qlab.parse("intrinsic(fixed(16,8,nearest))")}
+
+
 def test_spec_per_method_and_f_range(ctl):
     assert spec_string("fixed", 8, -2, "zero") == "fixed(8,-2,zero)"
     assert spec_string("float", 16, 10, "even") == "float(5,10,even)"  # fp16: 16 bits, 10 mantissa bits
@@ -126,6 +137,14 @@ def test_invalid_combinations_give_a_message(ctl, row, reason):
     assert ctl.message == problem and len(ctl.runs) == 0
     with pytest.raises(PanelError):
         ctl.export_json()
+
+
+def test_progress_bar_on_request(ctl, capsys):
+    ctl.evaluate(progress=False)
+    assert "evaluate" not in capsys.readouterr().err
+    ctl.evaluate(progress=True)  # outside a notebook tqdm writes to stderr
+    assert "/200" in capsys.readouterr().err
+    assert len(ctl.runs) == 2
 
 
 def test_export_round_trip(ctl):
