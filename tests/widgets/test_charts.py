@@ -149,3 +149,13 @@ def test_save_is_offline_html_and_png(tmp_path, search_df, sweep_df):
         assert png[:8] == b"\x89PNG\r\n\x1a\n"
         width, height = int.from_bytes(png[16:20], "big"), int.from_bytes(png[20:24], "big")
         assert width > 200 and height > 100
+
+
+def test_save_refuses_html_that_loads_scripts(tmp_path):
+    class CdnChart:  # stands in for a chart whose renderer ignored inline=True
+        def save(self, fp, format=None, **kwargs):
+            with open(fp, "w") as f:
+                f.write('<script src="https://cdn.jsdelivr.net/npm/vega@6"></script>')
+
+    with pytest.raises(RuntimeError, match="loads scripts from the network"):
+        charts.save(CdnChart(), tmp_path / "cdn")
