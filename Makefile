@@ -7,21 +7,30 @@ STAMP  := $(VENV)/.qlab-installed
 TORCH_PINS := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: test reproduce venv bench clean chromium
+.PHONY: test reproduce venv bench clean chromium fashion-mnist
 
-venv: $(STAMP) chromium
+venv: $(STAMP) chromium fashion-mnist
 
-# The panel's browser test drives Debian's chromium (never Playwright's own download).
-# Installed when missing and we are root or may sudo without a password; else the test skips.
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+# apt_install(check, package, what happens without it): Debian packages installed when
+# missing and we are root or may sudo without a password.
+define apt_install
+	@$(1) || { \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; \
 	  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO="sudo -n"; \
-	  else echo "chromium missing and not root: the browser test will be skipped"; exit 0; fi; \
+	  else echo "$(2) missing and not root: $(3)"; exit 0; fi; \
 	  export DEBIAN_FRONTEND=noninteractive; \
-	  $$SUDO apt-get install -y -q chromium >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q chromium >/dev/null; } || \
-	  echo "could not install chromium: the browser test will be skipped"; }
+	  $$SUDO apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $(2) >/dev/null; } || \
+	  echo "could not install $(2): $(3)"; }
+endef
+
+# The panel's browser test drives Debian's chromium (never Playwright's own download).
+chromium:
+	$(call apt_install,command -v chromium >/dev/null 2>&1,chromium,the browser test will be skipped)
+
+# Fashion-MNIST for the reproductions (tests use scikit-learn's digits).
+fashion-mnist:
+	$(call apt_install,test -d /usr/share/datasets/fashion-mnist,dataset-fashion-mnist,install it or pass data_dir= (a folder of Fashion-MNIST IDX files) to the notebooks)
 
 # Reinstall when the project's requirements change.
 $(STAMP): pyproject.toml Makefile
@@ -36,7 +45,7 @@ test: $(STAMP) chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
 	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/00_quickstart.ipynb notebooks/02_panel.ipynb
 
-reproduce: $(STAMP)
+reproduce: $(STAMP) fashion-mnist
 	mkdir -p build
 	$(PY) -m qlab.ext.reproduce --out build
 
