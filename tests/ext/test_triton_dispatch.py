@@ -52,7 +52,8 @@ def test_override_and_accepts(registry, monkeypatch):
     assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,4)"), None, True) is not None
-    assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,4,stochastic)"), None, True) is None
+    assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,4,stochastic)"), None, True) is not None
+    assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,40,stochastic)"), None, True) is None
     assert backends.lookup("fixed_matmul", a.half(), w.half(), None, as_intrinsic("fixed(8,4)"), None, True) is None
     spec_f = qlab.Intrinsic(qlab.FixedPoint(8, 4), inputs=False)
     assert backends.lookup("fixed_matmul", a, w, None, spec_f, None, False) is None  # two activations, inputs=False

@@ -27,6 +27,10 @@ def test_intrinsic_conv_matches_reference(results):
     assert results["conv"] == "ok", results["conv"]
 
 
+def test_intrinsic_stochastic_seeded_bounded_unbiased(results):
+    assert results["intrinsic_stochastic"] == "ok", results["intrinsic_stochastic"]
+
+
 def test_cpu_tensors_keep_the_torch_path():
     import torch
 

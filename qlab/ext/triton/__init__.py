@@ -1,5 +1,10 @@
-"""Triton kernels (issue 3, in progress): the elementwise fixed-point quantizer so far.
+"""Triton kernels for CUDA tensors (issue 3), registered by :mod:`qlab.ext.backends`.
 
-Registered for CUDA tensors by :mod:`qlab.ext.backends`; tested on the CPU under
-``TRITON_INTERPRET=1``.  Intrinsic linear/conv kernels are still owed.
+* :mod:`.elementwise`: fixed(W,F) in every rounding mode (stochastic via Philox),
+  float(E,M) and log(W,E) -- one read and one write per element;
+* :mod:`.intrinsic`: intrinsic fixed-point linear and implicit-GEMM convolution.
+
+Bit-identical with the torch reference for deterministic modes; tested on the CPU under
+``TRITON_INTERPRET=1`` (:mod:`.checks`, :mod:`.testing`) and on a GPU by
+``bench/gpu_check.py`` and the ``cuda`` test parameter.
 """

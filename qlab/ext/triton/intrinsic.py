@@ -17,10 +17,13 @@ Integers are int32 when every product, partial sum and rounding step provably fi
 (``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
 that provably gives the same result.  ``inputs=False`` multiplies the float32 input by
 the weight's grid integer exactly in float64, like the reference.  What the kernel does
-not cover (stochastic rounding, other dtypes, ranges beyond int64) is declined by
-``matmul_accepts``/``conv_accepts`` and the torch reference runs.
+not cover (other dtypes, ranges beyond int64, stochastic shifts above 31 bits) is
+declined by ``matmul_accepts``/``conv_accepts`` and the torch reference runs.
 
-Bit-identical with :func:`qlab.core.intrinsic.fixed_matmul` / ``intrinsic_conv``.
+Bit-identical with :func:`qlab.core.intrinsic.fixed_matmul` / ``intrinsic_conv`` for
+every deterministic mode.  Stochastic rounding of products and sums draws from Philox
+(``tl.randint``; seed from torch's generator as in :mod:`.elementwise`, one counter per
+output, k and rounding site): same distribution as the reference, other draws.
 """
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-_MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4}
+_MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
 I32 = 2 ** 31 - 1
 I64 = 2 ** 63 - 1
 
@@ -54,7 +57,21 @@ def _rshift_round(n, S: tl.constexpr, MODE: tl.constexpr):
 
 
 @triton.jit
-def _round_f64(y, MODE: tl.constexpr):
+def _rshift_any(n, S: tl.constexpr, MODE: tl.constexpr, seed, offs):
+    """R(n / 2**S), stochastic too: floor + 1 with probability (n mod 2**S) / 2**S (S <= 31)."""
+    if MODE == 5:
+        if S == 0:
+            r = n
+        else:
+            u = (tl.randint(seed, offs) >> (32 - S)).to(n.dtype)  # uniform in [0, 2**S)
+            r = (n >> S) + (u < (n & ((1 << S) - 1))).to(n.dtype)
+    else:
+        r = _rshift_round(n, S, MODE)
+    return r
+
+
+@triton.jit
+def _round_f64(y, MODE: tl.constexpr, seed, offs):
     """R(y) for float64 y, exactly (no step adds a constant that could round)."""
     t = tl.where(y < 0, tl.ceil(y), tl.floor(y))
     d = y - t
@@ -69,24 +86,27 @@ def _round_f64(y, MODE: tl.constexpr):
         r = tl.floor(y)
     elif MODE == 3:
         r = tl.ceil(y)
-    else:
+    elif MODE == 4:
         r = t
+    else:  # stochastic (tl.rand: 2**-23 resolution)
+        f = tl.floor(y)
+        r = tl.where(tl.rand(seed, offs).to(tl.float64) < (y - f), f + 1.0, f)
     return r
 
 
 @triton.jit
-def _acc_step(acc, p, alo, ahi, D: tl.constexpr, LA: tl.constexpr, AMODE: tl.constexpr):
+def _acc_step(acc, p, alo, ahi, D: tl.constexpr, LA: tl.constexpr, AMODE: tl.constexpr, seed, offs):
     """A(s + p) clamped: s on A's grid, p on Q's grid (D = F - Fa)."""
     if D <= 0:
         acc = acc + (p << LA)
     else:
-        acc = _rshift_round((acc << D) + p, D, AMODE)
+        acc = _rshift_any((acc << D) + p, D, AMODE, seed, offs)
     return tl.minimum(tl.maximum(acc, alo), ahi)
 
 
 @triton.jit
 def _fixed_gemm_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
     M, N, K_total,
     # convolution geometry (matmul: C_IN = K, KH = KW = 1, x is x^T [K, M])
     C_IN, H, W_IN, HO, WO, CG,
@@ -114,6 +134,12 @@ def _fixed_gemm_kernel(
     # weights as [G, K, N]: one coalesced row per k
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=IDT)
+    STOCH: tl.constexpr = (QMODE == 5) | (AMODE == 5)
+    seed = 0
+    rbase = offs_m[:, None] * 0  # Philox counters: one per (group, row, column[, k]) and rounding site
+    if STOCH:
+        seed = tl.load(seed_ptr)
+        rbase = ((g * M + offs_m).to(tl.int64)[:, None] * N + offs_n[None, :]) * (K_total + 1)
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -129,7 +155,7 @@ def _fixed_gemm_kernel(
                 wk = tl.load(w_base + k * N, mask=n_mask, other=0)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                     xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
-                    pf = _round_f64(xk[:, None] * wk.to(tl.float64)[None, :], QMODE)
+                    pf = _round_f64(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, seed, rbase + k)
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
                 else:
@@ -138,26 +164,26 @@ def _fixed_gemm_kernel(
                     if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
                         p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
                     else:
-                        p = _rshift_round(prod, SP, QMODE)
+                        p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
                     p = tl.minimum(tl.maximum(p, qlo), qhi)
                 if SEQ:
-                    acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE)
+                    acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE, seed + 1, rbase + k)
                 else:
                     acc += p
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
-            acc = _rshift_round(acc, D, AMODE)
+            acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
         else:
             acc = tl.minimum(tl.maximum(acc, -HA), HA) << LT
         acc = tl.minimum(tl.maximum(acc, alo), ahi)
     if HAS_BIAS:
         kb = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0).to(IDT)
-        acc = _acc_step(acc, kb[None, :], alo, ahi, D, LA, AMODE)
+        acc = _acc_step(acc, kb[None, :], alo, ahi, D, LA, AMODE, seed + 3, rbase + K_total)
     # back onto Q's grid: s * 2**(F - Fa)
     if D > 0:
         ky = tl.minimum(tl.maximum(acc, -HQ), HQ) << LO
     else:
-        ky = _rshift_round(acc, SO, QMODE)
+        ky = _rshift_any(acc, SO, QMODE, seed + 4, rbase + K_total)
     ky = tl.minimum(tl.maximum(ky, qlo), qhi)
     out = ky.to(tl.float32) * out_scale + 0.0  # one rounding (W > 24), then an exact power of two
     if CONV:  # y [B, G*N, HO, WO]
@@ -215,6 +241,10 @@ def _plan(spec, K: int, has_bias: bool):
     elif d < 0:
         SO = min(-d, Wa + 1)
         bounds.append(HA + 2 ** (SO - 1))
+    if q.rounding == "stochastic" and ((F > 0 and SP != F) or SP > 31 or (d < 0 and SO != -d) or SO > 31):
+        return None
+    if A.rounding == "stochastic" and d > 31:
+        return None
     big = max(bounds)
     if big < I32:
         idt = tl.int32
@@ -246,13 +276,18 @@ def matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=T
     return _common_accepts(x, w, bias, spec, generator, quantize_w, x.shape[1])
 
 
-def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block):
+def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generator=None):
     q, A = spec.q, spec.A
     BM, BN = block
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
     C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
+    seed = kw3
+    if spec.q.stochastic or spec.A.stochastic:
+        from .elementwise import _seed_tensor
+
+        seed = _seed_tensor(y, generator)
     _fixed_gemm_kernel[grid](
-        xin, kw3, kb if kb is not None else kw3, y, M, N, K, C_IN, H, W_IN, HO, WO, CG,
+        xin, kw3, kb if kb is not None else kw3, y, seed, M, N, K, C_IN, H, W_IN, HO, WO, CG,
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
         HAS_BIAS=kb is not None, BLOCK_M=BM, BLOCK_N=BN, **plan)
@@ -262,7 +297,7 @@ def _block(M, N, idt):
     import os
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # few program instances under the interpreter
-        return (32, 16)
+        return (64, 16)
     return (64, 64) if idt == tl.int32 else (32, 64)
 
 
@@ -288,7 +323,7 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     kw = _grid_ints(w, q, generator, idt).contiguous()  # [K, N]
     kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
     geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
-    _launch(xin, kw, kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt))
+    _launch(xin, kw, kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt), generator)
     return y
 
 
@@ -325,5 +360,5 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
     M = B * HO * WO
     geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)
-    _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt))
+    _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt), generator)
     return y
