@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml Makefile
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q $(PYTEST_ARGS) tests
-	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/00_quickstart.ipynb notebooks/02_panel.ipynb
+	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:randomly notebooks/00_quickstart.ipynb notebooks/01_api_tour.ipynb notebooks/02_panel.ipynb
 
 reproduce: $(STAMP) fashion-mnist
 	mkdir -p build
