@@ -1,0 +1,337 @@
+"""What the reproduction notebooks (``notebooks/1*_*.ipynb``) share: loading a model and its
+test images, sweeping arbitrary spec templates over W and F, and writing and showing tables.
+
+The notebooks stay thin: each cell calls one function of :mod:`qlab.ext.lab`, this module
+or :mod:`qlab.widgets.charts`.
+
+Spec templates
+    :func:`sweep_specs` generalises :func:`qlab.ext.lab.sweep` from ``fixed(W,F,rounding)``
+    to any spec string with ``{...}`` holes: integer expressions in ``W`` and ``F`` with
+    ``+ - * //`` and parentheses, e.g. ::
+
+        "intrinsic(fixed({W},{F},nearest),accumulate=final)"
+        "intrinsic(fixed({W},{F},nearest),acc=fixed({2*W},{F},nearest))"
+
+Data and models
+    :func:`load_data` gives the test images as a :class:`~qlab.ext.data.Dataset`:
+    "fashion-mnist" (optionally from ``data_dir``), "digits", or "imagenet" (an
+    ImageFolder ``data_dir/val/<class>/*.JPEG``, of which ``n`` images are decoded into
+    memory).  :func:`load_model` gives a zoo model trained on the matching training
+    split (:func:`qlab.ext.zoo.pretrained`) or a torchvision model (``resnet50``, ...) with
+    the weights file ``weights_dir/<name>.pth``.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import math
+import operator
+import os
+import re
+from itertools import product
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from qlab.core import Plan
+
+from . import data as qdata
+from .evaluation import Evaluator, check_layers
+
+SPEC_COLUMNS = ["model", "placement", "variant", "spec", "W", "F", "accuracy", "float_accuracy", "relative_accuracy"]
+DATASETS = ("fashion-mnist", "digits", "imagenet")
+
+# -- spec templates ------------------------------------------------------------------------
+
+_HOLE = re.compile(r"\{([^{}]*)\}")
+_OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.FloorDiv: operator.floordiv}
+
+
+def _int_expr(text: str, env: Mapping[str, int]) -> int:
+    """Value of an integer expression over the names in ``env`` (``+ - * //``, parentheses, unary minus)."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError:
+        raise ValueError(f"spec template hole {{{text}}}: not an expression") from None
+
+    def ev(node):
+        if isinstance(node, ast.Expression):
+            return ev(node.body)
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name):
+            if node.id not in env:
+                raise ValueError(f"spec template hole {{{text}}}: unknown name {node.id!r}; use {', '.join(env)}")
+            return env[node.id]
+        if isinstance(node, ast.BinOp) and type(node.op) in _OPS:
+            return _OPS[type(node.op)](ev(node.left), ev(node.right))
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+            return -ev(node.operand)
+        raise ValueError(f"spec template hole {{{text}}}: only integers, {', '.join(env)}, + - * // and "
+                         "parentheses are allowed")
+
+    return int(ev(tree))
+
+
+def expand(template: str | Callable[[int, int], str], W: int, F: int) -> str:
+    """The spec for (W, F): ``template``'s ``{...}`` holes evaluated, or ``template(W, F)`` if it is callable.
+
+    >>> expand("intrinsic(fixed({W},{F}),acc=fixed({2*W},{F}))", 8, 4)
+    'intrinsic(fixed(8,4),acc=fixed(16,4))'
+    """
+    if callable(template):
+        return str(template(W, F))
+    if not isinstance(template, str):
+        raise ValueError(f"a spec template must be a string or a function of (W, F), got {type(template).__name__}")
+    env = {"W": int(W), "F": int(F)}
+    return _HOLE.sub(lambda m: str(_int_expr(m.group(1), env)), template)
+
+
+def _fractions(fractions, W: int) -> list[int]:
+    if fractions == "half":
+        return [W // 2]
+    if fractions == "all":
+        return list(range(W))
+    if callable(fractions):
+        return [int(f) for f in fractions(W)]
+    if isinstance(fractions, int):
+        return [fractions]
+    return [int(f) for f in fractions]
+
+
+def around_half(radius: int) -> Callable[[int], list[int]]:
+    """F in W//2 - radius .. W//2 + radius, kept inside 0 .. W-1: the window the best-F sweeps search."""
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
+
+    def fractions(W: int) -> list[int]:
+        return [f for f in range(W // 2 - radius, W // 2 + radius + 1) if 0 <= f < W]
+
+    return fractions
+
+
+def sweep_specs(
+    model: nn.Module,
+    data: qdata.Dataset,
+    specs: Mapping[str, str | Callable[[int, int], str]],
+    widths: Iterable[int],
+    fractions="half",
+    placement: str = "intrinsic",
+    layers: str | Iterable[str] = "*",
+    name: str | None = None,
+    cache=None,
+    progress: bool = True,
+    batch_size: int = 250,
+    seed: int = 0,
+):
+    """Accuracy of ``model`` on ``data`` for every (variant, W, F), ``specs`` mapping variant -> template.
+
+    Each point is the plan ``{placement: {pattern: expand(template, W, F)}}`` for every
+    pattern of ``layers``, evaluated by an :class:`~qlab.ext.evaluation.Evaluator`
+    (cached on disk like :func:`qlab.ext.lab.sweep`; ``cache=False`` for none).
+    ``fractions`` as in :func:`qlab.ext.lab.sweep` ("half", "all", an int, a list, a
+    function of W such as :func:`around_half`).  Returns a DataFrame with
+    :data:`SPEC_COLUMNS`, in the order variant, W, F.
+    """
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    if not specs:
+        raise ValueError("no spec templates given: specs maps a variant name to a template")
+    widths = [int(w) for w in ([widths] if isinstance(widths, int) else widths)]
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"widths must be integers >= 1, got {widths}")
+    if placement not in ("extrinsic", "intrinsic", "weights"):
+        raise ValueError(f"unknown placement {placement!r}; expected extrinsic, intrinsic or weights")
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    check_layers(model, [p for p in patterns if not any(c in p for c in "*?[") and not p.startswith("type:")])
+    name = name or type(model).__name__
+    points = [(v, W, F) for v, W in product(specs, widths) for F in _fractions(fractions, W)]
+    plans = {}
+    for v, W, F in points:  # every spec parses before the first evaluation
+        spec = expand(specs[v], W, F)
+        plans[v, W, F] = (spec, Plan(**{placement: {p: spec for p in patterns}}))
+    ev = Evaluator(model, data, cache=cache, batch_size=batch_size, seed=seed)
+    float_acc = ev.accuracy(None)
+    rows = []
+    for v, W, F in tqdm(points, desc=f"sweep {name}", unit="point", disable=not progress):
+        spec, plan = plans[v, W, F]
+        acc = ev.accuracy(plan)
+        rows.append((name, placement, v, spec, W, F, acc, float_acc, acc / float_acc if float_acc else math.nan))
+    df = pd.DataFrame(rows, columns=SPEC_COLUMNS)
+    df.attrs["evaluations"] = ev.evaluations
+    return df
+
+
+def best_per_width(df, keys: Iterable[str] | None = None):
+    """One row per (keys, W): the F with the highest relative accuracy, ties to the smallest F.
+
+    ``keys`` default to those of model / placement / rounding / variant that ``df`` has.
+    """
+    keys = [c for c in ("model", "placement", "rounding", "variant") if c in df.columns] if keys is None else list(keys)
+    keys = keys + ["W"]
+    ordered = df.sort_values(keys + ["relative_accuracy", "F"], ascending=[True] * len(keys) + [False, True],
+                             kind="stable")
+    best = ordered.groupby(keys, sort=True, as_index=False).head(1)
+    return best.reset_index(drop=True)
+
+
+# -- tables in the deck's layout -----------------------------------------------------------
+
+def width_table(best_df, row: str = "model", digits: int = 2):
+    """Rows x W, each cell ``"rel,F"`` as the deck prints it (``papers.wide``'s layout); missing cells ``"-"``."""
+    import pandas as pd
+
+    rows = list(dict.fromkeys(best_df[row]))
+    cols = sorted(dict.fromkeys(int(w) for w in best_df["W"]))
+    out = pd.DataFrame("-", index=pd.Index(rows, name=row), columns=pd.Index(cols, name="W"), dtype=object)
+    for r in best_df.itertuples(index=False):
+        rel = getattr(r, "relative_accuracy")
+        if not pd.isna(rel):
+            out.loc[getattr(r, row), int(r.W)] = f"{rel:.{digits}f},{int(r.F)}"
+    return out
+
+
+def side_by_side(ours, published, ours_label: str = "qlab", published_label: str = "deck"):
+    """``ours`` above ``published`` in one table, a first index level naming the source; missing cells ``"-"``.
+
+    Columns are the union of both, in sorted order when they are all numbers (word widths).
+    """
+    import pandas as pd
+
+    cols = list(dict.fromkeys([*ours.columns, *published.columns]))
+    if all(isinstance(c, (int, float)) for c in cols):
+        cols = sorted(cols)
+    parts = {ours_label: ours.reindex(columns=cols), published_label: published.reindex(columns=cols)}
+    out = pd.concat(parts, names=["source", ours.index.name or published.index.name or "row"])
+    return out.astype(object).where(out.notna(), "-")
+
+
+# -- data, models, output ------------------------------------------------------------------
+
+def repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def output_dir(experiment: str, out_dir: str | os.PathLike | None = None) -> Path:
+    """``out_dir`` (created), by default ``build/<experiment>`` in the source checkout."""
+    path = Path(out_dir) if out_dir else repo_root() / "build" / experiment
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _imagenet(data_dir, n: int, seed: int, image_size: int, split: str = "val") -> qdata.Dataset:
+    """``n`` images drawn (by ``seed``) from the ImageFolder ``data_dir/split``, decoded into memory."""
+    import torchvision
+    from torchvision import transforms as T
+
+    resize = round(image_size * 256 / 224)  # torchvision's evaluation transform: 256 -> 224, 342 -> 299
+    tf = T.Compose([T.Resize(resize), T.CenterCrop(image_size), T.ToTensor(),
+                    T.Normalize(qdata.IMAGENET_MEAN, qdata.IMAGENET_STD)])
+    folder = Path(data_dir).expanduser() / split
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no ImageNet folder {folder}: data_dir must hold {split}/<class>/<images>")
+    ds = torchvision.datasets.ImageFolder(str(folder), transform=tf)
+    count = len(ds) if not n or n >= len(ds) else n
+    idx = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[:count].sort().values
+    images, labels = zip(*(ds[int(i)] for i in idx))
+    name = f"imagenet-{split}[{count}@{seed}]" if count < len(ds) else f"imagenet-{split}"
+    return qdata.Dataset(torch.stack(images), torch.tensor(labels, dtype=torch.int64), name, list(ds.classes))
+
+
+def load_data(data: str = "fashion-mnist", data_dir=None, n: int | None = None, seed: int = 0,
+              split: str = "test", image_size: int = 224) -> qdata.Dataset:
+    """The ``split`` of ``data`` ("fashion-mnist", "digits" or "imagenet"), ``n`` images drawn by ``seed`` (None: all).
+
+    "imagenet" needs ``data_dir`` (an ImageFolder with ``val/``; ``split="test"`` reads
+    ``val``) and decodes only the ``n`` images it keeps, at ``image_size`` (299 for
+    Inception-v3).
+    """
+    if data not in DATASETS:
+        raise ValueError(f"unknown data set {data!r}; expected one of {', '.join(DATASETS)}")
+    if data == "imagenet":
+        if data_dir is None:
+            raise ValueError("data='imagenet' needs data_dir, the ImageNet folder with val/<class>/*.JPEG")
+        return _imagenet(data_dir, n or 0, seed, image_size, "val" if split == "test" else split)
+    if data == "digits":
+        ds = qdata.digits(split)
+    else:
+        ds = qdata.fashion_mnist(split, data_dir)
+    return qdata.subset(ds, n, seed) if n else ds
+
+
+def is_torchvision(name: str) -> bool:
+    from .zoo import TORCHVISION_MODELS
+
+    return name in TORCHVISION_MODELS
+
+
+def load_model(name: str, data: str = "fashion-mnist", data_dir=None, weights_dir=None, device: str = "cpu",
+               progress: bool = False) -> nn.Module:
+    """Zoo model ``name`` trained on ``data``'s training split (once, then loaded from the checkpoint store),
+    or torchvision model ``name`` with the weights ``weights_dir/<name>.pth``; in eval mode on ``device``."""
+    from . import zoo
+
+    if is_torchvision(name):
+        path = None
+        if weights_dir is not None:
+            path = Path(weights_dir).expanduser() / f"{name}.pth"
+            if not path.is_file():
+                raise FileNotFoundError(f"no weights {path} for torchvision's {name}: save its state dict there")
+        model = zoo.torchvision_model(name, path)
+    else:
+        if data == "imagenet":
+            raise ValueError(f"zoo model {name!r} is for 28x28 grey images; on ImageNet use a torchvision model "
+                             f"({', '.join(zoo.TORCHVISION_MODELS)})")
+        train = qdata.fashion_mnist("train", data_dir) if data == "fashion-mnist" and data_dir else data
+        model = zoo.pretrained(name, train, progress=progress)
+    return model.to(device).eval()
+
+
+def image_size(model_name: str) -> int:
+    """The input side a torchvision model's published weights expect (299 for Inception-v3, else 224)."""
+    return 299 if model_name == "inception_v3" else 224
+
+
+def write_table(df, out_dir, name: str, index: bool = False) -> Path:
+    """``df`` as ``out_dir/<name>.csv``; returns the path."""
+    path = Path(out_dir) / f"{name}.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(path, index=index)
+    return path
+
+
+def write_json(obj, out_dir, name: str) -> Path:
+    """``obj`` (JSON values; numpy scalars become numbers) as ``out_dir/<name>.json``; returns the path."""
+    def default(x):
+        if hasattr(x, "item"):
+            return x.item()
+        raise TypeError(f"{type(x).__name__} is not JSON serialisable")
+
+    path = Path(out_dir) / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, default=default) + "\n")
+    return path
+
+
+def variant_chart(df, title: str = "Relative accuracy over word width"):
+    """Relative accuracy over W, a colour per variant (one row per (model, variant, W): best F or a fixed F),
+    a dash per model."""
+    import altair as alt
+
+    missing = [c for c in ("model", "variant", "W", "F", "relative_accuracy") if c not in df.columns]
+    if missing:
+        raise ValueError(f"variant_chart: the table lacks column(s) {', '.join(missing)}")
+    data = df.reset_index(drop=True)
+    enc = dict(
+        x=alt.X("W:Q", title="word width W (bits)", axis=alt.Axis(tickMinStep=1)),
+        y=alt.Y("relative_accuracy:Q", title="relative accuracy", scale=alt.Scale(domain=[0, 1.05], clamp=True),
+                axis=alt.Axis(format="%")),
+        color=alt.Color("variant:N", title="variant"),
+        tooltip=["model:N", "variant:N", "W:Q", "F:Q", alt.Tooltip("relative_accuracy:Q", format=".4f")],
+    )
+    if data["model"].nunique() > 1:
+        enc["strokeDash"] = alt.StrokeDash("model:N", title="model")
+    return alt.Chart(data, title=title).mark_line(point=True).encode(**enc).properties(width=420, height=260)
