@@ -194,6 +194,9 @@ def add_round(ks: torch.Tensor, kp: torch.Tensor, d: int, mode: str, generator=N
 
 def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torch.Tensor:
     """s (A-grid integers, dtype dt) for x^T [K, M] and w^ [K, N] of grid integers."""
+    fast = backends.lookup("fixed_accumulate", xT, w, spec, generator, dt, grid_exact)
+    if fast is not None:
+        return fast(xT, w, spec, generator, dt, grid_exact)
     q, A = spec.q, spec.A
     K, M = xT.shape
     N = w.shape[1]

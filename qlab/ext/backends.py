@@ -1,8 +1,10 @@
 """Fill qlab.core's backend registry with what can load here (imported by ``import qlab``).
 
-CUDA tensors use the Triton kernels by default, CPU tensors the torch reference; each
-kernel's ``accepts`` declines what it does not cover (other dtypes, formats or modes),
-and the reference runs instead.  ``QLAB_BACKEND=torch|triton`` overrides (core).
+CUDA tensors use the Triton kernels by default; CPU tensors use the compiled C kernel
+for intrinsic fixed-point accumulation (``qlab.ext.cpu``, built with gcc at first use)
+and the torch reference for the rest.  Each kernel's ``accepts`` declines what it does
+not cover (other dtypes, formats or modes), and the reference runs instead.
+``QLAB_BACKEND=torch|triton|cpu`` overrides (core).
 """
 from __future__ import annotations
 
@@ -34,4 +36,14 @@ def register_triton(device_type: str = "cuda") -> bool:
     return True
 
 
+def register_cpu() -> bool:
+    """Register the compiled CPU kernel (``fixed_accumulate``) for CPU tensors.  Nothing is
+    compiled here: the first accepted call builds it (or warns once and declines)."""
+    from qlab.ext import cpu
+
+    backends.register("fixed_accumulate", "cpu", "cpu", cpu.fixed_accumulate, cpu.accepts)
+    return True
+
+
 register_triton()
+register_cpu()

@@ -1,0 +1,185 @@
+"""A compiled CPU kernel for intrinsic fixed-point accumulation (``fixed_accumulate``).
+
+``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
+answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
+product is rounded, clamped, shifted to the accumulator grid and added (with saturation
+for ``sequential``) without intermediate tensors, bit-identical to the torch reference.
+
+Covered (:func:`accepts`): grid-exact inputs (``inputs=True``), deterministic rounding
+(nearest, even, down, up, zero), 0 <= q.F <= 62, an accumulator at least as fine as the
+operands (A.F >= q.F) with ``q.W - 1 + A.F - q.F <= 61``, both accumulate modes.
+Declined (the reference runs): stochastic rounding, ``inputs=False``, A.F < q.F,
+negative or larger F, shifts that could overflow int64, non-CPU tensors.
+
+The shared library is built with gcc at first use into
+``qlab.ext.store.cache_root()/"cpu-kernels"``, under a name keyed by a hash of the
+source, the flags, the machine and the compiler, atomically (temporary name, then
+``os.replace``).  No compiler or a failed build: one warning, and the reference runs.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+
+import torch
+
+from qlab.core.formats import FixedPoint
+from qlab.core.grid import rescale
+
+SOURCE = Path(__file__).with_name("fixed_accumulate.c")
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+MODES = ("nearest", "even", "down", "up", "zero")
+ABI = 2
+KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
+JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
+
+_lock = threading.Lock()
+_lib = None  # the loaded library, False after a failed build
+calls = 0  # kernel calls in this process (tests check that the kernel ran)
+
+
+def _compiler() -> str | None:
+    cc = os.environ.get("CC") or "gcc"
+    return shutil.which(cc)
+
+
+def _cpu_id() -> str:
+    """The CPU's model and flags (-march=native code must not run on another CPU)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = [ln for ln in f if ln.startswith(("model name", "flags"))]
+        return "".join(sorted(set(lines)))
+    except OSError:
+        return platform.processor()
+
+
+def library_path(cc: str) -> Path:
+    from qlab.ext.store import cache_root
+
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), platform.machine().encode(), version.encode(),
+                 _cpu_id().encode()):
+        h.update(part)
+        h.update(b"\0")
+    return cache_root() / "cpu-kernels" / f"qlab_cpu_{h.hexdigest()[:16]}.so"
+
+
+def _build() -> ctypes.CDLL:
+    cc = _compiler()
+    if cc is None:
+        raise RuntimeError("no C compiler (gcc) found")
+    path = library_path(cc)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+            if r.returncode != 0:
+                raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-2000:]}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    lib = ctypes.CDLL(str(path))
+    if lib.qlab_cpu_abi() != ABI:
+        raise RuntimeError(f"{path}: unexpected ABI")
+    i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
+    args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
+            i32]
+    for acc in ("seq", "fin"):
+        for mode in ("none", *MODES):
+            for sfx in ("i32", "i64"):
+                fn = getattr(lib, f"qlab_{acc}_{mode}_{sfx}")
+                fn.argtypes = args
+                fn.restype = ctypes.c_int
+    return lib
+
+
+def load():
+    """The compiled library, built on first use; None (after one warning) when it cannot be."""
+    global _lib
+    if _lib is None:
+        with _lock:
+            if _lib is None:
+                try:
+                    _lib = _build()
+                except Exception as e:  # no compiler, build or load failure: the reference runs
+                    _lib = False
+                    warnings.warn(f"qlab: the CPU kernel could not be built ({e}); using the torch reference")
+    return _lib or None
+
+
+def covers(spec, grid_exact) -> bool:
+    """Whether the kernel computes ``spec``'s accumulation (without building it)."""
+    q, A = spec.q, spec.A
+    if not (isinstance(q, FixedPoint) and isinstance(A, FixedPoint) and grid_exact):
+        return False
+    if q.rounding not in MODES or A.rounding not in MODES:
+        return False
+    if spec.accumulate not in ("sequential", "final"):
+        return False
+    d = A.F - q.F
+    return 0 <= q.F <= 62 and d >= 0 and q.W - 1 + d <= 61 and q.W <= 32 and A.W <= 32
+
+
+def accepts(xT, w, spec, generator, dt, grid_exact) -> bool:
+    if not (xT.device.type == "cpu" and w.device.type == "cpu" and xT.dim() == 2 and w.dim() == 2
+            and xT.shape[0] == w.shape[0] and dt in (torch.float32, torch.float64, torch.int64)
+            and xT.dtype == dt and w.dtype == dt and covers(spec, grid_exact)):
+        return False
+    q, A = spec.q, spec.A
+    if dt == torch.float32 and (A.W > 24 or q.W > 24):  # results exact in the reference's dtype
+        return False
+    if spec.accumulate == "final" and dt != torch.int64 and xT.shape[0] * 2.0 ** (q.W - 1) >= 2.0 ** 53:
+        return False  # the reference's float64 sum would no longer be exact
+    return load() is not None
+
+
+def _use_int32(q: FixedPoint, A: FixedPoint, K: int, final: bool) -> bool:
+    """Whether every intermediate fits int32 (twice the lanes of int64)."""
+    if q.W > 16 or q.F > 30:  # |x*w| <= 2**30; nearest adds < 2**30 more
+        return False
+    if final:
+        return K * 2 ** (q.W - 1) < 2 ** 31
+    return q.W - 1 + (A.F - q.F) <= 29 and A.W <= 30
+
+
+def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
+    """``_fixed_accumulate`` (qlab.core.intrinsic) with the fused kernel: same dtype, same values."""
+    global calls
+    q, A = spec.q, spec.A
+    K, M = xT.shape
+    N = w.shape[1]
+    final = spec.accumulate == "final"
+    lib = load()
+    out = torch.empty(M, N, dtype=dt if not final else (torch.float64 if dt != torch.int64 else torch.int64))
+    if swap := (N < JB32 and M > N):
+        # narrow outputs (conv layers with few channels): vectorise over the M rows of x
+        # (the products commute), each tile all N outputs of JB32 rows of x
+        A_, B_ = w, (xT if xT.stride(1) == 1 else xT.contiguous())
+        R, C, G, so_r, so_c = N, M, N, 1, N
+    else:
+        A_, B_ = xT, w.to(torch.int32).contiguous()  # w is re-read for every row: int32 once
+        R, C, G, so_r, so_c = M, N, 1, N, 1
+    i32 = _use_int32(q, A, K, final)
+    fn = getattr(lib, f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
+    rc = fn(A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
+            out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
+            A.min_int, A.max_int, max(1, torch.get_num_threads()))
+    if rc != 0:
+        raise MemoryError("qlab CPU kernel: out of memory")
+    calls += 1
+    if final:  # as the reference: rescale the exact sum to A, clamp
+        s = rescale(out, q.F - A.F, A.rounding, generator)
+        return s.clamp_(A.min_int, A.max_int).to(dt)
+    return out

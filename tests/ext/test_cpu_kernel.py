@@ -1,0 +1,202 @@
+"""The compiled CPU kernel for intrinsic fixed-point accumulation (qlab.ext.cpu) equals
+the torch reference bit for bit, runs where it accepts, and declines the rest."""
+import random
+
+import pytest
+import torch
+import torch.nn as nn
+
+import qlab
+from qlab.core import backends
+from qlab.core.formats import FixedPoint
+from qlab.core.intrinsic import _fixed_accumulate, _grid_int, _product_dtype, as_intrinsic
+from qlab.ext import cpu
+from qlab.ext import backends as xb  # noqa: F401  (registers the kernel)
+
+MODES = ("nearest", "even", "down", "up", "zero")
+
+
+@pytest.fixture(autouse=True)
+def kernel(monkeypatch):
+    monkeypatch.delenv("QLAB_BACKEND", raising=False)
+    if cpu.load() is None:
+        pytest.skip("no C compiler: the CPU kernel cannot be built here")
+    xb.register_cpu()
+
+
+def _spec(W, Fq, Wa=None, Fa=None, mode="nearest", acc="sequential", acc_mode=None):
+    A = None if Wa is None else FixedPoint(Wa, Fa, acc_mode or mode)
+    return qlab.Intrinsic(FixedPoint(W, Fq, mode), acc=A, accumulate=acc)
+
+
+def _operands(spec, M, K, N, xscale, wscale, gen):
+    dt = _product_dtype(spec.q, spec.A)
+    x = torch.randn(M, K, generator=gen) * xscale
+    w = torch.randn(K, N, generator=gen) * wscale
+    xT = _grid_int(x, spec.q).t().to(dt).contiguous()
+    kw = _grid_int(w, spec.q).to(dt).contiguous()
+    return xT, kw, dt
+
+
+def _both(monkeypatch, fn, *args):
+    """(reference, kernel) results of fn(*args), and how many times the kernel ran."""
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    ref = fn(*args)
+    monkeypatch.delenv("QLAB_BACKEND")
+    before = cpu.calls
+    got = fn(*args)
+    return ref, got, cpu.calls - before
+
+
+def _check_accumulate(monkeypatch, spec, M, K, N, xscale=1.0, wscale=1.0, seed=0, expect_kernel=True):
+    xT, kw, dt = _operands(spec, M, K, N, xscale, wscale, torch.Generator().manual_seed(seed))
+    ref, got, ran = _both(monkeypatch, _fixed_accumulate, xT, kw, spec, None, dt, True)
+    assert ran == (1 if expect_kernel else 0), spec
+    assert got.dtype == ref.dtype == dt and got.shape == ref.shape == (M, N)
+    assert torch.equal(got, ref), (spec, M, K, N, (got != ref).sum())
+    return ref
+
+
+def test_lookup_returns_the_kernel(monkeypatch):
+    xT, kw = torch.zeros(3, 4), torch.zeros(3, 5)
+    spec = as_intrinsic("fixed(8,4,nearest)")
+    assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is cpu.fixed_accumulate
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is None
+    monkeypatch.setenv("QLAB_BACKEND", "cpu")
+    assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is cpu.fixed_accumulate
+
+
+@pytest.mark.parametrize("acc", ["sequential", "final"])
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_equals_reference(monkeypatch, mode, acc):
+    # no saturation, saturation, separate finer accumulator, equal accumulator given explicitly
+    for W, Fq, Wa, Fa, xs, ws in [(8, 4, None, None, 1.0, 1.0), (8, 4, None, None, 30.0, 5.0),
+                                  (16, 8, None, None, 3.0, 1.0), (16, 8, 24, 12, 3.0, 1.0),
+                                  (6, 3, 10, 5, 4.0, 2.0), (12, 5, 12, 5, 8.0, 8.0),
+                                  (20, 10, 32, 14, 50.0, 9.0), (32, 16, 32, 16, 1e3, 1e2)]:
+        spec = _spec(W, Fq, Wa, Fa, mode, acc)
+        _check_accumulate(monkeypatch, spec, 37, 45, 40, xs, ws, seed=W + Fq)
+        _check_accumulate(monkeypatch, spec, 300, 25, 6, xs, ws, seed=W)  # narrow output: the swapped layout
+
+
+def test_saturation_happens_and_matches(monkeypatch):
+    for acc in ("sequential", "final"):
+        spec = _spec(6, 2, mode="nearest", acc=acc)
+        s = _check_accumulate(monkeypatch, spec, 20, 64, 33, 20.0, 20.0)
+        assert bool((s == spec.A.max_int).any()) and bool((s == spec.A.min_int).any())
+    # x = w = 100 -> grid 127 or -128; products clamped to [-128, 127]: +127 +127 -128 -128 -128 +127
+    xT = torch.full((6, 1), 127.0)
+    kw = torch.tensor([[127.0], [127.0], [-128.0], [-128.0], [-128.0], [127.0]])
+    for acc, expected in (("sequential", -1.0), ("final", -3.0)):
+        spec = _spec(8, 4, mode="down", acc=acc)
+        ref, got, ran = _both(monkeypatch, _fixed_accumulate, xT, kw, spec, None, torch.float32, True)
+        assert ran == 1 and torch.equal(got, ref) and got.item() == expected
+
+
+def test_wide_and_integer_formats(monkeypatch):
+    for mode in MODES:
+        for acc in ("sequential", "final"):
+            _check_accumulate(monkeypatch, _spec(32, 0, mode=mode, acc=acc), 9, 70, 35, 3e8, 3e8)  # W=32 saturating
+            _check_accumulate(monkeypatch, _spec(32, 31, mode=mode, acc=acc), 9, 70, 35, 0.5, 0.5)
+            _check_accumulate(monkeypatch, _spec(8, 0, mode=mode, acc=acc), 12, 30, 40, 50.0, 3.0)  # F=0
+            _check_accumulate(monkeypatch, _spec(16, 0, 32, 0, mode, acc), 12, 30, 40, 300.0, 300.0)
+            _check_accumulate(monkeypatch, _spec(24, 20, 32, 28, mode, acc), 12, 30, 40, 3.0, 3.0)
+            _check_accumulate(monkeypatch, _spec(4, 30, 4, 30, mode, acc), 12, 30, 40, 1e-8, 1e-8)
+
+
+@pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 50, 1), (1, 7, 40), (40, 7, 1), (3, 1, 70), (70, 1, 3),
+                                   (0, 5, 4), (4, 5, 0), (4, 0, 5), (33, 9, 31), (31, 9, 33), (65, 3, 17)])
+def test_ragged_shapes(monkeypatch, M, K, N):
+    for acc in ("sequential", "final"):
+        for spec in (_spec(8, 4, mode="even", acc=acc), _spec(20, 9, 30, 12, "up", acc)):
+            _check_accumulate(monkeypatch, spec, M, K, N, 4.0, 2.0, seed=M * 100 + N)
+
+
+def test_random_specs(monkeypatch):
+    rng = random.Random(1)
+    for trial in range(60):
+        W = rng.randint(1, 32)
+        Fq = rng.randint(0, min(62, 2 * W + 2))
+        d = rng.randint(0, 6)
+        Wa = rng.randint(W if rng.random() < 0.5 else 1, 32)
+        mode, acc = rng.choice(MODES), rng.choice(["sequential", "final"])
+        spec = _spec(W, Fq, Wa, Fq + d, mode, acc, acc_mode=rng.choice(MODES))
+        M, K, N = rng.randint(1, 40), rng.randint(1, 60), rng.randint(1, 40)
+        scale = 2.0 ** (W - 1 - Fq) * rng.choice([0.01, 0.3, 1.0, 3.0])
+        _check_accumulate(monkeypatch, spec, M, K, N, scale, scale, seed=trial)
+
+
+def test_declined_cases_still_equal(monkeypatch):
+    for spec in (_spec(8, 4, 8, 2, "nearest"), _spec(8, 4, 12, 2, "even", "final"),  # coarser accumulator
+                 _spec(8, 4, mode="stochastic"), _spec(8, -1), _spec(8, 63, 8, 63),  # stochastic, F < 0, F > 62
+                 _spec(32, 10, 32, 45)):  # the shifted products could overflow int64
+        xT, kw, dt = _operands(spec, 5, 7, 6, 2.0, 2.0, torch.Generator().manual_seed(0))
+        assert not cpu.accepts(xT, kw, spec, None, dt, True)
+        if spec.q.rounding == "stochastic":
+            continue
+        _check_accumulate(monkeypatch, spec, 5, 7, 6, 2.0, 2.0, expect_kernel=False)
+    spec = as_intrinsic("fixed(8,4)")
+    xT, kw, dt = _operands(spec, 5, 7, 6, 2.0, 2.0, torch.Generator().manual_seed(0))
+    assert not cpu.accepts(xT, kw, spec, None, dt, False)  # inputs=False
+    assert cpu.accepts(xT, kw, spec, None, dt, True)
+
+
+def _through_ops(monkeypatch, fn, *args):
+    ref, got, ran = _both(monkeypatch, fn, *args)
+    assert ran >= 1
+    assert got.dtype == ref.dtype and torch.equal(got, ref)
+    return got
+
+
+@pytest.mark.parametrize("spec", ["fixed(8,4,nearest)", "intrinsic(fixed(16,8,even),acc=fixed(24,12,even))",
+                                  "intrinsic(fixed(10,5,zero),accumulate=final)", "fixed(6,3,up)"])
+def test_linear_conv_with_bias(monkeypatch, spec):
+    g = torch.Generator().manual_seed(3)
+    x, w, b = torch.randn(17, 40, generator=g) * 3, torch.randn(23, 40, generator=g), torch.randn(23, generator=g)
+    _through_ops(monkeypatch, qlab.intrinsic_linear, x, w, b, spec)
+    xc, wc, bc = torch.randn(2, 3, 9, 9, generator=g) * 3, torch.randn(5, 3, 3, 3, generator=g), torch.randn(5, generator=g)
+    _through_ops(monkeypatch, lambda *a: qlab.intrinsic_conv(*a, padding=1, spec=spec), xc, wc, bc)
+
+
+def test_quantized_model(monkeypatch):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 10)).eval()
+    x = torch.randn(8, 1, 8, 8)
+    plan = qlab.Plan(intrinsic={"*": "fixed(12,6,nearest)"})
+
+    def run(x):
+        with torch.no_grad(), qlab.quantize(model, plan):
+            return model(x)
+
+    _through_ops(monkeypatch, run, x)
+
+
+def test_threads_do_not_change_results(monkeypatch):
+    spec = _spec(16, 8, 20, 10, "nearest")
+    xT, kw, dt = _operands(spec, 300, 64, 100, 5.0, 2.0, torch.Generator().manual_seed(5))
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = cpu.fixed_accumulate(xT, kw, spec, None, dt, True)
+        torch.set_num_threads(2)
+        two = cpu.fixed_accumulate(xT, kw, spec, None, dt, True)
+    finally:
+        torch.set_num_threads(n)
+    assert torch.equal(one, two)
+
+
+def test_build_failure_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(cpu, "_lib", None)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    xT, kw = torch.zeros(3, 4), torch.zeros(3, 5)
+    spec = as_intrinsic("fixed(8,4)")
+    with pytest.warns(UserWarning, match="CPU kernel could not be built"):
+        assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is None
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is None
+    y = qlab.intrinsic_linear(torch.randn(3, 4), torch.randn(5, 4), None, spec)  # the reference runs
+    assert y.shape == (3, 5)
