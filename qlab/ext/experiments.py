@@ -178,6 +178,26 @@ def best_per_width(df, keys: Iterable[str] | None = None):
     return best.reset_index(drop=True)
 
 
+def smallest_width(df, threshold: float = 0.99, keys: Iterable[str] | None = None):
+    """One row per ``keys``: the smallest W at which some F reaches ``threshold`` relative accuracy
+    (``W`` is <NA> where no swept W does), with that F and its relative accuracy."""
+    import pandas as pd
+
+    keys = [c for c in ("model", "placement", "rounding", "variant") if c in df.columns] if keys is None else list(keys)
+    best = best_per_width(df, keys)
+    rows = []
+    for group, part in best.groupby(keys, sort=False):
+        group = group if isinstance(group, tuple) else (group,)
+        ok = part[part["relative_accuracy"] >= threshold - 1e-12].sort_values("W")
+        hit = ok.iloc[0] if len(ok) else None
+        rows.append((*group, None if hit is None else int(hit["W"]), None if hit is None else int(hit["F"]),
+                     math.nan if hit is None else float(hit["relative_accuracy"])))
+    out = pd.DataFrame(rows, columns=[*keys, "W", "F", "relative_accuracy"])
+    out[["W", "F"]] = out[["W", "F"]].astype("Int64")
+    out.attrs["threshold"] = threshold
+    return out
+
+
 # -- tables in the deck's layout -----------------------------------------------------------
 
 def width_table(best_df, row: str = "model", digits: int = 2):

@@ -120,6 +120,18 @@ def test_best_per_width_ties_go_to_the_smallest_F():
     assert best[["variant", "W", "F", "relative_accuracy"]].values.tolist() == [["a", 4, 1, 0.9], ["b", 4, 0, 0.2]]
 
 
+def test_smallest_width_per_variant():
+    df = pd.DataFrame({
+        "model": ["m"] * 6, "variant": ["a", "a", "a", "b", "b", "b"], "W": [4, 6, 6, 4, 6, 8], "F": [2, 2, 3, 2, 3, 4],
+        "relative_accuracy": [0.5, 0.95, 0.995, 0.1, 0.2, 0.3],
+    })
+    got = ex.smallest_width(df, 0.99)
+    assert got.variant.tolist() == ["a", "b"] and (got.W[0], got.F[0]) == (6, 3)
+    assert pd.isna(got.W[1]) and pd.isna(got.F[1])
+    assert got.relative_accuracy.iloc[0] == 0.995 and pd.isna(got.relative_accuracy.iloc[1])
+    assert ex.smallest_width(df, 0.3).W.tolist() == [4, 8]
+
+
 def test_width_table_and_side_by_side():
     best = pd.DataFrame({"model": ["lenet5", "lenet5", "resnet"], "W": [4, 8, 8], "F": [3, 4, 2],
                          "relative_accuracy": [0.404, 0.9, 1.0]})
