@@ -1,18 +1,23 @@
 """CPU benchmark of intrinsic fixed-point arithmetic (issue 2).
 
-Usage:  PYTHONPATH=. python bench/intrinsic_cpu.py [--quick]
+Usage:  PYTHONPATH=. python bench/intrinsic_cpu.py [--quick] [--threads 2] [--ref-images N]
 
-Prints one table: qlab intrinsic Linear vs the naive per-k torch loop vs fp32,
-a saturating case, and an intrinsic LeNet-5 forward over random images.
+Prints one table, side by side in one run: qlab intrinsic Linear with the compiled C
+kernel (qlab.ext.cpu, the default on CPU tensors) vs the torch reference
+(QLAB_BACKEND=torch) vs the naive per-k torch loop vs fp32, a saturating case, and an
+intrinsic LeNet-5 (zoo.pretrained("lenet5")) over the Fashion-MNIST test images with
+the C kernel and with the torch reference (on the first --ref-images images, scaled).
 """
 import argparse
+import contextlib
+import os
 import platform
 import time
 
 import torch
 
 import qlab
-from qlab.ext.zoo import build
+from qlab.ext import cpu, data, zoo
 
 
 def best_of(fn, repeats):
@@ -22,6 +27,20 @@ def best_of(fn, repeats):
         fn()
         best = min(best, time.perf_counter() - t0)
     return best
+
+
+@contextlib.contextmanager
+def reference():
+    """The torch reference path (QLAB_BACKEND=torch) inside the block."""
+    old = os.environ.get("QLAB_BACKEND")
+    os.environ["QLAB_BACKEND"] = "torch"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["QLAB_BACKEND"]
+        else:
+            os.environ["QLAB_BACKEND"] = old
 
 
 def naive_loop(x, w, frac, total):
@@ -38,12 +57,27 @@ def naive_loop(x, w, frac, total):
     return s / scale
 
 
+def lenet(model, plan, images, batch):
+    """Seconds and logits of the intrinsic model over ``images``."""
+    outs = []
+    t0 = time.perf_counter()
+    with torch.no_grad(), qlab.quantize(model, plan):
+        for i in range(0, len(images), batch):
+            outs.append(model(images[i:i + batch]))
+    return time.perf_counter() - t0, torch.cat(outs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small smoke run")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--ref-images", type=int, default=None,
+                    help="LeNet-5 images for the torch reference (default all; its time is scaled to all)")
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    if cpu.load() is None:
+        print("warning: the C kernel is unavailable: the 'C kernel' rows run the torch reference")
 
     n = 64 if args.quick else 256
     repeats = 2 if args.quick else 5
@@ -52,39 +86,52 @@ def main():
     macs = M * K * N
     rows = []
 
-    # (a)-(c): no saturation, fixed(16,8)
+    def linear_rows(tag, spec, x, w, frac, total):
+        calls = cpu.calls
+        t_c = best_of(lambda: qlab.intrinsic_linear(x, w, None, spec), repeats)
+        ran = cpu.calls > calls
+        with reference():
+            t_r = best_of(lambda: qlab.intrinsic_linear(x, w, None, spec), max(1, repeats // 2))
+            y_r = qlab.intrinsic_linear(x, w, None, spec)
+        assert torch.equal(qlab.intrinsic_linear(x, w, None, spec), y_r)
+        t_n = best_of(lambda: naive_loop(x, w, frac, total), repeats)
+        rows.append((f"{tag} C kernel{'' if ran else ' (did not run!)'}, intrinsic {spec} Linear {n}^3", t_c, macs / t_c,
+                     t_n / t_c))
+        rows.append((f"{tag} torch reference (QLAB_BACKEND=torch), same", t_r, macs / t_r, t_n / t_r))
+        rows.append((f"{tag} naive per-k loop {spec}", t_n, macs / t_n, 1.0))
+        return t_n
+
+    # (a)-(c): no saturation, fixed(16,8), sequential
     x = torch.randn(M, K)
     w = torch.randn(N, K) * 0.1
-    t_q = best_of(lambda: qlab.intrinsic_linear(x, w, None, "fixed(16,8,nearest)"), repeats)
-    t_n = best_of(lambda: naive_loop(x, w, 8, 16), repeats)
+    t_n = linear_rows("(a)", "fixed(16,8,nearest)", x, w, 8, 16)
     t_f = best_of(lambda: x @ w.t(), repeats)
-    rows.append((f"(a) qlab intrinsic fixed(16,8) Linear {n}^3", t_q, macs / t_q, t_n / t_q))
-    rows.append((f"(b) naive per-k loop fixed(16,8) {n}^3", t_n, macs / t_n, 1.0))
     rows.append((f"(c) fp32 x @ w.t() {n}^3", t_f, macs / t_f, t_n / t_f))
 
     # (d): saturating, fixed(8,4)
-    xs = torch.randn(M, K) * 50
-    ws = torch.randn(N, K) * 5
-    t_qs = best_of(lambda: qlab.intrinsic_linear(xs, ws, None, "fixed(8,4,nearest)"), repeats)
-    t_ns = best_of(lambda: naive_loop(xs, ws, 4, 8), repeats)
-    rows.append((f"(d) qlab intrinsic fixed(8,4) saturating {n}^3", t_qs, macs / t_qs, t_ns / t_qs))
-    rows.append((f"(d) naive per-k loop fixed(8,4) saturating {n}^3", t_ns, macs / t_ns, 1.0))
+    linear_rows("(d) saturating:", "fixed(8,4,nearest)", torch.randn(M, K) * 50, torch.randn(N, K) * 5, 4, 8)
 
-    # (e): intrinsic LeNet-5 forward, run once
-    model = build("lenet5").eval()
+    # (e): intrinsic LeNet-5 (trained weights) over the Fashion-MNIST test images, run once
+    model = zoo.pretrained("lenet5", progress=False).eval()
+    test = data.fashion_mnist("test")
+    x_e, y_e = test.images[:images], test.labels[:images]
     plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
-    data = torch.rand(images, 1, 28, 28)
-    t0 = time.perf_counter()
-    with torch.no_grad(), qlab.quantize(model, plan):
-        for i in range(0, images, batch):
-            model(data[i:i + batch])
-    t_l = time.perf_counter() - t0
-    rows.append((f"(e) intrinsic LeNet-5 fixed(16,8), {images} images, batch {batch}", t_l, float("nan"), float("nan")))
+    t_c, out_c = lenet(model, plan, x_e, batch)
+    n_ref = min(images, args.ref_images or images)
+    with reference():
+        t_r, out_r = lenet(model, plan, x_e[:n_ref], batch)
+    assert torch.equal(out_c[:n_ref], out_r), "C kernel and torch reference differ on LeNet-5"
+    t_r_all = t_r * images / n_ref
+    acc = (out_c.argmax(1) == y_e).float().mean().item()
+    tag = f"(e) intrinsic LeNet-5 fixed(16,8), {images} Fashion-MNIST test images, batch {batch}"
+    rows.append((f"{tag}: C kernel (accuracy {acc:.4f})", t_c, float("nan"), t_r_all / t_c))
+    scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
+    rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
-          f"best of {repeats} (LeNet-5 once)")
+          f"best of {repeats} (reference best of {max(1, repeats // 2)}; LeNet-5 once)")
     print()
-    print("| case | time (s) | (Q)MAC/s | speed-up vs naive loop |")
+    print("| case | time (s) | (Q)MAC/s | speed-up vs naive loop ((e): vs torch reference) |")
     print("|---|---:|---:|---:|")
     for name, t, rate, ratio in rows:
         rate_s = "-" if rate != rate else f"{rate:.3g}"

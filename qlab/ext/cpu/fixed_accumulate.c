@@ -1,14 +1,17 @@
 /* Fused intrinsic fixed-point accumulation on the CPU (qlab.ext.cpu).
  *
- * For grid integers a[i, k] (row i of the left operand, k contiguous) and b[k, j]
- * (row k of the right operand, j contiguous), every product p = a*b (grid 2F) is
- * rounded to grid F (R(p * 2**-s), s = q.F), clamped to [qlo, qhi] (q's range) and
- * then, in one pass with no intermediate tensors:
+ * For grid integers a[r, k] (the rows' operand) and b[k, c] (the columns' operand, c
+ * contiguous), every product p = a*b (grid 2F) is rounded to grid F (R(p * 2**-s),
+ * s = q.F), clamped to [qlo, qhi] (q's range) and then, in one pass with no
+ * intermediate tensors:
  *
  *   sequential: moved to the accumulator grid (exact left shift by d = A.F - q.F) and
  *               added in k order with saturation: acc = clamp(acc + (p << d), lo, hi);
  *   final:      summed exactly (the caller rescales the sum and clamps it to A).
  *
+ * Operands and output may be int32, int64, float32 or float64 tensors holding grid
+ * integers (strided; read as int32, W <= 32); the Python side (qlab/ext/cpu/__init__.py)
+ * picks x or w as the rows so that the vectorised column loop is the long one.
  * This is bit-identical to qlab.core.intrinsic._fixed_accumulate for the cases the
  * Python side accepts (qlab/ext/cpu/__init__.py), which keep every intermediate inside
  * the integer type T:
