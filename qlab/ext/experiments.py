@@ -28,6 +28,7 @@ import math
 import operator
 import os
 import re
+from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -102,7 +103,7 @@ def _fractions(fractions, W: int) -> list[int]:
 
 
 def around_half(radius: int) -> Callable[[int], list[int]]:
-    """F in W//2 - radius .. W//2 + radius, kept inside 0 .. W-1: the window the best-F sweeps search."""
+    """F in W//2 - radius .. W//2 + radius, kept inside 0 .. W-1: a fixed window around the deck's F = W/2."""
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
 
@@ -110,6 +111,75 @@ def around_half(radius: int) -> Callable[[int], list[int]]:
         return [f for f in range(W // 2 - radius, W // 2 + radius + 1) if 0 <= f < W]
 
     return fractions
+
+
+@dataclass(frozen=True)
+class Walk:
+    """The best F for a W without trying every F: start with F in W//2 ± ``radius`` (inside 0..W-1),
+    then, while the best F tried sits at an edge of the window and beats its inner neighbour strictly,
+    try one F further out.
+
+    Relative accuracy over F rises while more fraction bits resolve the values and falls once too few
+    integer bits saturate them, so the walk ends at the peak after a few points.  On a plateau (equal
+    accuracy at the edge and next to it) it stops: the best F is then the smallest F tried among the
+    best, not necessarily the smallest F overall with that accuracy.
+    """
+
+    radius: int = 1
+
+    def __post_init__(self):
+        if self.radius < 1:
+            raise ValueError(f"a walk's radius must be >= 1 (a window of three F at least), got {self.radius}")
+
+    def run(self, W: int, score: Callable[[int], float]) -> list[int]:
+        """The F tried, in order; ``score(F)`` is called once per F tried."""
+        lo, hi = max(0, W // 2 - self.radius), min(W - 1, W // 2 + self.radius)
+        seen: dict[int, float] = {}
+
+        def best() -> int:
+            return min(seen, key=lambda f: (-_key(seen[f]), f))
+
+        for f in range(lo, hi + 1):
+            seen[f] = score(f)
+        while True:
+            b = best()
+            if b == lo and lo > 0 and lo + 1 in seen and _key(seen[lo]) > _key(seen[lo + 1]):
+                lo -= 1
+                seen[lo] = score(lo)
+            elif b == hi and hi < W - 1 and hi - 1 in seen and _key(seen[hi]) > _key(seen[hi - 1]):
+                hi += 1
+                seen[hi] = score(hi)
+            else:
+                return list(seen)
+
+
+def _key(x: float) -> float:
+    return -math.inf if x != x else x  # nan ranks lowest
+
+
+def f_choice(search: str = "walk", radius: int = 1):
+    """The ``fractions`` argument of the notebooks' best-F sweeps: ``"walk"`` (:class:`Walk` from
+    W//2 ± ``radius``), ``"window"`` (every F in W//2 ± ``radius``), ``"all"`` or ``"half"``."""
+    if search == "walk":
+        return Walk(radius)
+    if search == "window":
+        return around_half(radius)
+    if search in ("all", "half"):
+        return search
+    raise ValueError(f"unknown F search {search!r}; expected walk, window, all or half")
+
+
+def _check_sweep(model, specs, widths, placement, layers):
+    if not specs:
+        raise ValueError("no spec templates given: specs maps a variant name to a template")
+    widths = [int(w) for w in ([widths] if isinstance(widths, int) else widths)]
+    if not widths or any(w < 1 for w in widths):
+        raise ValueError(f"widths must be integers >= 1, got {widths}")
+    if placement not in ("extrinsic", "intrinsic", "weights"):
+        raise ValueError(f"unknown placement {placement!r}; expected extrinsic, intrinsic or weights")
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    check_layers(model, [p for p in patterns if not any(c in p for c in "*?[") and not p.startswith("type:")])
+    return widths, patterns
 
 
 def sweep_specs(
@@ -132,37 +202,70 @@ def sweep_specs(
     pattern of ``layers``, evaluated by an :class:`~qlab.ext.evaluation.Evaluator`
     (cached on disk like :func:`qlab.ext.lab.sweep`; ``cache=False`` for none).
     ``fractions`` as in :func:`qlab.ext.lab.sweep` ("half", "all", an int, a list, a
-    function of W such as :func:`around_half`).  Returns a DataFrame with
+    function of W such as :func:`around_half`), or a :class:`Walk` that looks for the
+    best F of each (variant, W) from W//2.  Returns a DataFrame with
     :data:`SPEC_COLUMNS`, in the order variant, W, F.
     """
     import pandas as pd
     from tqdm.auto import tqdm
 
-    if not specs:
-        raise ValueError("no spec templates given: specs maps a variant name to a template")
-    widths = [int(w) for w in ([widths] if isinstance(widths, int) else widths)]
-    if not widths or any(w < 1 for w in widths):
-        raise ValueError(f"widths must be integers >= 1, got {widths}")
-    if placement not in ("extrinsic", "intrinsic", "weights"):
-        raise ValueError(f"unknown placement {placement!r}; expected extrinsic, intrinsic or weights")
-    patterns = [layers] if isinstance(layers, str) else list(layers)
-    check_layers(model, [p for p in patterns if not any(c in p for c in "*?[") and not p.startswith("type:")])
+    widths, patterns = _check_sweep(model, specs, widths, placement, layers)
     name = name or type(model).__name__
-    points = [(v, W, F) for v, W in product(specs, widths) for F in _fractions(fractions, W)]
+    walk = fractions if isinstance(fractions, Walk) else None
+    cells = [(v, W) for v, W in product(specs, widths)]
+    candidates = {(v, W): (list(range(W)) if walk else _fractions(fractions, W)) for v, W in cells}
     plans = {}
-    for v, W, F in points:  # every spec parses before the first evaluation
-        spec = expand(specs[v], W, F)
-        plans[v, W, F] = (spec, Plan(**{placement: {p: spec for p in patterns}}))
+    for (v, W), fs in candidates.items():  # every spec parses before the first evaluation
+        for F in fs:
+            spec = expand(specs[v], W, F)
+            plans[v, W, F] = (spec, Plan(**{placement: {p: spec for p in patterns}}))
     ev = Evaluator(model, data, cache=cache, batch_size=batch_size, seed=seed)
     float_acc = ev.accuracy(None)
     rows = []
-    for v, W, F in tqdm(points, desc=f"sweep {name}", unit="point", disable=not progress):
+
+    def point(v, W, F):
         spec, plan = plans[v, W, F]
         acc = ev.accuracy(plan)
-        rows.append((name, placement, v, spec, W, F, acc, float_acc, acc / float_acc if float_acc else math.nan))
-    df = pd.DataFrame(rows, columns=SPEC_COLUMNS)
+        rel = acc / float_acc if float_acc else math.nan
+        rows.append((name, placement, v, spec, W, F, acc, float_acc, rel))
+        bar.update(1)
+        return rel
+
+    total = len(cells) if walk else len(plans)
+    with tqdm(total=total, desc=f"sweep {name}", unit="W" if walk else "point", disable=not progress) as bar:
+        for v, W in cells:
+            if walk:
+                walk.run(W, lambda F: point(v, W, F))
+            else:
+                for F in candidates[v, W]:
+                    point(v, W, F)
+    df = pd.DataFrame(rows, columns=SPEC_COLUMNS).sort_values(["variant", "W", "F"], kind="stable",
+                                                             key=lambda c: c.map(list(specs).index)
+                                                             if c.name == "variant" else c)
+    df = df.reset_index(drop=True)
     df.attrs["evaluations"] = ev.evaluations
     return df
+
+
+def fixed_sweep(model, data, widths, fractions="half", roundings=("nearest",), placements=("extrinsic",),
+                layers="*", name=None, cache=None, progress: bool = True, batch_size: int = 250, seed: int = 0):
+    """:func:`qlab.ext.lab.sweep`'s table (same columns, same cached points) for ``fixed(W,F,rounding)``,
+    with ``fractions`` also a :class:`Walk`."""
+    import pandas as pd
+
+    from .sweep import COLUMNS
+
+    roundings = (roundings,) if isinstance(roundings, str) else tuple(roundings)
+    placements = (placements,) if isinstance(placements, str) else tuple(placements)
+    frames = []
+    for placement in placements:
+        specs = {r: f"fixed({{W}},{{F}},{r})" for r in roundings}
+        df = sweep_specs(model, data, specs, widths, fractions, placement, layers, name, cache, progress,
+                         batch_size, seed)
+        frames.append(df)
+    out = pd.concat(frames, ignore_index=True).rename(columns={"variant": "rounding"})[COLUMNS]
+    out.attrs["evaluations"] = sum(f.attrs["evaluations"] for f in frames)
+    return out
 
 
 def best_per_width(df, keys: Iterable[str] | None = None):

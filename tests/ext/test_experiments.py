@@ -44,6 +44,81 @@ def test_around_half_stays_inside_the_word():
     assert ex.around_half(0)(9) == [4]
 
 
+def walked(W, scores, radius=1):
+    calls = []
+
+    def score(f):
+        calls.append(f)
+        return scores[f]
+
+    tried = ex.Walk(radius).run(W, score)
+    assert sorted(calls) == sorted(tried) and len(set(calls)) == len(calls)  # each F scored once
+    return tried
+
+
+def test_walk_climbs_to_the_peak_and_stops_on_plateaus():
+    #          F: 0    1    2    3    4    5    6    7
+    rising = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.9, 0.7]
+    assert walked(8, rising) == [3, 4, 5, 6, 7]           # 5 beats 4: go up; 6 beats 5; 7 is worse: stop
+    falling = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2]
+    assert walked(8, falling) == [3, 4, 5, 2, 1, 0]       # down to the edge F = 0
+    peak_inside = [0.1, 0.2, 0.3, 0.5, 0.9, 0.4, 0.3, 0.2]
+    assert walked(8, peak_inside) == [3, 4, 5]
+    plateau = [0.1, 0.5, 1.0, 1.0, 1.0, 1.0, 1.0, 0.9]
+    assert walked(8, plateau) == [3, 4, 5]                # 3 ties 4: no walk down
+    assert walked(8, [0.0] * 8) == [3, 4, 5]
+    assert walked(8, falling, radius=2) == [2, 3, 4, 5, 6, 1, 0]
+    assert walked(2, [0.5, 0.7]) == [0, 1]
+    assert walked(1, [0.5]) == [0]
+    assert walked(8, [float("nan")] * 2 + [0.1] * 6) == [3, 4, 5]
+    with pytest.raises(ValueError, match="radius"):
+        ex.Walk(0)  # a single F has no neighbour to compare with
+
+
+def test_fixed_sweep_walk_matches_lab_sweep_everywhere_it_looked(tmp_path):
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    test = qdata.subset(qdata.digits("test"), 60)
+    full = lab.sweep(model, test, [4, 6, 8], fractions="all", roundings="nearest", placements="intrinsic",
+                     cache=tmp_path, progress=False)
+    walked_df = ex.fixed_sweep(model, test, [4, 6, 8], ex.Walk(1), "nearest", "intrinsic", cache=tmp_path,
+                               progress=False)
+    assert list(walked_df.columns) == list(full.columns)
+    assert walked_df.attrs["evaluations"] == 0  # lab.sweep's points, read back from the same cache
+    merged = walked_df.merge(full, on=["placement", "rounding", "W", "F"], suffixes=("", "_all"))
+    assert len(merged) == len(walked_df) < len(full) and (merged.accuracy == merged.accuracy_all).all()
+    # here the walk finds the best relative accuracy of all F for every W
+    assert ex.best_per_width(walked_df).relative_accuracy.tolist() == \
+        ex.best_per_width(full).relative_accuracy.tolist()
+
+
+def test_sweep_specs_walk_tries_contiguous_fractions_around_half(tmp_path):
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10)).eval()
+    test = qdata.subset(qdata.digits("test"), 40)
+    specs = {"final": FINAL, "sequential": SEQ}
+    df = ex.sweep_specs(model, test, specs, widths=[5, 7], fractions=ex.Walk(1), cache=tmp_path, progress=False)
+    assert list(dict.fromkeys(df.variant)) == ["final", "sequential"]  # the order of specs, then W, then F
+    assert df[["W", "F"]].equals(df.sort_values(["variant", "W", "F"], key=lambda c: c.map(list(specs).index)
+                                                if c.name == "variant" else c)[["W", "F"]])
+    full = ex.sweep_specs(model, test, specs, widths=[5, 7], fractions="all", cache=tmp_path, progress=False)
+    for (v, W), part in df.groupby(["variant", "W"]):
+        fs = sorted(part.F)
+        assert fs == list(range(fs[0], fs[-1] + 1)) and {W // 2 - 1, W // 2, W // 2 + 1} <= set(fs)
+        best_tried = part.relative_accuracy.max()
+        if fs[0] > 0:  # the walk stopped above 0: the point below was no better than its neighbour
+            row = full[(full.variant == v) & (full.W == W)].set_index("F").relative_accuracy
+            assert row[fs[0]] <= row[fs[0] + 1] or row[fs[0]] < best_tried
+
+
+def test_f_choice():
+    assert ex.f_choice("walk", 2) == ex.Walk(2)
+    assert ex.f_choice("window", 1)(8) == [3, 4, 5]
+    assert ex.f_choice("all") == "all" and ex.f_choice("half") == "half"
+    with pytest.raises(ValueError, match="F search"):
+        ex.f_choice("best")
+
+
 def accumulator_model() -> nn.Module:
     """Two classes.  Logit 0 = 7*x0 + 7*x1 - 7*x2 (products 7, 7, -7 for x = 1); logit 1 = its bias 3.
 

@@ -20,10 +20,10 @@ TINY = {
     "rounding": {**COMMON, "roundings": ["nearest", "stochastic"], "widths_extrinsic": [4, 8],
                  "widths_intrinsic": [8], "n_extrinsic": 60, "n_intrinsic": 60},
     "extrinsic_intrinsic": {**COMMON, "widths_extrinsic": [4, 8], "widths_intrinsic": [8], "f_radius_extrinsic": 1,
-                            "f_radius_intrinsic": 1, "n_extrinsic": 60, "n_intrinsic": 60},
-    "lenet": {**COMMON, "widths": [4, 8], "f_radius": 1, "n": 60},
+                            "f_radius_intrinsic": 1, "f_search": "walk", "n_extrinsic": 60, "n_intrinsic": 60},
+    "lenet": {**COMMON, "widths": [4, 8], "f_search": "window", "f_radius": 1, "n": 60},
     "per_layer": {**COMMON, "n": 60, "max_width": 12},
-    "accumulation": {**COMMON, "widths": [4, 8], "f_radius": 0, "n": 60},
+    "accumulation": {**COMMON, "widths": [4, 8], "f_search": "walk", "f_radius": 1, "n": 60},
 }
 # What each notebook must write: CSV tables and their columns (at least), JSON files, charts (html + png).
 TABLES = {
