@@ -263,16 +263,19 @@ def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torc
 
 
 def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, spec: Intrinsic, generator=None,
-                 quantize_w: bool = True) -> torch.Tensor:
+                 quantize_w: bool = True, x_grid_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Intrinsic y = x @ w (+ bias) for x [M, K], w [K, N], bias [N]; fixed-point spec.
 
     ``quantize_w=False`` treats w like an activation input (``spec.inputs`` decides).
+    ``x_grid_dtype``: x already holds q's grid integers (``_grid_int`` values, as floats),
+    and the result has this dtype (the convolution grids its input before unfolding it).
     """
     q, A = spec.q, spec.A
-    fast = backends.lookup("fixed_matmul", x, w, bias, spec, generator, quantize_w)
-    if fast is not None:
-        return fast(x, w, bias, spec, generator, quantize_w)
-    out_dtype = x.dtype
+    if x_grid_dtype is None:
+        fast = backends.lookup("fixed_matmul", x, w, bias, spec, generator, quantize_w)
+        if fast is not None:
+            return fast(x, w, bias, spec, generator, quantize_w)
+    out_dtype = x.dtype if x_grid_dtype is None else x_grid_dtype
     M, K = x.shape
     N = w.shape[1]
     if M == 0 or N == 0:
@@ -280,7 +283,7 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, sp
     dt = _product_dtype(q, A)
     grid_exact = spec.inputs
     if grid_exact:
-        xT = _grid_int(x, q, generator).t()
+        xT = _grid_int(x, q, generator).t() if x_grid_dtype is None else x.t()
     else:
         # x used as it is: x * kw is exact in float64 for float32 x and W <= 29
         dt = torch.float64 if dt != torch.int64 or q.W <= 29 else dt
@@ -379,12 +382,12 @@ def _odd_from_int(n: torch.Tensor, lsb: int) -> torch.Tensor:
 
 
 # =========================================================================== public ops
-def _matmul2d(x, w, bias, spec, generator, quantize_w=True):
+def _matmul2d(x, w, bias, spec, generator, quantize_w=True, x_grid_dtype=None):
     if spec.is_identity:
         y = x @ w
         return y + bias if bias is not None else y
     if spec.fixed:
-        return fixed_matmul(x, w, bias, spec, generator, quantize_w)
+        return fixed_matmul(x, w, bias, spec, generator, quantize_w, x_grid_dtype)
     return float_matmul(x, w, bias, spec, generator, quantize_w)
 
 
@@ -468,8 +471,14 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             y = fast(x4, w4, bias, st, pads, dl, groups, spec, generator)
             y = y.squeeze(-2) if nd == 1 else y
             return y if batched else y.squeeze(0)
+        # Deterministic roundings give each input element one grid value, so grid it once
+        # before unfolding (kh*kw times fewer roundings; the same integers either way).
+        grid_dtype = None
+        if spec.fixed and spec.inputs and spec.q.rounding != "stochastic" and x4.device.type == "cpu":
+            grid_dtype = x4.dtype
+            x4 = _grid_int(x4, spec.q).to(torch.float32 if spec.q.W <= 24 else torch.float64)
         if any(pads):
-            x4 = F.pad(x4, pads)
+            x4 = F.pad(x4, pads)  # zeros: Q(0) = 0 on every grid
         B, C, H, W_ = x4.shape
         cols = F.unfold(x4, (kh, kw), dilation=dl, stride=st)  # [B, C*kh*kw, L]
         Ho = (H - dl[0] * (kh - 1) - 1) // st[0] + 1
@@ -482,7 +491,7 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             xg = cols[:, g].transpose(1, 2).reshape(-1, cg * kh * kw)  # [B*L, K]
             wg = w4[g * og : (g + 1) * og].reshape(og, -1).t()  # [K, og]
             bg = bias[g * og : (g + 1) * og] if bias is not None else None
-            outs.append(_matmul2d(xg, wg, bg, spec, generator).reshape(B, Ho * Wo, og))
+            outs.append(_matmul2d(xg, wg, bg, spec, generator, x_grid_dtype=grid_dtype).reshape(B, Ho * Wo, og))
         y = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, O, Ho, Wo)
         if nd == 1:
             y = y.squeeze(-2)
