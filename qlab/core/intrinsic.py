@@ -262,28 +262,32 @@ def _fixed_accumulate(xT, w, spec: Intrinsic, generator, dt, grid_exact) -> torc
     return s
 
 
-def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, spec: Intrinsic, generator=None,
-                 quantize_w: bool = True, x_grid_dtype: torch.dtype | None = None) -> torch.Tensor:
+def fixed_matmul(x: torch.Tensor | None, w: torch.Tensor, bias: torch.Tensor | None, spec: Intrinsic, generator=None,
+                 quantize_w: bool = True, *, grid_xT: torch.Tensor | None = None,
+                 out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """Intrinsic y = x @ w (+ bias) for x [M, K], w [K, N], bias [N]; fixed-point spec.
 
     ``quantize_w=False`` treats w like an activation input (``spec.inputs`` decides).
-    ``x_grid_dtype``: x already holds q's grid integers (``_grid_int`` values, as floats),
-    and the result has this dtype (the convolution grids its input before unfolding it).
+    ``grid_xT`` replaces x by q's grid integers of x, transposed ([K, M], ``_grid_int``
+    values held as floats); ``out_dtype`` is then the result's dtype.  The convolution
+    grids its input once this way before unfolding it.
     """
     q, A = spec.q, spec.A
-    if x_grid_dtype is None:
+    if grid_xT is None:
         fast = backends.lookup("fixed_matmul", x, w, bias, spec, generator, quantize_w)
         if fast is not None:
             return fast(x, w, bias, spec, generator, quantize_w)
-    out_dtype = x.dtype if x_grid_dtype is None else x_grid_dtype
-    M, K = x.shape
+        out_dtype = x.dtype
+        M, K = x.shape
+    else:
+        K, M = grid_xT.shape
     N = w.shape[1]
     if M == 0 or N == 0:
-        return x.new_zeros(M, N)
+        return w.new_zeros(M, N, dtype=out_dtype)
     dt = _product_dtype(q, A)
     grid_exact = spec.inputs
     if grid_exact:
-        xT = _grid_int(x, q, generator).t() if x_grid_dtype is None else x.t()
+        xT = _grid_int(x, q, generator).t() if grid_xT is None else grid_xT
     else:
         # x used as it is: x * kw is exact in float64 for float32 x and W <= 29
         dt = torch.float64 if dt != torch.int64 or q.W <= 29 else dt
@@ -294,7 +298,7 @@ def fixed_matmul(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, sp
     if kw is None:
         raise ValueError(f"intrinsic {spec}: inputs=False with two activation operands is not supported")
     if K == 0:
-        s = torch.zeros(M, N, dtype=torch.int64, device=x.device)
+        s = torch.zeros(M, N, dtype=torch.int64, device=w.device)
     else:
         s = _fixed_accumulate(xT.to(dt).contiguous(), kw.to(dt).contiguous(), spec, generator, dt, grid_exact)
         s = s.to(torch.int64) if dt != torch.int64 else s
@@ -382,12 +386,12 @@ def _odd_from_int(n: torch.Tensor, lsb: int) -> torch.Tensor:
 
 
 # =========================================================================== public ops
-def _matmul2d(x, w, bias, spec, generator, quantize_w=True, x_grid_dtype=None):
+def _matmul2d(x, w, bias, spec, generator, quantize_w=True):
     if spec.is_identity:
         y = x @ w
         return y + bias if bias is not None else y
     if spec.fixed:
-        return fixed_matmul(x, w, bias, spec, generator, quantize_w, x_grid_dtype)
+        return fixed_matmul(x, w, bias, spec, generator, quantize_w)
     return float_matmul(x, w, bias, spec, generator, quantize_w)
 
 
@@ -473,10 +477,11 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             return y if batched else y.squeeze(0)
         # Deterministic roundings give each input element one grid value, so grid it once
         # before unfolding (kh*kw times fewer roundings; the same integers either way).
-        grid_dtype = None
+        out_dtype = None
         if spec.fixed and spec.inputs and spec.q.rounding != "stochastic" and x4.device.type == "cpu":
-            grid_dtype = x4.dtype
-            x4 = _grid_int(x4, spec.q).to(torch.float32 if spec.q.W <= 24 else torch.float64)
+            out_dtype = x4.dtype
+            dt = _product_dtype(spec.q, spec.A)  # unfold in the dtype the products use (exact integers)
+            x4 = _grid_int(x4, spec.q).to(dt if dt.is_floating_point else torch.float64)
         if any(pads):
             x4 = F.pad(x4, pads)  # zeros: Q(0) = 0 on every grid
         B, C, H, W_ = x4.shape
@@ -488,10 +493,15 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         cols = cols.reshape(B, groups, cg * kh * kw, Ho * Wo)
         outs = []
         for g in range(groups):
-            xg = cols[:, g].transpose(1, 2).reshape(-1, cg * kh * kw)  # [B*L, K]
             wg = w4[g * og : (g + 1) * og].reshape(og, -1).t()  # [K, og]
             bg = bias[g * og : (g + 1) * og] if bias is not None else None
-            outs.append(_matmul2d(xg, wg, bg, spec, generator, x_grid_dtype=grid_dtype).reshape(B, Ho * Wo, og))
+            if out_dtype is not None:  # grid integers, laid out [K, B*L] as the accumulation reads them
+                xT = cols[:, g].transpose(0, 1).reshape(cg * kh * kw, -1)
+                yg = fixed_matmul(None, wg, bg, spec, generator, grid_xT=xT, out_dtype=out_dtype)
+            else:
+                xg = cols[:, g].transpose(1, 2).reshape(-1, cg * kh * kw)  # [B*L, K]
+                yg = _matmul2d(xg, wg, bg, spec, generator)
+            outs.append(yg.reshape(B, Ho * Wo, og))
         y = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, O, Ho, Wo)
         if nd == 1:
             y = y.squeeze(-2)
