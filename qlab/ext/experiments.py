@@ -276,9 +276,16 @@ def best_per_width(df, keys: Iterable[str] | None = None):
     keys = [c for c in ("model", "placement", "rounding", "variant") if c in df.columns] if keys is None else list(keys)
     keys = keys + ["W"]
     ordered = df.sort_values(keys + ["relative_accuracy", "F"], ascending=[True] * len(keys) + [False, True],
-                             kind="stable")
-    best = ordered.groupby(keys, sort=True, as_index=False).head(1)
+                             kind="stable", key=_first_seen)
+    best = ordered.groupby(keys, sort=False, as_index=False).head(1)
     return best.reset_index(drop=True)
+
+
+def _first_seen(column):
+    """Sort key: text columns in the order their values first appear (models as given), numbers as they are."""
+    if column.dtype.kind in "biuf":
+        return column
+    return column.map({v: i for i, v in enumerate(dict.fromkeys(column))})
 
 
 def smallest_width(df, threshold: float = 0.99, keys: Iterable[str] | None = None):

@@ -193,6 +193,10 @@ def test_best_per_width_ties_go_to_the_smallest_F():
     })
     best = ex.best_per_width(df)
     assert best[["variant", "W", "F", "relative_accuracy"]].values.tolist() == [["a", 4, 1, 0.9], ["b", 4, 0, 0.2]]
+    # models keep the order they came in (not alphabetical), W ascends
+    two = pd.DataFrame({"model": ["z", "z", "a", "a"], "W": [8, 4, 8, 4], "F": [1, 1, 1, 1],
+                        "relative_accuracy": [0.1, 0.2, 0.3, 0.4]})
+    assert ex.best_per_width(two)[["model", "W"]].values.tolist() == [["z", 4], ["z", 8], ["a", 4], ["a", 8]]
 
 
 def test_smallest_width_per_variant():
