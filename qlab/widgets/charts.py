@@ -50,7 +50,7 @@ def accuracy_over_width(best_df: pd.DataFrame, title: str = "Relative accuracy o
             x=alt.X("W:Q", title="word width W (bits)", axis=alt.Axis(tickMinStep=1)),
             y=_REL,
             color=alt.Color("model:N", title="model"),
-            strokeDash=alt.StrokeDash("placement:N", title="placement"),
+            strokeDash=alt.StrokeDash("placement:N", title="placement", legend=alt.Legend(symbolType="stroke")),
             detail="rounding:N",
             tooltip=["model:N", "placement:N", "rounding:N", "W:Q", "F:Q",
                      alt.Tooltip("relative_accuracy:Q", format=".4f")],
@@ -60,9 +60,15 @@ def accuracy_over_width(best_df: pd.DataFrame, title: str = "Relative accuracy o
 
 
 def layer_heatmap(search_df: pd.DataFrame, title: str = "Smallest (W,F) per layer") -> alt.LayerChart:
-    """Layers (in table order, i.e. model order) x accuracy threshold: colour = W, text "W,F"."""
+    """Layers (in table order, i.e. model order) x accuracy threshold: colour = W, text "W,F".
+
+    A layer the search gave up on (no W) shows "float" on an uncoloured cell.
+    """
     df = _check(search_df, SEARCH_COLUMNS, "layer_heatmap").copy()
-    df["WF"] = [f"{int(w)},{int(f)}" for w, f in zip(df["W"], df["F"])]
+    gave_up = df["W"].isna() | df["F"].isna()
+    df["WF"] = ["float" if g else f"{int(w)},{int(f)}" for g, w, f in zip(gave_up, df["W"], df["F"])]
+    for col in ("W", "F"):  # ints, and JSON null where a layer gave up
+        df[col] = df[col].astype("Int64")
     layers = list(dict.fromkeys(df["layer"]))
     thresholds = sorted(dict.fromkeys(df["threshold"]), reverse=True)
     x = alt.X("threshold:O", title="accuracy threshold (relative)", sort=thresholds, axis=alt.Axis(labelAngle=0))
@@ -82,6 +88,7 @@ def layer_heatmap(search_df: pd.DataFrame, title: str = "Smallest (W,F) per laye
 
 
 def _mid(w: pd.Series) -> float:
+    w = w.dropna()
     return (float(w.min()) + float(w.max())) / 2 if len(w) else 0.0
 
 

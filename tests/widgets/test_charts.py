@@ -86,6 +86,25 @@ def test_layer_heatmap_spec(search_df):
     assert spec["title"] == "Smallest (W,F) per layer"
 
 
+def test_layer_heatmap_layer_that_gave_up(search_df):
+    """search_layers leaves W and F empty (pandas Int64 NA) for a layer that needs more than 24 bits."""
+    df = search_df.copy()
+    df["W"] = df["W"].astype("Int64")
+    df["F"] = df["F"].astype("Int64")
+    df.loc[(df.layer == "fc3") & (df.threshold == 1.0), ["W", "F"]] = pd.NA
+    rows = _rows(charts.layer_heatmap(df).to_dict())
+    cell = next(r for r in rows if r["layer"] == "fc3" and r["threshold"] == 1.0)
+    assert cell["WF"] == "float" and cell["W"] is None
+    other = next(r for r in rows if r["layer"] == "fc2" and r["threshold"] == 0.99)
+    assert (other["W"], other["WF"]) == (4, "4,2")
+
+
+def test_accuracy_over_width_dash_legend(best_df):
+    enc = charts.accuracy_over_width(best_df).to_dict()["encoding"]
+    assert enc["strokeDash"]["field"] == "placement"
+    assert enc["strokeDash"]["legend"]["symbolType"] == "stroke"
+
+
 def test_rounding_chart_half_and_best(sweep_df):
     spec = charts.rounding_chart(sweep_df).to_dict()
     assert spec["facet"]["column"]["field"] == "placement"
