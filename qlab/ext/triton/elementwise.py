@@ -50,6 +50,35 @@ def _seed_tensor(x: torch.Tensor, generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- fixed point
 @triton.jit
+def round_float(y, MODE: tl.constexpr, seed, offs):
+    """R(y) for a float32/float64 y, exactly (no step adds a constant that could round).
+
+    MODE: 0 nearest (ties away), 1 even, 2 down, 3 up, 4 zero, 5 stochastic (floor(y) + 1
+    with probability y - floor(y); ``tl.rand``: 2**-23 resolution).  Shared with the
+    intrinsic kernels.
+    """
+    t = tl.where(y < 0, tl.ceil(y), tl.floor(y))  # trunc(y)
+    d = y - t  # exact (y - floor(y) is not, for small negative y)
+    sgn = tl.where(y < 0, -1.0, 1.0).to(y.dtype)
+    if MODE == 0:
+        r = tl.where((d >= 0.5) | (d <= -0.5), t + sgn, t)
+    elif MODE == 1:
+        t_odd = (t - 2.0 * tl.floor(t * 0.5)) == 1.0
+        ad = tl.abs(d)
+        r = tl.where((ad > 0.5) | ((ad == 0.5) & t_odd), t + sgn, t)
+    elif MODE == 2:
+        r = tl.floor(y)
+    elif MODE == 3:
+        r = tl.ceil(y)
+    elif MODE == 4:
+        r = t
+    else:
+        f = tl.floor(y)
+        r = tl.where(tl.rand(seed, offs).to(y.dtype) < (y - f), f + 1.0, f)
+    return r
+
+
+@triton.jit
 def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
                   BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -63,26 +92,10 @@ def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, scale, inv_scale, lo, hi, MODE: tl.
         y = tl.where((y == 0) & (x != 0), tiny, y)
     y = tl.minimum(tl.maximum(y, lo), hi)
     y = tl.where(x != x, x, y)  # NaN stays NaN
-    t = tl.where(y < 0, tl.ceil(y), tl.floor(y))  # trunc(y)
-    d = y - t  # exact (y - floor(y) is not, for small negative y)
-    sgn = tl.where(y < 0, -1.0, 1.0)
-    if MODE == 0:  # nearest, ties away from zero
-        r = tl.where((d >= 0.5) | (d <= -0.5), t + sgn, t)
-    elif MODE == 1:  # ties to even
-        t_odd = (t - 2.0 * tl.floor(t * 0.5)) == 1.0
-        ad = tl.abs(d)
-        r = tl.where((ad > 0.5) | ((ad == 0.5) & t_odd), t + sgn, t)
-    elif MODE == 2:
-        r = tl.floor(y)
-    elif MODE == 3:
-        r = tl.ceil(y)
-    elif MODE == 4:  # toward zero
-        r = t
-    else:  # stochastic: floor(y) + 1 with probability y - floor(y)
+    seed = 0
+    if MODE == 5:  # a constexpr branch: only stochastic kernels read the seed
         seed = tl.load(seed_ptr)
-        u = tl.rand(seed, offs)
-        f = tl.floor(y)
-        r = tl.where(u < y - f, f + 1.0, f)
+    r = round_float(y, MODE, seed, offs)
     out = r * inv_scale + 0.0
     tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
 

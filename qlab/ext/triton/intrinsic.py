@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .elementwise import round_float
+
 _MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
 I32 = 2 ** 31 - 1
 I64 = 2 ** 63 - 1
@@ -67,30 +69,6 @@ def _rshift_any(n, S: tl.constexpr, MODE: tl.constexpr, seed, offs):
             r = (n >> S) + (u < (n & ((1 << S) - 1))).to(n.dtype)
     else:
         r = _rshift_round(n, S, MODE)
-    return r
-
-
-@triton.jit
-def _round_f64(y, MODE: tl.constexpr, seed, offs):
-    """R(y) for float64 y, exactly (no step adds a constant that could round)."""
-    t = tl.where(y < 0, tl.ceil(y), tl.floor(y))
-    d = y - t
-    sgn = tl.where(y < 0, -1.0, 1.0).to(tl.float64)
-    if MODE == 0:
-        r = tl.where((d >= 0.5) | (d <= -0.5), t + sgn, t)
-    elif MODE == 1:
-        t_odd = (t - 2.0 * tl.floor(t * 0.5)) == 1.0
-        ad = tl.abs(d)
-        r = tl.where((ad > 0.5) | ((ad == 0.5) & t_odd), t + sgn, t)
-    elif MODE == 2:
-        r = tl.floor(y)
-    elif MODE == 3:
-        r = tl.ceil(y)
-    elif MODE == 4:
-        r = t
-    else:  # stochastic (tl.rand: 2**-23 resolution)
-        f = tl.floor(y)
-        r = tl.where(tl.rand(seed, offs).to(tl.float64) < (y - f), f + 1.0, f)
     return r
 
 
@@ -155,7 +133,7 @@ def _fixed_gemm_kernel(
                 wk = tl.load(w_base + k * N, mask=n_mask, other=0)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                     xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
-                    pf = _round_f64(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, seed, rbase + k)
+                    pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, seed, rbase + k)
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
                 else:
