@@ -40,6 +40,7 @@ from qlab.core import Plan
 
 from . import data as qdata
 from .evaluation import Evaluator, check_layers
+from .sweep import best_per_width, fractions_for  # noqa: F401  (best_per_width: part of this module's API)
 
 SPEC_COLUMNS = ["model", "placement", "variant", "spec", "W", "F", "accuracy", "float_accuracy", "relative_accuracy"]
 DATASETS = ("fashion-mnist", "digits", "imagenet")
@@ -88,18 +89,6 @@ def expand(template: str | Callable[[int, int], str], W: int, F: int) -> str:
         raise ValueError(f"a spec template must be a string or a function of (W, F), got {type(template).__name__}")
     env = {"W": int(W), "F": int(F)}
     return _HOLE.sub(lambda m: str(_int_expr(m.group(1), env)), template)
-
-
-def _fractions(fractions, W: int) -> list[int]:
-    if fractions == "half":
-        return [W // 2]
-    if fractions == "all":
-        return list(range(W))
-    if callable(fractions):
-        return [int(f) for f in fractions(W)]
-    if isinstance(fractions, int):
-        return [fractions]
-    return [int(f) for f in fractions]
 
 
 def around_half(radius: int) -> Callable[[int], list[int]]:
@@ -213,7 +202,7 @@ def sweep_specs(
     name = name or type(model).__name__
     walk = fractions if isinstance(fractions, Walk) else None
     cells = [(v, W) for v, W in product(specs, widths)]
-    candidates = {(v, W): (list(range(W)) if walk else _fractions(fractions, W)) for v, W in cells}
+    candidates = {(v, W): (list(range(W)) if walk else fractions_for(fractions, W)) for v, W in cells}
     plans = {}
     for (v, W), fs in candidates.items():  # every spec parses before the first evaluation
         for F in fs:
@@ -266,26 +255,6 @@ def fixed_sweep(model, data, widths, fractions="half", roundings=("nearest",), p
     out = pd.concat(frames, ignore_index=True).rename(columns={"variant": "rounding"})[COLUMNS]
     out.attrs["evaluations"] = sum(f.attrs["evaluations"] for f in frames)
     return out
-
-
-def best_per_width(df, keys: Iterable[str] | None = None):
-    """One row per (keys, W): the F with the highest relative accuracy, ties to the smallest F.
-
-    ``keys`` default to those of model / placement / rounding / variant that ``df`` has.
-    """
-    keys = [c for c in ("model", "placement", "rounding", "variant") if c in df.columns] if keys is None else list(keys)
-    keys = keys + ["W"]
-    ordered = df.sort_values(keys + ["relative_accuracy", "F"], ascending=[True] * len(keys) + [False, True],
-                             kind="stable", key=_first_seen)
-    best = ordered.groupby(keys, sort=False, as_index=False).head(1)
-    return best.reset_index(drop=True)
-
-
-def _first_seen(column):
-    """Sort key: text columns in the order their values first appear (models as given), numbers as they are."""
-    if column.dtype.kind in "biuf":
-        return column
-    return column.map({v: i for i, v in enumerate(dict.fromkeys(column))})
 
 
 def smallest_width(df, threshold: float = 0.99, keys: Iterable[str] | None = None):

@@ -27,7 +27,8 @@ def fixed_spec(W: int, F: int, rounding: str = "nearest") -> str:
     return f"fixed({W},{F},{rounding})"
 
 
-def _fractions(fractions, W: int) -> list[int]:
+def fractions_for(fractions, W: int) -> list[int]:
+    """The F values ``fractions`` names for width W ("half", "all", an int, a list or a function of W)."""
     if fractions == "half":
         return [W // 2]
     if fractions == "all":
@@ -82,7 +83,7 @@ def sweep(
     check_layers(model, [p for p in patterns if not any(c in p for c in "*?[") and not p.startswith("type:")])
     name = name or type(model).__name__
     ev = Evaluator(model, data, cache=cache, batch_size=batch_size, seed=seed)
-    points = [(p, r, W, F) for p, r, W in product(placements, roundings, widths) for F in _fractions(fractions, W)]
+    points = [(p, r, W, F) for p, r, W in product(placements, roundings, widths) for F in fractions_for(fractions, W)]
     rows = []
     float_acc = ev.accuracy(None)
     for placement, rounding, W, F in tqdm(points, desc=f"sweep {name}", unit="point", disable=not progress):
@@ -95,13 +96,29 @@ def sweep(
     return df
 
 
-def best_fraction_bits(df):
-    """For each (model, placement, rounding, W): the F with the highest relative accuracy.
+def best_per_width(df, keys=None):
+    """One row (all columns) per (keys, W): the F with the highest relative accuracy.
 
-    Ties go to the smallest F (the most integer bits, so the most headroom), which
-    is how a walk upward from F = 0 with a strict "better than" would report it.
+    ``keys`` default to those of model / placement / rounding / variant that ``df`` has.
+    Ties go to the smallest F (the most integer bits, so the most headroom), which is how
+    a walk upward from F = 0 with a strict "better than" would report it.  Text keys keep
+    the order their values first appear in (models as given), W ascends.
     """
-    keys = [c for c in ("model", "placement", "rounding") if c in df.columns] + ["W"]
-    ordered = df.sort_values(keys + ["relative_accuracy", "F"], ascending=[True] * len(keys) + [False, True])
-    best = ordered.groupby(keys, sort=True, as_index=False).head(1)
-    return best[keys + ["F", "relative_accuracy"]].reset_index(drop=True)
+    keys = [c for c in ("model", "placement", "rounding", "variant") if c in df.columns] if keys is None else list(keys)
+    keys = keys + ["W"]
+    ordered = df.sort_values(keys + ["relative_accuracy", "F"], ascending=[True] * len(keys) + [False, True],
+                             kind="stable", key=_first_seen)
+    return ordered.groupby(keys, sort=False, as_index=False).head(1).reset_index(drop=True)
+
+
+def _first_seen(column):
+    """Sort key: text columns in the order their values first appear, numbers as they are."""
+    if column.dtype.kind in "biuf":
+        return column
+    return column.map({v: i for i, v in enumerate(dict.fromkeys(column))})
+
+
+def best_fraction_bits(df):
+    """The deck's "relative accuracy, best F" for each (model, placement, rounding, W) of a sweep."""
+    keys = [c for c in ("model", "placement", "rounding") if c in df.columns]
+    return best_per_width(df, keys)[keys + ["W", "F", "relative_accuracy"]]
