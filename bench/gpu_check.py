@@ -10,7 +10,8 @@ else an equivalent ResNet-50 defined here).  Rows:
 * elementwise fixed(8,4) nearest and stochastic on 2**28 float32: GB/s beside a
   device-to-device copy and torch.fake_quantize_per_tensor_affine;
 * intrinsic linear fixed(16,8) sequential at 512^3 and 2048^3: quantized MACs/s beside
-  a naive per-k torch loop (512^3) and cuBLAS fp32 with TF32 off (2048^3);
+  a naive per-k torch loop (512^3) and cuBLAS fp32 with TF32 off (2048^3); the float
+  formats fp16, fp8e4m3 products with an fp16 final sum, and bf16 (float64 products);
 * intrinsic conv, ResNet-50 layer (batch 32, 256->256, 14x14, 3x3, pad 1): QMAC/s, and
   the intrinsic linear at the same GEMM shape (equal MACs) for the ratio;
 * ResNet-50 (random weights), every conv and fc intrinsic fixed(16,8), batch 64:
@@ -143,6 +144,11 @@ def bench_linear(quick: bool, reps: int):
                 os.environ.pop("QLAB_BACKEND")
             rows.append(["qlab torch reference path on CUDA", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
     n = sizes[-1]
+    x, w = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda") * 0.05
+    for fspec in ["fp16", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16"]:
+        sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
+        rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
+                     fmt_rate(n ** 3 / sec, "QMAC/s")])
     a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

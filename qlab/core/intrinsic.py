@@ -335,6 +335,9 @@ def _qf(qz: Quantizer, t64: torch.Tensor, generator) -> torch.Tensor:
 
 def float_matmul(x, w, bias, spec: Intrinsic, generator=None, quantize_w=True) -> torch.Tensor:
     """Intrinsic matmul for float/log formats (float64, exact products, round-to-odd sums)."""
+    fast = backends.lookup("float_matmul", x, w, bias, spec, generator, quantize_w)
+    if fast is not None:  # a compiled kernel (qlab.ext): same result for deterministic modes
+        return fast(x, w, bias, spec, generator, quantize_w)
     q, A = spec.q, spec.A
     out_dtype = x.dtype
     x64 = x.to(torch.float64)
@@ -365,11 +368,15 @@ def _exact_sum(terms: torch.Tensor, q: Quantizer) -> torch.Tensor:
         emin, emax, _ = _float_params(q.E, q.M, q.fn)
         lsb = emin - q.M
         if (emax + 1 - lsb) + math.ceil(math.log2(max(2, terms.shape[0]))) <= 62:
-            ints = torch.round(terms * 2.0 ** -lsb).to(torch.int64)
+            finite = torch.isfinite(terms)
+            ints = torch.round(torch.where(finite, terms, 0.0) * 2.0 ** -lsb).to(torch.int64)
             total = ints.sum(0)
             if total.numel() == 0 or total.abs().max() < 2 ** 53:
-                return total.to(torch.float64) * 2.0 ** lsb
-            return _odd_from_int(total, lsb)
+                exact = total.to(torch.float64) * 2.0 ** lsb
+            else:
+                exact = _odd_from_int(total, lsb)
+            # a NaN or infinite term decides the sum (inf + -inf = NaN), as float addition does
+            return torch.where(finite.all(0), exact, terms.sum(0))
     return terms.sum(0)
 
 
@@ -470,7 +477,8 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         else:
             p = (0,) + _pair(padding, 1) if nd == 1 else _pair(padding, 2)
             pads = (p[1], p[1], p[0], p[0])
-        fast = backends.lookup("fixed_conv2d", x4, w4, bias, st, pads, dl, groups, spec, generator)
+        op = "fixed_conv2d" if spec.fixed else "float_conv2d"
+        fast = backends.lookup(op, x4, w4, bias, st, pads, dl, groups, spec, generator)
         if fast is not None:  # an implicit-GEMM kernel (qlab.ext): same result, no unfold
             y = fast(x4, w4, bias, st, pads, dl, groups, spec, generator)
             y = y.squeeze(-2) if nd == 1 else y

@@ -33,6 +33,8 @@ def register_triton(device_type: str = "cuda") -> bool:
     backends.register("log", device_type, "triton", elementwise.log_quantize, elementwise.log_accepts)
     backends.register("fixed_matmul", device_type, "triton", intrinsic.fixed_matmul, intrinsic.matmul_accepts)
     backends.register("fixed_conv2d", device_type, "triton", intrinsic.fixed_conv2d, intrinsic.conv_accepts)
+    backends.register("float_matmul", device_type, "triton", intrinsic.float_matmul, intrinsic.float_matmul_accepts)
+    backends.register("float_conv2d", device_type, "triton", intrinsic.float_conv2d, intrinsic.float_conv_accepts)
     return True
 
 

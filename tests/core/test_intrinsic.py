@@ -1,4 +1,5 @@
 """Intrinsic ops against a scalar loop in Python rationals (SEMANTICS.md section 4)."""
+import math
 import random
 from fractions import Fraction
 
@@ -194,6 +195,49 @@ def test_float_format_linear_matches_scalar():
                 p = Fraction(ref.float_fmt(float(Fraction(xv) * Fraction(wv)), 4, 3, fn=True))
                 s = Fraction(ref.float_fmt(float(s + p), 5, 10))  # s + p exact in float64 here
             assert y[i, o].item() == float(ref.float_fmt(float(s), 4, 3, fn=True))
+
+
+@pytest.mark.parametrize("mode", ["even", "nearest", "up", "down", "zero"])
+@pytest.mark.parametrize("acc", ["sequential", "final"])
+def test_float_format_exact_sums_in_rationals(mode, acc):
+    """Float formats: every + exact before its rounding (tiny addends beside big ones decide the
+    directed modes), products exact, bias; against Python rationals."""
+    Qf, Af = (5, 2), (5, 10)  # e5m2 products, fp16 accumulator
+    spec = qlab.Intrinsic(qlab.Float(*Qf, mode), acc=qlab.Float(*Af, mode), accumulate=acc)
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(6, 7, generator=g) * 2.0 ** torch.randint(-14, 12, (6, 7), generator=g)
+    x[0, :3] = torch.tensor([1024.0, 2.0 ** -14, -(2.0 ** -15)])
+    w, b = torch.randn(3, 7, generator=g), torch.randn(3, generator=g) * 4
+    y = qlab.intrinsic_linear(x, w, b, spec)
+
+    def q(v):
+        return Fraction(ref.float_fmt(v, *Qf, mode))
+
+    def a(v):
+        return Fraction(ref.float_fmt(v, *Af, mode))
+
+    for i in range(6):
+        for o in range(3):
+            ps = [q(q(float(xv)) * q(float(wv))) for xv, wv in zip(x[i].tolist(), w[o].tolist())]
+            if acc == "sequential":
+                s = Fraction(0)
+                for p_ in ps:
+                    s = a(s + p_)
+            else:
+                s = a(sum(ps))
+            s = a(s + q(b[o].item()))
+            assert y[i, o].item() == float(q(s)), (i, o)
+
+
+def test_float_format_non_finite_sums():
+    """An infinite or NaN product decides the sum as float addition does, in both modes."""
+    w = torch.ones(1, 3)
+    for acc in ["sequential", "final"]:
+        spec = qlab.Intrinsic(qlab.Float(5, 10, inf=True), accumulate=acc)
+        for row, want in [([math.inf, 1.0, 2.0], math.inf), ([math.inf, -math.inf, 0.0], math.nan),
+                          ([math.nan, 1.0, 1.0], math.nan), ([-math.inf, 3.0, 0.0], -math.inf)]:
+            y = qlab.intrinsic_linear(torch.tensor([row]), w, None, spec).item()
+            assert (math.isnan(y) and math.isnan(want)) or y == want, (acc, row, y)
 
 
 def test_backward_is_float_gradient():

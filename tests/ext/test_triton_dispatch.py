@@ -46,15 +46,22 @@ def test_override_and_accepts(registry, monkeypatch):
     assert backends.lookup("fixed", x, q) is None
     monkeypatch.setenv("QLAB_BACKEND", "triton")
     assert backends.lookup("fixed", x, q) is not None
-    # declined: float64 tensors, W > 24, fn formats beyond float32, stochastic intrinsic, float intrinsic
-    assert backends.lookup("fixed", x.double(), q) is None
-    assert backends.lookup("fixed", x, qlab.FixedPoint(32, 8)) is None
-    assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
+    # covered: float64 tensors and W > 24 (float64 steps), float16/bfloat16 tensors, float intrinsic formats
+    assert backends.lookup("fixed", x.double(), q) is not None
+    assert backends.lookup("fixed", x, qlab.FixedPoint(32, 8)) is not None
+    assert backends.lookup("float", x.bfloat16(), qlab.Float(5, 2)) is not None
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,4)"), None, True) is not None
     assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,4,stochastic)"), None, True) is not None
+    assert backends.lookup("fixed_matmul", a.half(), w.half(), None, as_intrinsic("fixed(8,4)"), None, True) is not None
+    assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp8e4m3"), None, True) is not None
+    # declined: fn formats beyond float32, float formats on float64, big stochastic shifts, 16-bit W > 24
+    assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
+    assert backends.lookup("float", x.double(), qlab.Float(5, 2)) is None
     assert backends.lookup("fixed_matmul", a, w, None, as_intrinsic("fixed(8,40,stochastic)"), None, True) is None
-    assert backends.lookup("fixed_matmul", a.half(), w.half(), None, as_intrinsic("fixed(8,4)"), None, True) is None
+    assert backends.lookup("fixed_matmul", a.half(), w.half(), None, as_intrinsic("fixed(32,8)"), None, True) is None
+    assert backends.lookup("fixed_matmul", a.half(), w, None, as_intrinsic("fixed(8,4)"), None, True) is None
+    assert backends.lookup("float_matmul", a.double(), w.double(), None, as_intrinsic("fp16"), None, True) is None
     spec_f = qlab.Intrinsic(qlab.FixedPoint(8, 4), inputs=False)
     assert backends.lookup("fixed_matmul", a, w, None, spec_f, None, False) is None  # two activations, inputs=False
 

@@ -1,7 +1,8 @@
 """The Triton intrinsic linear/conv kernels equal the torch reference (qlab.core.intrinsic)
 bit for bit: every deterministic mode, sequential and final, separate accumulators (finer
 and coarser grids), bias, inputs=False, saturation, negative F, W = 32, ragged shapes,
-and conv stride/padding/dilation/groups.  Runs under TRITON_INTERPRET=1 on CPU tensors
+and conv stride/padding/dilation/groups; float(E,M) formats (products exact in float32 or
+float64, sums rounded to odd, int64 exact final sums, NaN/inf, fp16/bf16 tensors).  Runs under TRITON_INTERPRET=1 on CPU tensors
 (tiny shapes: one or two program instances, K <= 12); ``cuda`` compares CPU torch with
 CUDA Triton on a GPU."""
 import pytest
@@ -31,6 +32,10 @@ def test_intrinsic_stochastic_seeded_bounded_unbiased(results):
     assert results["intrinsic_stochastic"] == "ok", results["intrinsic_stochastic"]
 
 
+def test_intrinsic_float_formats_match_reference(results):
+    assert results["float_intrinsic"] == "ok", results["float_intrinsic"]
+
+
 def test_cpu_tensors_keep_the_torch_path():
     import torch
 
@@ -39,3 +44,4 @@ def test_cpu_tensors_keep_the_torch_path():
 
     x = torch.zeros(2, 3)
     assert backends.lookup("fixed_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fixed(8,4)"), None, True) is None
+    assert backends.lookup("float_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fp16"), None, True) is None

@@ -18,10 +18,18 @@ FIXED = """
             if not same(ref(q, x), fast(q, x)):
                 bad.append(str(q))
     assert fast(qlab.FixedPoint(8, 4), torch.empty(0)).shape == (0,)
-    # outside the kernel's cover the dispatcher declines and the reference result comes back
-    for q, t in [(qlab.FixedPoint(32, 8), x), (qlab.FixedPoint(25, 0), x), (qlab.FixedPoint(8, 4), x.double())]:
-        assert not dispatched("fixed", t, q), q
-        assert same(ref(q, t), fast(q, t)), q
+    # float64 steps (W > 24, F far out, float64 tensors) and float16/bfloat16 tensors
+    xd = torch.cat([x.double(), torch.randn(500, dtype=torch.float64) * 1e6, torch.tensor([2.0 ** 40 + 0.5, -1e-300])])
+    cases = [(W, F_, t) for W, F_ in [(32, 16), (32, 0), (25, 3), (30, 29), (32, -8), (12, 600), (31, -900)]
+             for t in (x, xd)]
+    cases += [(W, F_, t) for W, F_ in [(8, 4), (16, 8), (24, 10), (32, 16), (12, 20), (6, -3)]
+              for t in (x.half(), x.bfloat16(), (x * 3000).half(), (x * 1e4).bfloat16())]
+    for W, F_, t in cases:
+        for m in ["nearest", "even", "down", "up", "zero"]:
+            q = qlab.FixedPoint(W, F_, m)
+            assert dispatched("fixed", t, q), (q, t.dtype)
+            if not same(ref(q, t), fast(q, t)):
+                bad.append((str(q), str(t.dtype)))
     print("BAD", bad)
     assert not bad, bad
 """
@@ -83,7 +91,18 @@ FLOAT = """
                 bad.append(str(q))
     q = qlab.Float(8, 3, fn=True)  # values beyond float32: declined, the reference runs
     assert not dispatched("float", x, q) and same(ref(q, x), fast(q, x))
-    assert not dispatched("float", x.half(), qlab.Float(5, 2))
+    assert not dispatched("float", x.double(), qlab.Float(5, 2))
+    # float16/bfloat16 tensors: the format's value, then one rounding to the tensor's dtype
+    x16 = torch.cat([x_norm, specials, torch.randn(300) * 7e4, torch.randn(300) * 1e-6])
+    for E, M, fn, inf in [(5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (8, 12, False, True),
+                          (6, 13, False, False), (3, 1, False, True)]:
+        for dt in (torch.float16, torch.bfloat16):
+            for m in ["even", "nearest", "down", "up", "zero"]:
+                q = qlab.Float(E, M, m, fn=fn, inf=inf)
+                t = x16.to(dt)
+                assert dispatched("float", t, q), (q, dt)
+                if not same(ref(q, t), fast(q, t)):
+                    bad.append((str(q), str(dt)))
     print("BAD", bad)
     assert not bad, bad
 """
@@ -106,6 +125,10 @@ LOG = """
             assert dispatched("log", x, q), q
             if not same(ref(q, x), fast(q, x)):
                 bad.append(str(q))
+            if E in (0, 10, -130, 127, 60):  # float16/bfloat16 tensors: one rounding of the power of two
+                for t in (x.half(), x.bfloat16()):
+                    if not same(ref(q, t), fast(q, t)):
+                        bad.append((str(q), str(t.dtype)))
     print("BAD", bad)
     assert not bad, bad
 """
@@ -120,7 +143,8 @@ COMMON = """
                          accumulate=acc, inputs=inputs)
 
     def lin_dispatched(x, w, b, spec):
-        return dispatched("fixed_matmul", x, w.t(), b, as_intrinsic(spec), None, True)
+        spec = as_intrinsic(spec)
+        return dispatched("fixed_matmul" if spec.fixed else "float_matmul", x, w.t(), b, spec, None, True)
 """
 
 LINEAR = COMMON + """
@@ -167,6 +191,16 @@ LINEAR = COMMON + """
     n += 1
     if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
         bad.append(str(spec))
+    # float16/bfloat16 tensors (W <= 24): exact float32 results, one rounding to the dtype
+    for dt in (torch.float16, torch.bfloat16):
+        for spec in [spec_of(8, 4, 8, 4, "nearest", "sequential"), spec_of(16, 8, 20, 10, "even", "final"),
+                     spec_of(24, 20, 24, 20, "down", "sequential"), spec_of(12, 6, 12, 6, "zero", "final", inputs=False)]:
+            x = (torch.randn(19, 6, generator=rng) * 4).to(dt)
+            w, b = (torch.randn(5, 6, generator=rng)).to(dt), (torch.randn(5, generator=rng)).to(dt)
+            assert lin_dispatched(x, w, b, spec), (spec, dt)
+            n += 1
+            if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+                bad.append((str(spec), str(dt)))
     # matmul of two activations (quantize_w=False): both operands on the grid
     a, c = torch.randn(6, 5, generator=rng) * 2, torch.randn(5, 3, generator=rng) * 2
     n += 1
@@ -176,8 +210,7 @@ LINEAR = COMMON + """
     x, w = torch.randn(5, 4, generator=rng), torch.randn(3, 4, generator=rng)
     for spec, xx, ww in [(spec_of(8, 4, 8, 4, "stochastic", "sequential"), x.double(), w.double()),
                          (as_intrinsic("fixed(8,4)"), x.double(), w.double()),
-                         (spec_of(32, 200, 32, 200, "nearest", "sequential"), x, w),
-                         (as_intrinsic("fp16"), x, w)]:
+                         (spec_of(32, 200, 32, 200, "nearest", "sequential"), x, w)]:
         assert not lin_dispatched(xx, ww, None, spec), spec
         if not spec.q.stochastic:
             assert same(ref(intrinsic_linear, xx, ww, None, spec=spec), fast(intrinsic_linear, xx, ww, None, spec=spec))
@@ -214,6 +247,13 @@ CONV = COMMON + """
     if not same(ref(intrinsic_conv, x1, w1, None, stride=2, padding=1, spec="fixed(8,4)"),
                 fast(intrinsic_conv, x1, w1, None, stride=2, padding=1, spec="fixed(8,4)")):
         bad.append("conv1d")
+    xb, wb = (torch.randn(2, 4, 6, 6, generator=rng) * 3).bfloat16(), torch.randn(4, 2, 3, 3, generator=rng).bfloat16()
+    spec = spec_of(16, 8, 16, 8, "nearest", "sequential")
+    assert dispatched("fixed_conv2d", xb, wb, None, (1, 1), (1, 1, 1, 1), (1, 1), 2, spec, None)
+    n += 1
+    if not same(ref(intrinsic_conv, xb, wb, None, padding=1, groups=2, spec=spec),
+                fast(intrinsic_conv, xb, wb, None, padding=1, groups=2, spec=spec)):
+        bad.append("bfloat16 conv")
     x3 = torch.randn(3, 5, 5, generator=rng) * 2
     w3 = torch.randn(2, 3, 3, 3, generator=rng)
     spec = spec_of(8, 4, 8, 4, "even", "sequential", inputs=False)
@@ -262,5 +302,108 @@ STOCH_INTRINSIC = COMMON + """
     print("STOCH OK")
 """
 
+FLOAT_INTRINSIC = COMMON + """
+    rng = torch.Generator().manual_seed(4)
+    FM = ["even", "nearest", "down", "up", "zero"]
+
+    def fspec(q, a, mode, acc, amode=None, inputs=True):
+        E, M_, fn, inf = q
+        Ea, Ma, fna, infa = a
+        return Intrinsic(qlab.Float(E, M_, mode, fn=fn, inf=inf), acc=qlab.Float(Ea, Ma, amode or mode, fn=fna, inf=infa),
+                         accumulate=acc, inputs=inputs)
+
+    FP16, BF16, E4M3, E5M2 = (5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (5, 2, False, False)
+    CASES = [  # Q, A, input scale: float32 products, float64 products, saturation, overflow to inf
+        (FP16, FP16, 8.0), (E4M3, E4M3, 6.0), (E5M2, FP16, 3.0), (E4M3, (5, 7, False, False), 20.0),
+        (BF16, BF16, 1e3), ((3, 1, False, True), (3, 2, False, True), 2.0), ((6, 5, False, False), (8, 12, False, False), 1e4),
+        ((2, 1, False, False), (4, 2, False, False), 0.7),
+    ]
+    bad, n, differ = [], 0, 0
+    for i, (qf, af, sc) in enumerate(CASES):
+        for j, mode in enumerate((FM * 2)[i % 5:i % 5 + 3]):
+            M, K, N = [int(v) for v in torch.randint(1, 11, (3,), generator=rng)]
+            M += 17 * (j % 2)
+            x = torch.randn(M, K, generator=rng) * sc
+            w = torch.randn(N, K, generator=rng) * sc / 2
+            b = torch.randn(N, generator=rng) * sc if (i + j) % 2 else None
+            if j == 2:  # specials: NaN, infinities, signed zeros, tiny values
+                x.view(-1)[: 5] = torch.tensor([math.nan, math.inf, -0.0, 1e-30, -math.inf])[: x.numel()]
+            outs = {}
+            for acc in ["sequential", "final"]:
+                spec = fspec(qf, af, mode, acc)
+                if acc == "final" and qf[0] >= 6:  # beyond an exact int64 sum (E >= 6): declined, reference
+                    assert not lin_dispatched(x, w, b, spec), spec
+                    continue
+                assert lin_dispatched(x, w, b, spec), spec
+                r, f = ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)
+                n += 1
+                outs[acc] = r
+                if not same(r, f):
+                    bad.append((str(spec), M, K, N))
+            if len(outs) == 2:
+                differ += not same(outs["sequential"], outs["final"])
+    assert differ >= 3, differ
+    # inputs=False (float input times Q(w), exact in float64), another accumulator mode, fp16/bf16 tensors
+    for mode in FM:
+        spec = fspec(E4M3, FP16, mode, ["sequential", "final"][FM.index(mode) % 2], inputs=False)
+        x, w, b = torch.randn(7, 6, generator=rng) * 5, torch.randn(4, 6, generator=rng), torch.randn(4, generator=rng)
+        assert lin_dispatched(x, w, b, spec), spec
+        n += 1
+        if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+            bad.append(str(spec))
+    for dt in [torch.float16, torch.bfloat16]:
+        spec = fspec(E5M2, FP16, "even", "sequential", amode="zero")
+        x, w = (torch.randn(5, 9, generator=rng) * 4).to(dt), (torch.randn(3, 9, generator=rng)).to(dt)
+        assert lin_dispatched(x, w, None, spec), spec
+        n += 1
+        if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+            bad.append(("dtype", str(dt)))
+    # conv: float32 and float64 products, groups, padding, stride, dilation
+    for i, (qf, af, acc, kw_) in enumerate([
+            (FP16, FP16, "sequential", dict(padding=1)), (E4M3, (5, 6, False, False), "final", dict(stride=2, groups=2)),
+            (BF16, BF16, "sequential", dict(padding="same", dilation=2)), (E5M2, E5M2, "final", dict(padding=(0, 1)))]):
+        g = kw_.get("groups", 1)
+        x = torch.randn(2, 4, 6, 5, generator=rng) * 3
+        w = torch.randn(6, 4 // g, 3, 2, generator=rng)
+        b = torch.randn(6, generator=rng) if i % 2 else None
+        spec = fspec(qf, af, FM[i], acc)
+        assert dispatched("float_conv2d", x, w, b, (1, 1), (0, 0, 0, 0), (1, 1), g, spec, None), spec
+        n += 1
+        if not same(ref(intrinsic_conv, x, w, b, spec=spec, **kw_), fast(intrinsic_conv, x, w, b, spec=spec, **kw_)):
+            bad.append(("conv", i, str(spec)))
+    # crafted: only a sum or product rounded to odd (not to nearest) in float32 gets these right
+    crafted = [([[1024.0, 2.0 ** -20]], [[1.0, 1.0]], FP16, FP16, True, 1025.0),  # 1024 + 2**-20, rounded up
+               ([[11184811 * 2.0 ** -23]], [[3.0]], E4M3, FP16, False, 4.5)]  # 4 + 2**-23 (inputs=False), up
+    for xv, wv, qf, af, inputs, up in crafted:
+        for sign in (1, -1):
+            x, w = torch.tensor(xv) * sign, torch.tensor(wv)
+            for mode in ["up", "down", "zero"]:
+                for acc in ["sequential", "final"]:
+                    spec = fspec(qf, af, mode, acc, inputs=inputs)
+                    assert lin_dispatched(x, w, None, spec), spec
+                    r, f = ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)
+                    if mode == "up" and sign == 1:
+                        assert r.item() == up, (str(spec), r.item())
+                    n += 1
+                    if not same(r, f):
+                        bad.append(("crafted", str(spec), sign, r.item(), f.item()))
+    # outside the kernel: declined, the reference result comes back
+    x, w = torch.randn(5, 4, generator=rng), torch.randn(3, 4, generator=rng)
+    for spec, xx in [(as_intrinsic("fp16"), x.double()), (fspec(BF16, (8, 7, False, True), "even", "sequential"), x),
+                     (as_intrinsic("float(8,23)"), x), (as_intrinsic("log(8,0)"), x)]:
+        assert not lin_dispatched(xx, w.to(xx.dtype), None, spec), spec
+        assert same(ref(intrinsic_linear, xx, w.to(xx.dtype), None, spec=spec),
+                    fast(intrinsic_linear, xx, w.to(xx.dtype), None, spec=spec)), spec
+    # stochastic: repeatable under a seed, between the all-down and all-up results
+    spec = fspec(E4M3, E4M3, "stochastic", "sequential")
+    x, w = torch.randn(64, 6, generator=rng) * 3, torch.randn(5, 6, generator=rng)
+    torch.manual_seed(3); s1 = fast(intrinsic_linear, x, w, None, spec=spec)
+    torch.manual_seed(3); s2 = fast(intrinsic_linear, x, w, None, spec=spec)
+    torch.manual_seed(4); s3 = fast(intrinsic_linear, x, w, None, spec=spec)
+    assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    print("CASES", n, "BAD", bad)
+    assert not bad, bad
+"""
+
 ELEMENTWISE = {"fixed": FIXED, "stochastic": STOCHASTIC, "float": FLOAT, "log": LOG}
-INTRINSIC = {"linear": LINEAR, "conv": CONV, "intrinsic_stochastic": STOCH_INTRINSIC}
+INTRINSIC = {"linear": LINEAR, "conv": CONV, "intrinsic_stochastic": STOCH_INTRINSIC, "float_intrinsic": FLOAT_INTRINSIC}

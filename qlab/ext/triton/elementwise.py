@@ -78,45 +78,140 @@ def round_float(y, MODE: tl.constexpr, seed, offs):
     return r
 
 
+# --------------------------------------------------------------------------- tensor dtypes
+# float16/bfloat16 tensors travel as their int16 bits: the kernels widen them to float32
+# and round results back with integer arithmetic (round to nearest even, overflow to inf,
+# as torch's casts do), so no step depends on the device's or interpreter's conversions.
+_DT = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+_DTYPES = "float32/float16/bfloat16/float64"
+_DT16 = (torch.float32, torch.float16, torch.bfloat16)  # float and log formats: float32 arithmetic
+
+
+def _bits(t: torch.Tensor) -> torch.Tensor:
+    return t.view(torch.int16) if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 @triton.jit
-def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
-                  BLOCK: tl.constexpr):
+def load_as_float(ptr, offs, mask, DT: tl.constexpr):
+    """float32 values (float64 for DT 3) of a float32/float16-bits/bfloat16-bits/float64 tensor."""
+    if DT == 1:
+        h = tl.load(ptr + offs, mask=mask, other=0).to(tl.int32) & 0xFFFF
+        sign = (h & 0x8000) << 16
+        e = (h >> 10) & 0x1F
+        m = h & 0x3FF
+        normal = ((e + 112) << 23) | (m << 13)
+        sub = (m.to(tl.float32) * 5.960464477539063e-08).to(tl.int32, bitcast=True)  # m * 2**-24, exact
+        bits = sign | tl.where(e == 0, sub, tl.where(e == 31, 0x7F800000 | (m << 13), normal))
+        x = bits.to(tl.float32, bitcast=True)
+    elif DT == 2:
+        x = (tl.load(ptr + offs, mask=mask, other=0).to(tl.int32) << 16).to(tl.float32, bitcast=True)
+    else:
+        x = tl.load(ptr + offs, mask=mask, other=0.0)
+    return x
+
+
+@triton.jit
+def f64_to_f32_odd(p):
+    """A float64 rounded to odd in float32 (exact information for one later rounding to
+    <= 22 significant bits); magnitudes >= 2**128 become inf."""
+    f = p.to(tl.float32)  # to nearest
+    fb = f.to(tl.int32, bitcast=True)
+    over = ((fb & 0x7FFFFFFF) == 0x7F800000) & (tl.abs(p) < 3.402823669209385e38)  # < 2**128
+    f = tl.where(over, tl.where(p < 0, -3.4028234663852886e38, 3.4028234663852886e38), f)  # odd: max float32
+    fb = f.to(tl.int32, bitcast=True)
+    back = f.to(tl.float64)
+    fix = (back != p) & ((fb & 0x7F800000) != 0x7F800000) & ((fb & 1) == 0)
+    step = tl.where(tl.abs(p) > tl.abs(back), 1, -1)
+    return tl.where(fix, (fb + step).to(tl.float32, bitcast=True), f)
+
+
+@triton.jit
+def store_from_float(ptr, offs, y, mask, DT: tl.constexpr):
+    """Store float32 or float64 results y into a tensor of kind DT, rounded once to nearest even."""
+    if DT == 3:
+        tl.store(ptr + offs, y.to(tl.float64), mask=mask)
+    elif DT == 0:
+        tl.store(ptr + offs, y.to(tl.float32), mask=mask)  # float32 stays; float64 rounds once
+    else:
+        if y.dtype == tl.float64:
+            y = f64_to_f32_odd(y)  # then one rounding to 16 bits is the correct one
+        if DT == 1:
+            r = round_to_float(y, -14, 10, 65504.0, True, 1, 0, offs)
+            b = r.to(tl.int32, bitcast=True)
+            a = b & 0x7FFFFFFF
+            e = a >> 23
+            normal = ((e - 112) << 10) | ((a >> 13) & 0x3FF)
+            sub = (a.to(tl.float32, bitcast=True) * 16777216.0).to(tl.int32)  # |r| / 2**-24, exact
+            h = tl.where(a > 0x7F800000, 0x7E00, tl.where(a == 0x7F800000, 0x7C00, tl.where(e >= 113, normal, sub)))
+        else:
+            r = round_to_float(y, -126, 7, 3.3895313892515355e38, True, 1, 0, offs)
+            b = r.to(tl.int32, bitcast=True)
+            a = b & 0x7FFFFFFF
+            h = tl.where(a > 0x7F800000, 0x7FC0, a >> 16)
+        h = h | ((b >> 16) & 0x8000)
+        tl.store(ptr + offs, h.to(tl.int16), mask=mask)
+
+
+@triton.jit
+def _pow2_f64(e):
+    """The float64 2**e for -1022 <= e <= 1023, from its bits."""
+    return ((e.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
+
+
+@triton.jit
+def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
+                  CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    y = x * scale
+    x = load_as_float(x_ptr, offs, mask, DT)
+    if CT64:  # the reference's float64 steps (W > 24, F far out, float64 tensors); bounds built here
+        x = x.to(tl.float64)
+        y = x * _pow2_f64(F)
+        one = tl.full((), 1, tl.int64)
+        lo64 = (-(one << (W - 1))).to(tl.float64)
+        hi64 = ((one << (W - 1)) - 1).to(tl.float64)  # rounded to float64 as the reference's clamp does
+        tiny = 2.2250738585072014e-308
+    else:
+        y = x * scale
+        lo64 = lo
+        hi64 = hi
+        tiny = 1.1754943508222875e-38
     if NEG_F:
         # a tiny nonzero x can underflow to 0 in x * 2**F, but floor/ceil/stochastic see it
-        tiny = tl.where(x < 0, -1.1754943508222875e-38, 1.1754943508222875e-38)
-        y = tl.where((y == 0) & (x != 0), tiny, y)
-    y = tl.minimum(tl.maximum(y, lo), hi)
+        y = tl.where((y == 0) & (x != 0), tl.where(x < 0, -tiny, tiny).to(y.dtype), y)
+    y = tl.minimum(tl.maximum(y, lo64), hi64)
     y = tl.where(x != x, x, y)  # NaN stays NaN
     seed = 0
     if MODE == 5:  # a constexpr branch: only stochastic kernels read the seed
         seed = tl.load(seed_ptr)
     r = round_float(y, MODE, seed, offs)
-    out = r * inv_scale + 0.0
-    tl.store(y_ptr + offs, out.to(y_ptr.dtype.element_ty), mask=mask)
+    if CT64:
+        out = r * _pow2_f64(-F) + 0.0
+    else:
+        out = r * inv_scale + 0.0
+    store_from_float(y_ptr, offs, out, mask, DT)
 
 
 def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
+    from qlab.core.formats import fixed_compute_dtype
+
     if not fixed_accepts(x, q, generator):
-        raise ValueError(f"the Triton kernel covers float32-exact fixed formats on float32 tensors, not {q} on {x.dtype}")
+        raise ValueError(f"the Triton kernel covers fixed formats on {_DTYPES} tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     n = xc.numel()
     if n:
+        ct64 = fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float64
+        sc = (1.0, 1.0, 0.0, 0.0) if ct64 else (2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int))
         seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
-        _fixed_kernel[(triton.cdiv(n, _block()),)](xc, y, seed, n, 2.0 ** q.F, 2.0 ** -q.F, float(q.min_int),
-                                               float(q.max_int), MODE=_MODES[q.rounding], NEG_F=q.F < 0, BLOCK=_block())
+        _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), seed, n, q.W, q.F, *sc, MODE=_MODES[q.rounding],
+                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block())
     return y
 
 
 def fixed_accepts(x: torch.Tensor, q, generator=None) -> bool:
-    from qlab.core.formats import fixed_compute_dtype
-
-    return q.rounding in _MODES and x.dtype == torch.float32 and fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float32
+    return q.rounding in _MODES and x.dtype in _DT
 
 
 accepts = fixed_accepts  # the name the first version registered
@@ -130,12 +225,9 @@ def _pow2_bits(e):
 
 
 @triton.jit
-def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
-                  BLOCK: tl.constexpr):
-    pid = tl.program_id(0)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed, offs):
+    """Q(x) for float32 x onto float(E, M) (EMIN = 1 - bias, maxv its largest value),
+    exactly, as float32.  Shared with the intrinsic float kernels."""
     bits = x.to(tl.int32, bitcast=True)
     neg = bits < 0
     a = bits & 0x7FFFFFFF
@@ -161,7 +253,6 @@ def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, M
     elif MODE == 4:  # zero
         up = rem < 0
     else:  # stochastic: magnitude up with probability rem / 2**s
-        seed = tl.load(seed_ptr)
         u = tl.rand(seed, offs)
         up = u < rem.to(tl.float32) * _pow2_bits(-s).to(tl.float32, bitcast=True)  # exact
     r = fl + up.to(tl.int32)  # <= 2**24: exact in float32
@@ -183,27 +274,41 @@ def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, M
         keep = mbits == mbits
     out = tl.where(neg & keep, mbits | (-2147483647 - 1), mbits)
     out = tl.where(a > 0x7F800000, bits, out)  # NaN
-    tl.store(y_ptr + offs, out.to(tl.float32, bitcast=True), mask=mask)
+    return out.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
+                  DT: tl.constexpr, BLOCK: tl.constexpr):
+    pid = tl.program_id(0)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    x = load_as_float(x_ptr, offs, mask, DT)
+    seed = 0
+    if MODE == 5:
+        seed = tl.load(seed_ptr)
+    y = round_to_float(x, EMIN, M, maxv, INF, MODE, seed, offs)
+    store_from_float(y_ptr, offs, y, mask, DT)
 
 
 def float_accepts(x: torch.Tensor, q, generator=None) -> bool:
     # fn with E = 8 has values beyond float32's range: the reference handles it
-    return x.dtype == torch.float32 and not (q.fn and q.E == 8)
+    return x.dtype in _DT16 and not (q.fn and q.E == 8)
 
 
 def float_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
     from qlab.core.formats import _float_params
 
     if not float_accepts(x, q, generator):
-        raise ValueError(f"the Triton kernel covers float formats on float32 tensors, not {q} on {x.dtype}")
+        raise ValueError(f"the Triton kernel covers float formats on float32/float16/bfloat16 tensors, not {q} on {x.dtype}")
     emin, _, maxv = _float_params(q.E, q.M, q.fn)
     xc = x.contiguous()
     y = torch.empty_like(xc)
     n = xc.numel()
     if n:
         seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
-        _float_kernel[(triton.cdiv(n, _block()),)](xc, y, seed, n, emin, q.M, maxv, INF=q.inf, MODE=_MODES[q.rounding],
-                                               BLOCK=_block())
+        _float_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), seed, n, emin, q.M, maxv, INF=q.inf,
+                                               MODE=_MODES[q.rounding], DT=_DT[x.dtype], BLOCK=_block())
     return y
 
 
@@ -222,11 +327,12 @@ _SQRT_HALF_MANT = _sqrt_half_mantissa()
 
 
 @triton.jit
-def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constexpr, BLOCK: tl.constexpr):
+def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constexpr, DT: tl.constexpr,
+                BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0)
+    x = load_as_float(x_ptr, offs, mask, DT)
     bits = x.to(tl.int32, bitcast=True)
     neg = bits < 0
     a = bits & 0x7FFFFFFF
@@ -251,16 +357,16 @@ def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constex
     mbits = tl.where(zero, 0, mbits)
     out = tl.where(neg & (a != 0), mbits | (-2147483647 - 1), mbits)
     out = tl.where(a > 0x7F800000, bits, out)  # NaN
-    tl.store(y_ptr + offs, out.to(tl.float32, bitcast=True), mask=mask)
+    store_from_float(y_ptr, offs, out.to(tl.float32, bitcast=True), mask, DT)
 
 
 def log_accepts(x: torch.Tensor, q, generator=None) -> bool:
-    return x.dtype == torch.float32 and q.rounding in _LOG_MODES
+    return x.dtype in _DT16 and q.rounding in _LOG_MODES
 
 
 def log_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
     if not log_accepts(x, q, generator):
-        raise ValueError(f"the Triton kernel covers log formats on float32 tensors, not {q} on {x.dtype}")
+        raise ValueError(f"the Triton kernel covers log formats on float32/float16/bfloat16 tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     n = xc.numel()
@@ -268,6 +374,6 @@ def log_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
         # float32 magnitudes are >= 2**-149: a smallest power below 2**-151 never catches one
         E = max(-300, min(300, q.E))  # beyond float32's range either way
         emin = min(max(q.min_exponent, -200), E)
-        _log_kernel[(triton.cdiv(n, _block()),)](xc, y, n, E, emin, MODE=_LOG_MODES[q.rounding],
-                                             THRESH=_SQRT_HALF_MANT, BLOCK=_block())
+        _log_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), n, E, emin, MODE=_LOG_MODES[q.rounding],
+                                             THRESH=_SQRT_HALF_MANT, DT=_DT[x.dtype], BLOCK=_block())
     return y

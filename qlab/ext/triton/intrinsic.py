@@ -31,11 +31,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .elementwise import round_float
+from .elementwise import f64_to_f32_odd, round_float, round_to_float
 
 _MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
 I32 = 2 ** 31 - 1
 I64 = 2 ** 63 - 1
+_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # results: exact in float32, one cast
 
 
 @triton.jit
@@ -82,6 +83,45 @@ def _acc_step(acc, p, alo, ahi, D: tl.constexpr, LA: tl.constexpr, AMODE: tl.con
     return tl.minimum(tl.maximum(acc, alo), ahi)
 
 
+# --------------------------------------------------------------------------- geometry (both kernels)
+@triton.jit
+def _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV: tl.constexpr):
+    """Per output row: (batch, position, top row, left column, input base) of its window."""
+    if CONV:
+        b_idx = offs_m // (HO * WO)
+        rem = offs_m % (HO * WO)
+        ih0 = (rem // WO) * SH - PT
+        iw0 = (rem % WO) * SW - PL
+        x_row = x_ptr + b_idx.to(tl.int64) * (C_IN * H * W_IN) + (g * CG).to(tl.int64) * (H * W_IN)
+    else:
+        b_idx, rem, ih0, iw0, x_row = offs_m, offs_m, offs_m, offs_m, x_ptr
+    return b_idx, rem, ih0, iw0, x_row
+
+
+@triton.jit
+def _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV: tl.constexpr):
+    """Pointers and mask of the k-th operand of every row (zero padding: masked off)."""
+    if CONV:
+        ih = ih0 + r * DH
+        iw = iw0 + s * DW
+        ok = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W_IN)
+        xp = x_row + c * (H * W_IN) + ih * W_IN + iw
+    else:  # x^T [K, M]
+        ok = m_mask
+        xp = x_ptr + k.to(tl.int64) * M + offs_m
+    return xp, ok
+
+
+@triton.jit
+def _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV: tl.constexpr):
+    if CONV:  # y [B, G*N, HO, WO]
+        y_off = (b_idx.to(tl.int64) * (tl.num_programs(2) * N) * (HO * WO) + rem)[:, None] + \
+            ((g * N + offs_n).to(tl.int64) * (HO * WO))[None, :]
+    else:  # y [M, N]
+        y_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    return y_off
+
+
 @triton.jit
 def _fixed_gemm_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
@@ -103,12 +143,7 @@ def _fixed_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     m_mask = offs_m < M
     n_mask = offs_n < N
-    if CONV:
-        b_idx = offs_m // (HO * WO)
-        rem = offs_m % (HO * WO)
-        ih0 = (rem // WO) * SH - PT
-        iw0 = (rem % WO) * SW - PL
-        x_row = x_ptr + b_idx.to(tl.int64) * (C_IN * H * W_IN) + (g * CG).to(tl.int64) * (H * W_IN)
+    b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     # weights as [G, K, N]: one coalesced row per k
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=IDT)
@@ -122,14 +157,7 @@ def _fixed_gemm_kernel(
         for r in range(KH):
             for s in range(KW):
                 k = (c * KH + r) * KW + s
-                if CONV:
-                    ih = ih0 + r * DH
-                    iw = iw0 + s * DW
-                    ok = m_mask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W_IN)
-                    xp = x_row + c * (H * W_IN) + ih * W_IN + iw
-                else:
-                    ok = m_mask
-                    xp = x_ptr + k.to(tl.int64) * M + offs_m
+                xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
                 wk = tl.load(w_base + k * N, mask=n_mask, other=0)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                     xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
@@ -164,11 +192,7 @@ def _fixed_gemm_kernel(
         ky = _rshift_any(acc, SO, QMODE, seed + 4, rbase + K_total)
     ky = tl.minimum(tl.maximum(ky, qlo), qhi)
     out = ky.to(tl.float32) * out_scale + 0.0  # one rounding (W > 24), then an exact power of two
-    if CONV:  # y [B, G*N, HO, WO]
-        y_off = (b_idx.to(tl.int64) * (tl.num_programs(2) * N) * (HO * WO) + rem)[:, None] + \
-            ((g * N + offs_n).to(tl.int64) * (HO * WO))[None, :]
-    else:
-        y_off = offs_m.to(tl.int64)[:, None] * N + offs_n[None, :]
+    y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
     tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
 
 
@@ -241,7 +265,9 @@ def _torch_int(idt):
 def _common_accepts(x, w, bias, spec, generator, quantize_w, K):
     if not getattr(spec, "fixed", False):
         return False
-    if x.dtype != torch.float32 or w.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32):
+    if x.dtype not in _FLOAT_DTYPES or w.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        return False
+    if x.dtype != torch.float32 and spec.q.W > 24:  # float32 results would round twice on the way to 16 bits
         return False
     if not (quantize_w or spec.inputs):  # two activation operands with inputs=False: the reference raises
         return False
@@ -295,14 +321,14 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     q = spec.q
     y = torch.empty(M, N, dtype=torch.float32, device=x.device)
     if M == 0 or N == 0:
-        return y.zero_()
+        return y.zero_().to(x.dtype)
     idt = plan["IDT"]
-    xin = x.t().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).t().contiguous()
+    xin = x.float().t().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).t().contiguous()
     kw = _grid_ints(w, q, generator, idt).contiguous()  # [K, N]
     kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
     geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
     _launch(xin, kw, kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt), generator)
-    return y
+    return y.to(x.dtype)  # float16/bfloat16 (W <= 24): exact float32 values, rounded once
 
 
 # --------------------------------------------------------------------------- convolution
@@ -329,14 +355,218 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     WO = (W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1
     y = torch.empty(B, O, max(HO, 0), max(WO, 0), dtype=torch.float32, device=x.device)
     if y.numel() == 0:
-        return y.zero_()
+        return y.zero_().to(x.dtype)
     idt = plan["IDT"]
     q = spec.q
-    xin = x.contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).contiguous()
+    xin = x.float().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).contiguous()
     og = O // groups
     kw = _grid_ints(w, q, generator, idt).reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
     kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
     M = B * HO * WO
     geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)
     _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt), generator)
-    return y
+    return y.to(x.dtype)
+
+
+# =========================================================================== float formats
+# Q and A are float(E, M) formats.  Operands are Q(x), Q(w), Q(b) as float32 (quantized
+# before the kernel, one pass each).  Per k the product is exact -- in float32 where the
+# format's products fit 24 bits and float32's normal range, else in float64 and brought
+# to float32 rounded to odd -- then rounded to Q.  Sums: ``sequential`` adds in float32
+# with Knuth's two-sum and rounds to odd (exact information for one later rounding to
+# <= 22 bits), then rounds to A; ``final`` adds the products exactly as int64 multiples
+# of Q's smallest step and rounds the total once (to odd in float32, then to A).  Every
+# rounding of an odd-rounded value to <= 22 significant bits is the correct rounding of
+# the exact value, so the result equals the reference's (float64, round to odd) bit for bit.
+@triton.jit
+def _two_sum_odd(a, b):
+    """a + b rounded to odd in float32 (inf/NaN as float addition gives them)."""
+    s = a + b
+    bb = s - a
+    err = (a - (s - bb)) + (b - bb)  # exact: a + b = s + err
+    sb = s.to(tl.int32, bitcast=True)
+    fix = (err != 0) & ((sb & 0x7F800000) != 0x7F800000) & ((sb & 1) == 0)
+    step = tl.where((err > 0) == (s > 0), 1, -1)  # toward the exact sum
+    return tl.where(fix, (sb + step).to(tl.float32, bitcast=True), s)
+
+
+@triton.jit
+def _i64_to_f32_odd(n):
+    """An int64 (|n| < 2**62) rounded to odd in float32."""
+    f = n.to(tl.float32)
+    back = f.to(tl.int64)
+    fb = f.to(tl.int32, bitcast=True)
+    fix = (back != n) & ((fb & 1) == 0)
+    step = tl.where((n > back) == (n > 0), 1, -1)
+    return tl.where(fix, (fb + step).to(tl.float32, bitcast=True), f)
+
+
+@triton.jit
+def _float_gemm_kernel(
+    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
+    M, N, K_total,
+    C_IN, H, W_IN, HO, WO, CG,
+    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, from_steps,
+    CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
+    SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
+    P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
+    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    pid_m = tl.program_id(0)
+    pid_n = tl.program_id(1)
+    g = tl.program_id(2)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_mask = offs_m < M
+    n_mask = offs_n < N
+    b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
+    w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sequential: the running sum (+0)
+    isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
+    odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
+    STOCH: tl.constexpr = (QMODE == 5) | (AMODE == 5)
+    seed = 0
+    rbase = offs_m[:, None] * 0
+    if STOCH:
+        seed = tl.load(seed_ptr)
+        rbase = ((g * M + offs_m).to(tl.int64)[:, None] * N + offs_n[None, :]) * (K_total + 1)
+    for c in range(0, CG):
+        for r in range(KH):
+            for s in range(KW):
+                k = (c * KH + r) * KW + s
+                xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
+                xk = tl.load(xp, mask=ok, other=0.0)
+                wk = tl.load(w_base + k * N, mask=n_mask, other=0.0)
+                if P64:
+                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                else:
+                    p = xk[:, None] * wk[None, :]  # exact
+                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, seed, rbase + k)
+                if SEQ:
+                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, seed + 1, rbase + k)
+                else:
+                    fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
+                    isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
+                    odd += tl.where(fin, 0.0, p)
+    if not SEQ:
+        total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
+        total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
+        acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, seed + 2, rbase + K_total)
+    if HAS_BIAS:
+        bq = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0.0)
+        acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE, seed + 3, rbase + K_total)
+    out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, seed + 4, rbase + K_total)
+    y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
+    tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
+
+
+def _float_plan(spec, K: int):
+    """Constexprs and scalars for the float kernel, or None where it does not apply."""
+    import math
+
+    from qlab.core.formats import Float, _float_params
+
+    q, A = spec.q, spec.A
+    if not (type(q) is Float and type(A) is Float):
+        return None
+    if q.rounding not in _MODES or A.rounding not in _MODES:
+        return None
+    # round to odd in float32, then to <= 22 significant bits; E = 8 FN has values past float32
+    if q.M > 21 or A.M > 21 or (q.fn and q.E == 8) or (A.fn and A.E == 8):
+        return None
+    qemin, qemax, qmax = _float_params(q.E, q.M, q.fn)
+    aemin, aemax, amax = _float_params(A.E, A.M, A.fn)
+    # a float32 sum that overflows must mean "beyond A's range" for every mode: saturating A only
+    if A.inf and aemax >= 127:
+        return None
+    lsb = qemin - q.M
+    # products exact in float32: 2(M+1) significant bits, normal, below 2**128
+    p32 = spec.inputs and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
+    plan = dict(P64=not p32, QINF=q.inf, AINF=A.inf, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
+                SEQ=spec.accumulate == "sequential")
+    if not plan["SEQ"]:
+        # the exact sum as int64 steps of 2**lsb (the reference's exact range, too)
+        if (qemax + 1 - lsb) + math.ceil(math.log2(max(2, K))) > 62:
+            return None
+    scalars = (qemin, q.M, qmax, aemin, A.M, amax, 2.0 ** -lsb, 2.0 ** lsb)
+    return plan, scalars
+
+
+def _float_accepts(x, w, bias, spec, K, quantize_w=True):
+    if spec is None or getattr(spec, "fixed", True) or _float_plan(spec, K) is None:
+        return False
+    if not (quantize_w or spec.inputs):
+        return False
+    return all(t.dtype in _FLOAT_DTYPES for t in (x, w) + ((bias,) if bias is not None else ()))
+
+
+def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=True) -> bool:
+    if w is None or x.dim() != 2 or w.dim() != 2:
+        return False
+    return _float_accepts(x, w, bias, spec, x.shape[1], quantize_w)
+
+
+def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
+                       generator=None) -> bool:
+    if w is None or x.dim() != 4 or w.dim() != 4:
+        return False
+    return _float_accepts(x, w, bias, spec, w.shape[1] * w.shape[2] * w.shape[3])
+
+
+def _float_operands(x, w, bias, spec, generator):
+    """Q(x) (or x with inputs=False), Q(w), Q(b) as float32 (exact upcasts, then one pass each)."""
+    q = spec.q
+    x32 = x.float()
+    xin = q.quantize(x32, generator) if spec.inputs else x32
+    wq = q.quantize(w.float(), generator)
+    bq = q.quantize(bias.float(), generator).contiguous() if bias is not None else None
+    return xin, wq, bq
+
+
+def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
+    plan, sc = _float_plan(spec, K)
+    BM, BN = _block(M, N, tl.int32)
+    C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
+    seed = w3
+    if spec.q.stochastic or spec.A.stochastic:
+        from .elementwise import _seed_tensor
+
+        seed = _seed_tensor(y, generator)
+    _float_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN), G)](
+        xin, w3, bq if bq is not None else w3, y, seed, M, N, K, C_IN, H, W_IN, HO, WO, CG, *sc,
+        CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
+        HAS_BIAS=bq is not None, BLOCK_M=BM, BLOCK_N=BN, **plan)
+
+
+def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
+    """Intrinsic y = x @ w (+ bias) for float(E, M) specs; x [M, K], w [K, N]; y in x's dtype."""
+    if not float_matmul_accepts(x, w, bias, spec, generator, quantize_w):
+        raise ValueError(f"the Triton intrinsic float kernel does not cover {spec} here")
+    M, K = x.shape
+    N = w.shape[1]
+    y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
+    if M and N:
+        xin, wq, bq = _float_operands(x, w, bias, spec, generator)
+        geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
+        _float_launch(xin.t().contiguous(), wq.contiguous(), bq, y, M, N, K, 1, geom, False, spec, generator)
+    return y.to(x.dtype)  # Q's values are exact in float32: one rounding, as the reference casts
+
+
+def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=None):
+    """Intrinsic conv2d for float(E, M) specs (arguments as :func:`fixed_conv2d`)."""
+    if not float_conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
+        raise ValueError(f"the Triton intrinsic float conv kernel does not cover {spec} here")
+    B, C, H, W_ = x.shape
+    O, CG, KH, KW = w.shape
+    K = CG * KH * KW
+    (SH, SW), (DH, DW), (pl, pr, pt, pb) = stride, dilation, pads
+    HO = (H + pt + pb - DH * (KH - 1) - 1) // SH + 1
+    WO = (W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1
+    y = torch.zeros(B, O, max(HO, 0), max(WO, 0), dtype=torch.float32, device=x.device)
+    if y.numel():
+        xin, wq, bq = _float_operands(x, w, bias, spec, generator)
+        og = O // groups
+        w3 = wq.reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
+        geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)
+        _float_launch(xin.contiguous(), w3, bq, y, B * HO * WO, og, K, groups, geom, True, spec, generator)
+    return y.to(x.dtype)
