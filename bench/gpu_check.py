@@ -3,6 +3,11 @@ as tests/ext/test_triton_*.py: CPU torch path vs CUDA Triton path, bit for bit),
 the speed tables.
 
     PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS]
+    PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
+
+``--dry-run`` runs every row's code on tiny CPU tensors under ``TRITON_INTERPRET=1`` (the
+numbers mean nothing) so a mistake in the script shows here, not in scarce GPU minutes;
+tests/ext/test_gpu_check.py runs it in CI.
 
 Needs only torch and triton (no pytest; torchvision is used for ResNet-50 when present,
 else an equivalent ResNet-50 defined here).  Rows:
@@ -15,7 +20,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 * intrinsic conv, ResNet-50 layer (batch 32, 256->256, 14x14, 3x3, pad 1): QMAC/s, and
   the intrinsic linear at the same GEMM shape (equal MACs) for the ratio;
 * ResNet-50 (random weights), every conv and fc intrinsic fixed(16,8), batch 64:
-  images/s, and the float model.
+  images/s, and the float model; the same with intrinsic fp16.
 """
 from __future__ import annotations
 
@@ -27,6 +32,13 @@ import time
 import torch
 
 ROWS = ("elementwise", "linear", "conv", "resnet")
+DEV = "cuda"
+# sizes per mode: elementwise elements, linear sizes, conv (batch, channels, side), resnet (batch, side)
+SIZES = {
+    "full": dict(elem=1 << 28, linear=[512, 2048], conv=(32, 256, 14), resnet=(64, 224)),
+    "quick": dict(elem=1 << 24, linear=[256, 1024], conv=(8, 256, 14), resnet=(8, 224)),
+    "dry": dict(elem=1 << 12, linear=[8, 16], conv=(1, 4, 5), resnet=(1, 32)),
+}
 
 
 def parse_args(argv=None):
@@ -35,6 +47,7 @@ def parse_args(argv=None):
     ap.add_argument("--skip-checks", action="store_true", help="skip the CUDA exactness checks")
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions per row")
+    ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes (script check)")
     a = ap.parse_args(argv)
     a.only = [r.strip() for r in a.only.split(",") if r.strip()]
     bad = [r for r in a.only if r not in ROWS]
@@ -58,8 +71,13 @@ def fmt_rate(v: float, unit: str) -> str:
 
 
 def timed(fn, reps: int) -> float:
-    """Seconds per call (CUDA events, one warm-up call)."""
+    """Seconds per call (CUDA events, one warm-up call; the wall clock in a dry run)."""
     fn()
+    if DEV == "cpu":
+        t = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter() - t) / reps
     torch.cuda.synchronize()
     s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     s.record()
@@ -71,28 +89,28 @@ def timed(fn, reps: int) -> float:
 
 
 # --------------------------------------------------------------------------- exactness
-def check_exact() -> bool:
+def check_exact(device: str = "cuda") -> bool:
     from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
     from qlab.ext.triton.testing import run_sections
 
     ok = True
     t = time.time()
-    for name, res in {**run_sections(ELEMENTWISE, "cuda"), **run_sections(INTRINSIC, "cuda")}.items():
+    for name, res in {**run_sections(ELEMENTWISE, device), **run_sections(INTRINSIC, device)}.items():
         good = res == "ok"
         ok &= good
         print(f"exactness {name}: {'ok' if good else 'FAILED'}")
         if not good:
             print(res)
-    print(f"CUDA (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t:.0f} s)")
+    print(f"{device} (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t:.0f} s)")
     return ok
 
 
 # --------------------------------------------------------------------------- rows
-def bench_elementwise(quick: bool, reps: int):
+def bench_elementwise(sz: dict, reps: int):
     import qlab
 
-    n = 1 << (24 if quick else 28)
-    x = torch.randn(n, device="cuda")
+    n = sz["elem"]
+    x = torch.randn(n, device=DEV)
     y = torch.empty_like(x)
     qn, qs = qlab.FixedPoint(8, 4), qlab.FixedPoint(8, 4, "stochastic")
     rows = [
@@ -119,7 +137,7 @@ def naive_loop(kx, kw, q):
     return s
 
 
-def bench_linear(quick: bool, reps: int):
+def bench_linear(sz: dict, reps: int):
     from qlab.core.intrinsic import _grid_int, intrinsic_linear
 
     spec = "fixed(16,8)"
@@ -127,10 +145,10 @@ def bench_linear(quick: bool, reps: int):
 
     q = qlab.FixedPoint(16, 8)
     rows = []
-    sizes = [256, 1024] if quick else [512, 2048]
+    sizes = sz["linear"]
     for n in sizes:
-        x = torch.randn(n, n, device="cuda")
-        w = torch.randn(n, n, device="cuda")
+        x = torch.randn(n, n, device=DEV)
+        w = torch.randn(n, n, device=DEV)
         sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
         rows.append([f"qlab intrinsic linear {spec} sequential (Triton)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
         if n == sizes[0]:
@@ -144,12 +162,12 @@ def bench_linear(quick: bool, reps: int):
                 os.environ.pop("QLAB_BACKEND")
             rows.append(["qlab torch reference path on CUDA", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
     n = sizes[-1]
-    x, w = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda") * 0.05
+    x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
     for fspec in ["fp16", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16"]:
         sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
         rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
                      fmt_rate(n ** 3 / sec, "QMAC/s")])
-    a, b = torch.randn(n, n, device="cuda"), torch.randn(n, n, device="cuda")
+    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False
     try:
@@ -160,25 +178,25 @@ def bench_linear(quick: bool, reps: int):
     print(table("intrinsic linear", ["op", "size", "ms", "rate"], rows))
 
 
-def bench_conv(quick: bool, reps: int):
+def bench_conv(sz: dict, reps: int):
     from qlab.core.intrinsic import intrinsic_conv, intrinsic_linear
 
     spec = "fixed(16,8)"
-    B = 8 if quick else 32
-    x = torch.randn(B, 256, 14, 14, device="cuda")
-    w = torch.randn(256, 256, 3, 3, device="cuda") * 0.05
-    macs = B * 14 * 14 * 256 * 256 * 9
+    B, C, S = sz["conv"]
+    x = torch.randn(B, C, S, S, device=DEV)
+    w = torch.randn(C, C, 3, 3, device=DEV) * 0.05
+    macs = B * S * S * C * C * 9
     sec_c = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
-    xl = torch.randn(B * 196, 2304, device="cuda")
-    wl = torch.randn(256, 2304, device="cuda") * 0.05
+    xl = torch.randn(B * S * S, C * 9, device=DEV)
+    wl = torch.randn(C, C * 9, device=DEV) * 0.05
     sec_l = timed(lambda: intrinsic_linear(xl, wl, None, spec=spec), reps)
     sec_f = timed(lambda: torch.nn.functional.conv2d(x, w, None, padding=1), reps)
     rows = [
         [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
-        [f"qlab intrinsic linear {spec}, same GEMM ({B * 196}x2304x256)", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
+        [f"qlab intrinsic linear {spec}, same GEMM ({B * S * S}x{C * 9}x{C})", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
         ["float conv2d (cuDNN)", f"{sec_f * 1e3:.3f}", fmt_rate(macs / sec_f, "MAC/s"), ""],
     ]
-    print(table(f"ResNet-50 layer: batch {B}, 256->256, 14x14, 3x3, pad 1 ({macs / 1e9:.2f} GMAC)",
+    print(table(f"ResNet-50 layer: batch {B}, {C}->{C}, {S}x{S}, 3x3, pad 1 ({macs / 1e9:.2f} GMAC)",
                 ["op", "ms", "rate", "time / linear"], rows))
 
 
@@ -233,42 +251,64 @@ class _ResNet50(torch.nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def bench_resnet(quick: bool, reps: int):
+def bench_resnet(sz: dict, reps: int):
     import qlab
 
     model, name = resnet50()
-    model = model.cuda().eval()
-    B = 8 if quick else 64
-    x = torch.randn(B, 3, 224, 224, device="cuda")
+    model = model.to(DEV).eval()
+    B, S = sz["resnet"]
+    x = torch.randn(B, 3, S, S, device=DEV)
     plan = qlab.Plan(intrinsic={"type:Conv2d": "fixed(16,8)", "type:Linear": "fixed(16,8)"})
-    with torch.no_grad():
-        sec_f = timed(lambda: model(x), reps)
-        with qlab.quantize(model, plan):
-            sec_q = timed(lambda: model(x), max(1, reps // 2))
+    plan16 = qlab.Plan(intrinsic={"type:Conv2d": "fp16", "type:Linear": "fp16"})
+    if DEV == "cpu":  # dry run: the interpreter is far too slow for 53 layers; the C kernel runs them
+        os.environ["QLAB_BACKEND"] = "cpu"
+    try:
+        with torch.no_grad():
+            sec_f = timed(lambda: model(x), reps)
+            with qlab.quantize(model, plan):
+                sec_q = timed(lambda: model(x), max(1, reps // 2))
+            with qlab.quantize(model, plan16):
+                sec_h = timed(lambda: model(x), max(1, reps // 2))
+    finally:
+        os.environ.pop("QLAB_BACKEND", None)
     rows = [
         ["float32 (cuDNN)", f"{sec_f * 1e3:.1f}", f"{B / sec_f:.0f}"],
         ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
+        ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
     ]
-    print(table(f"{name}, random weights, batch {B}, 224x224", ["model", "ms / batch", "images/s"], rows))
+    print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))
 
 
 def main(argv=None) -> int:
+    global DEV
     a = parse_args(argv)
-    if not torch.cuda.is_available():
-        print("no CUDA device: nothing to check or time")
+    if a.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
+        DEV = "cpu"
+    elif not torch.cuda.is_available():
+        print("no CUDA device: nothing to check or time (--dry-run checks the script on the CPU)")
         return 0
     import triton
 
     import qlab  # noqa: F401  (registers the Triton backend)
 
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-          f"{time.strftime('%Y-%m-%d')}")
+    if a.dry_run:
+        from qlab.ext import backends as xb
+
+        assert xb.register_triton("cpu")
+        print(f"DRY RUN (CPU, Triton interpreter; numbers mean nothing), triton {triton.__version__}")
+    else:
+        print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
+              f"{time.strftime('%Y-%m-%d')}")
     good = True
     if not a.skip_checks:
-        good = check_exact()
+        good = check_exact("interpreter" if a.dry_run else "cuda")
     fns = {"elementwise": bench_elementwise, "linear": bench_linear, "conv": bench_conv, "resnet": bench_resnet}
+    sz = SIZES["dry" if a.dry_run else "quick" if a.quick else "full"]
     for r in a.only:
-        fns[r](a.quick, a.reps)
+        t = time.time()
+        fns[r](sz, 1 if a.dry_run else a.reps)
+        print(f"({r}: {time.time() - t:.0f} s)", flush=True)
     return 0 if good else 1
 
 

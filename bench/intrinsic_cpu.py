@@ -6,7 +6,9 @@ Prints one table, side by side in one run: qlab intrinsic Linear with the compil
 kernel (qlab.ext.cpu, the default on CPU tensors) vs the torch reference
 (QLAB_BACKEND=torch) vs the naive per-k torch loop vs fp32, a saturating case, and an
 intrinsic LeNet-5 (zoo.pretrained("lenet5")) over the Fashion-MNIST test images with
-the C kernel and with the torch reference (on the first --ref-images images, scaled).
+the C kernel and with the torch reference (on the first --ref-images images, scaled);
+(f) intrinsic float formats (fp16, bf16, fp8e4m3 products with an fp16 final sum) with
+the float kernel vs the float64 reference; (g) LeNet-5 with every op intrinsic fp16.
 """
 import argparse
 import contextlib
@@ -128,10 +130,37 @@ def main():
     scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
     rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
 
+    # (f): float formats (qlab/ext/cpu/float_matmul.c) vs the float64 reference
+    xf, wf = torch.randn(M, K) * 3, torch.randn(N, K) * 0.05
+    for spec in ["fp16", "bf16", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"]:
+        calls = cpu.float_calls
+        t_c = best_of(lambda: qlab.intrinsic_linear(xf, wf, None, spec), repeats)
+        ran = cpu.float_calls > calls
+        with reference():
+            t_r = best_of(lambda: qlab.intrinsic_linear(xf, wf, None, spec), 1)
+            y_r = qlab.intrinsic_linear(xf, wf, None, spec)
+        assert torch.equal(qlab.intrinsic_linear(xf, wf, None, spec), y_r), spec
+        rows.append((f"(f) C kernel{'' if ran else ' (did not run!)'}, intrinsic {spec} Linear {n}^3", t_c, macs / t_c,
+                     t_r / t_c))
+        rows.append((f"(f) torch reference, same", t_r, macs / t_r, 1.0))
+
+    # (g): intrinsic LeNet-5 in fp16
+    plan16 = qlab.Plan(intrinsic={"*": "fp16"})
+    t_c, out_c = lenet(model, plan16, x_e, batch)
+    with reference():
+        t_r, out_r = lenet(model, plan16, x_e[:n_ref], batch)
+    assert torch.equal(out_c[:n_ref], out_r), "C kernel and torch reference differ on LeNet-5 (fp16)"
+    t_r_all = t_r * images / n_ref
+    acc = (out_c.argmax(1) == y_e).float().mean().item()
+    tag = f"(g) intrinsic LeNet-5 fp16, {images} images, batch {batch}"
+    rows.append((f"{tag}: C kernel (accuracy {acc:.4f})", t_c, float("nan"), t_r_all / t_c))
+    scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
+    rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
+
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"best of {repeats} (reference best of {max(1, repeats // 2)}; LeNet-5 once)")
     print()
-    print("| case | time (s) | (Q)MAC/s | speed-up vs naive loop ((e): vs torch reference) |")
+    print("| case | time (s) | (Q)MAC/s | speed-up vs naive loop ((e)-(g): vs torch reference) |")
     print("|---|---:|---:|---:|")
     for name, t, rate, ratio in rows:
         rate_s = "-" if rate != rate else f"{rate:.3g}"

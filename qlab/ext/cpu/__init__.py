@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -61,38 +62,44 @@ def _cpu_id() -> str:
         return platform.processor()
 
 
-def library_path(cc: str) -> Path:
+def library_path(cc: str, source: Path = SOURCE, flags=FLAGS) -> Path:
     from qlab.ext.store import cache_root
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), platform.machine().encode(), version.encode(),
+    for part in (source.read_bytes(), " ".join(flags).encode(), platform.machine().encode(), version.encode(),
                  _cpu_id().encode()):
         h.update(part)
         h.update(b"\0")
     return cache_root() / "cpu-kernels" / f"qlab_cpu_{h.hexdigest()[:16]}.so"
 
 
-def _build() -> ctypes.CDLL:
+def _compile(source: Path, flags) -> ctypes.CDLL:
+    """Build ``source`` into the cache (once per source, flags, compiler and CPU) and load it."""
     cc = _compiler()
     if cc is None:
         raise RuntimeError("no C compiler (gcc) found")
-    path = library_path(cc)
+    path = library_path(cc, source, flags)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.close(fd)
         try:
-            r = subprocess.run([cc, *FLAGS, str(SOURCE), "-o", tmp], capture_output=True, text=True, timeout=300)
+            r = subprocess.run([cc, *flags, str(source), "-o", tmp, "-lm"], capture_output=True, text=True,
+                               timeout=300)
             if r.returncode != 0:
                 raise RuntimeError(f"{cc} failed: {r.stderr.strip()[-2000:]}")
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
-    lib = ctypes.CDLL(str(path))
+    return ctypes.CDLL(str(path))
+
+
+def _build() -> ctypes.CDLL:
+    lib = _compile(SOURCE, FLAGS)
     if lib.qlab_cpu_abi() != ABI:
-        raise RuntimeError(f"{path}: unexpected ABI")
+        raise RuntimeError(f"{lib._name}: unexpected ABI")
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
             i32]
@@ -183,3 +190,106 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
         s = rescale(out, q.F - A.F, A.rounding, generator)
         return s.clamp_(A.min_int, A.max_int).to(dt)
     return out
+
+
+# --------------------------------------------------------------------------- float formats
+FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
+FLOAT_FLAGS = FLAGS + ["-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
+FLOAT_ABI = 4
+_flib = None
+float_calls = 0
+
+
+def load_float():
+    """The compiled float-format library (``float_matmul.c``), or None after one warning."""
+    global _flib
+    if _flib is None:
+        with _lock:
+            if _flib is None:
+                try:
+                    lib = _compile(FLOAT_SOURCE, FLOAT_FLAGS)
+                    if lib.qlab_float_abi() != FLOAT_ABI:
+                        raise RuntimeError(f"{lib._name}: unexpected ABI")
+                    i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
+                    lib.qlab_float_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64,
+                                                      ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, i32]
+                    lib.qlab_float_matmul.restype = ctypes.c_int
+                    _flib = lib
+                except Exception as e:
+                    _flib = False
+                    warnings.warn(f"qlab: the CPU float kernel could not be built ({e}); using the torch reference")
+    return _flib or None
+
+
+# rounding modes as flags: gt, tie, tie-and-odd, negative, positive round the magnitude up;
+# keep_all / keep_zero_in: the sign of a zero result, as the reference's torch ops give it
+_MODE_FLAGS = {"nearest": (1, 1, 0, 0, 0, 0, 0), "even": (1, 0, 1, 0, 0, 1, 0), "down": (0, 0, 0, 1, 0, 1, 0),
+               "up": (0, 0, 0, 0, 1, 1, 0), "zero": (0, 0, 0, 0, 0, 0, 1)}
+
+
+def _fmt_arrays(fmt):
+    emin, M, maxv, inf, rounding = fmt
+    ints = torch.tensor([emin, M] + [-f for f in _MODE_FLAGS[rounding]], dtype=torch.int32)
+    floats = torch.tensor([maxv, math.inf if inf else maxv], dtype=torch.float32)
+    return ints, floats
+
+
+def _product_mode(fp, spec) -> int:
+    """0: float32 products are exact; 2: float32 products checked for under/overflow (operands
+    of <= 12 significant bits); 1: float64 products (inputs=False: x has 24 bits)."""
+    if fp.p32:
+        return 0
+    return 2 if spec.inputs and spec.q.M <= 11 else 1
+
+
+def _dsum_exact(fp, K: int) -> bool:
+    """Whether a float64 sum of K finite products (multiples of Q's smallest step) is exact."""
+    emin, M, maxv, _, _ = fp.q
+    steps = maxv * fp.to_steps  # the largest product in steps
+    return K * steps < 2.0 ** 53
+
+
+def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=True) -> bool:
+    from qlab.ext.float_intrinsic import FLOAT_DTYPES, plan
+
+    if w is None or spec is None or x.dim() != 2 or w.dim() != 2 or x.device.type != "cpu":
+        return False
+    if not (quantize_w or spec.inputs) or plan(spec, x.shape[1], stochastic_ok=False) is None:
+        return False
+    if not all(t.dtype in FLOAT_DTYPES for t in (x, w) + ((bias,) if bias is not None else ())):
+        return False
+    return load_float() is not None
+
+
+def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
+    """``qlab.core.intrinsic.float_matmul`` for x [M, K], w [K, N] with the compiled kernel."""
+    from qlab.ext.float_intrinsic import operands, plan
+
+    global float_calls
+    fp = plan(spec, x.shape[1], stochastic_ok=False)
+    if fp is None or not float_matmul_accepts(x, w, bias, spec, generator, quantize_w):
+        raise ValueError(f"the CPU float kernel does not cover {spec} here")
+    M, K = x.shape
+    N = w.shape[1]
+    y = torch.zeros(M, N, dtype=torch.float32)
+    if M and N:
+        xin, wq, bq = operands(x, w, bias, spec, generator)
+        qi, qv = _fmt_arrays(fp.q)
+        ai, av = _fmt_arrays(fp.a)
+        if N < 32 and M > N:
+            # few outputs (conv layers with few channels): vectorise over x's M rows instead;
+            # the products commute and k runs in the same order
+            rows, cols = wq, xin.t().contiguous()  # rows (n, k) = w[k, n]; cols (k, m)
+            R, C, sr, sk, sb, sy = N, M, (wq.stride(1), wq.stride(0)), cols.stride(0), (1, 0), (1, N)
+        else:
+            rows, cols = xin, wq.contiguous()
+            R, C, sr, sk, sb, sy = M, N, (xin.stride(0), xin.stride(1)), N, (0, 1), (N, 1)
+        rc = load_float().qlab_float_matmul(
+            rows.data_ptr(), sr[0], sr[1], cols.data_ptr(), sk,
+            bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
+            qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
+            fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), max(1, torch.get_num_threads()))
+        if rc != 0:
+            raise ValueError(f"the CPU float kernel refused {spec}")
+        float_calls += 1
+    return y.to(x.dtype)  # Q's values are exact in float32: one rounding, as the reference casts

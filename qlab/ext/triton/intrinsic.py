@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from qlab.ext.float_intrinsic import operands
+
 from .elementwise import f64_to_f32_odd, round_float, round_to_float
 
 _MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
@@ -462,34 +464,14 @@ def _float_gemm_kernel(
 
 def _float_plan(spec, K: int):
     """Constexprs and scalars for the float kernel, or None where it does not apply."""
-    import math
+    from qlab.ext.float_intrinsic import plan
 
-    from qlab.core.formats import Float, _float_params
-
-    q, A = spec.q, spec.A
-    if not (type(q) is Float and type(A) is Float):
+    fp = plan(spec, K)
+    if fp is None:
         return None
-    if q.rounding not in _MODES or A.rounding not in _MODES:
-        return None
-    # round to odd in float32, then to <= 22 significant bits; E = 8 FN has values past float32
-    if q.M > 21 or A.M > 21 or (q.fn and q.E == 8) or (A.fn and A.E == 8):
-        return None
-    qemin, qemax, qmax = _float_params(q.E, q.M, q.fn)
-    aemin, aemax, amax = _float_params(A.E, A.M, A.fn)
-    # a float32 sum that overflows must mean "beyond A's range" for every mode: saturating A only
-    if A.inf and aemax >= 127:
-        return None
-    lsb = qemin - q.M
-    # products exact in float32: 2(M+1) significant bits, normal, below 2**128
-    p32 = spec.inputs and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
-    plan = dict(P64=not p32, QINF=q.inf, AINF=A.inf, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
-                SEQ=spec.accumulate == "sequential")
-    if not plan["SEQ"]:
-        # the exact sum as int64 steps of 2**lsb (the reference's exact range, too)
-        if (qemax + 1 - lsb) + math.ceil(math.log2(max(2, K))) > 62:
-            return None
-    scalars = (qemin, q.M, qmax, aemin, A.M, amax, 2.0 ** -lsb, 2.0 ** lsb)
-    return plan, scalars
+    (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
+    kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq)
+    return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
 def _float_accepts(x, w, bias, spec, K, quantize_w=True):
@@ -511,16 +493,6 @@ def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=No
     if w is None or x.dim() != 4 or w.dim() != 4:
         return False
     return _float_accepts(x, w, bias, spec, w.shape[1] * w.shape[2] * w.shape[3])
-
-
-def _float_operands(x, w, bias, spec, generator):
-    """Q(x) (or x with inputs=False), Q(w), Q(b) as float32 (exact upcasts, then one pass each)."""
-    q = spec.q
-    x32 = x.float()
-    xin = q.quantize(x32, generator) if spec.inputs else x32
-    wq = q.quantize(w.float(), generator)
-    bq = q.quantize(bias.float(), generator).contiguous() if bias is not None else None
-    return xin, wq, bq
 
 
 def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
@@ -546,7 +518,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     N = w.shape[1]
     y = torch.zeros(M, N, dtype=torch.float32, device=x.device)
     if M and N:
-        xin, wq, bq = _float_operands(x, w, bias, spec, generator)
+        xin, wq, bq = operands(x, w, bias, spec, generator)
         geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
         _float_launch(xin.t().contiguous(), wq.contiguous(), bq, y, M, N, K, 1, geom, False, spec, generator)
     return y.to(x.dtype)  # Q's values are exact in float32: one rounding, as the reference casts
@@ -564,7 +536,7 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     WO = (W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1
     y = torch.zeros(B, O, max(HO, 0), max(WO, 0), dtype=torch.float32, device=x.device)
     if y.numel():
-        xin, wq, bq = _float_operands(x, w, bias, spec, generator)
+        xin, wq, bq = operands(x, w, bias, spec, generator)
         og = O // groups
         w3 = wq.reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
         geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)

@@ -1,0 +1,337 @@
+/* Intrinsic float(E, M) matmul on the CPU (qlab.ext.cpu), the same arithmetic as the
+ * Triton float kernel (qlab/ext/triton/intrinsic.py) and bit-identical to the reference
+ * qlab.core.intrinsic.float_matmul for deterministic rounding:
+ *
+ *   x^ [R, K] (Q(x), or x itself with inputs=False), w^ [K, C] (Q(w)), b^ [C] (Q(b)),
+ *   all float32 values;  per output (r, c), in k order:
+ *     p = Q(x^[r,k] * w^[k,c])   the product exact: in float32 where the format's products
+ *                                 fit (p64 = 0), else in float64 and rounded to odd in float32
+ *                                 (p64 = 1), or in float32 checked lane by lane (p64 = 2:
+ *                                 operands of <= 12 bits, float64 only where float32
+ *                                 underflowed or overflowed);
+ *     sequential:  s = A(s + p)   s + p rounded to odd in float32 (two-sum), then to A;
+ *     final:       s = A(sum p)   the finite products summed exactly as int64 multiples of
+ *                                 Q's smallest step, the total rounded to odd in float32,
+ *                                 then to A (an inf/NaN product decides the sum);
+ *   y = Q(A(s + b^)).
+ * Rounding to odd keeps what one later rounding to <= 22 significant bits needs, so each
+ * A(.) and Q(.) is the correct rounding of the exact value (the Python side only sends
+ * formats with M <= 21).  round_fmt works on the float32 bits with integer arithmetic and
+ * has no branches, so gcc vectorises the column loop; the rounding mode is a set of
+ * flags (which of gt / tie / tie-and-odd / negative / positive round the magnitude up).
+ * Built with -ffp-contract=off: no product is fused into an addition.
+ */
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+
+#define JB 32 /* columns per tile (row_seq_vec: 4 vectors of 8) */
+
+typedef struct {
+    int32_t emin, M;      /* 1 - bias, mantissa bits */
+    float maxv, sat;      /* largest value; what overflow becomes (maxv or inf) */
+    int32_t c_gt, c_tie, c_odd, c_neg, c_pos; /* rounding mode as flags (0 or -1) */
+    int32_t keep_all, keep_zero_in;           /* sign of a zero result (as torch's ops) */
+} fmt_t;
+
+static inline int32_t as_i(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
+static inline float as_f(int32_t i) { float f; memcpy(&f, &i, 4); return f; }
+
+/* 2**e as float32 bits for -149 <= e <= 127 */
+static inline int32_t pow2_bits(int32_t e) {
+    int32_t sh = e + 149 > 0 ? e + 149 : 0;
+    return e >= -126 ? (e + 127) << 23 : (int32_t)(1u << (sh & 31));
+}
+
+/* Q(x) onto the format (exact), float32 in and out: qlab.ext.triton.elementwise.round_to_float */
+#define FMT_ARGS(f) f.emin, f.M, f.maxv, f.sat, f.c_gt, f.c_tie, f.c_odd, f.c_neg, f.c_pos, f.keep_all, f.keep_zero_in
+#define FMT_PARAMS(p) int32_t p##emin, int32_t p##M, float p##maxv, float p##sat, int32_t p##c_gt, int32_t p##c_tie, \
+    int32_t p##c_odd, int32_t p##c_neg, int32_t p##c_pos, int32_t p##keep_all, int32_t p##keep_zero_in
+#define FMT_PASS(p) p##emin, p##M, p##maxv, p##sat, p##c_gt, p##c_tie, p##c_odd, p##c_neg, p##c_pos, p##keep_all, \
+    p##keep_zero_in
+
+static inline float round_fmt(float x, FMT_PARAMS(f_)) {
+    const int32_t bits = as_i(x);
+    const int32_t neg = bits >> 31; /* 0 or -1 */
+    const int32_t a = bits & 0x7FFFFFFF;
+    const int32_t ef = a >> 23;
+    const int32_t efp = ef > 1 ? ef : 1;
+    const int32_t sig = ef > 0 ? ((a & 0x7FFFFF) | 0x800000) : (a & 0x7FFFFF);
+    const int32_t e = efp - 127 > f_emin ? efp - 127 : f_emin;
+    const int32_t L = e - f_M;
+    int32_t s = L - (efp - 150);
+    s = s < 30 ? s : 30;
+    const int32_t fl = sig >> s;
+    const int32_t rem = sig & ((1 << s) - 1);
+    const int32_t half = (1 << s) >> 1;
+    const int32_t inexact = -(rem != 0);
+    const int32_t gt = -(rem > half);
+    const int32_t tie = -(rem == half) & inexact;
+    const int32_t odd = -(fl & 1);
+    const int32_t up = (gt & f_c_gt) | (tie & f_c_tie) | (tie & odd & f_c_odd) | (inexact & neg & f_c_neg) |
+                       (inexact & ~neg & f_c_pos);
+    const int32_t r = fl + (up & 1);
+    float mag = (float)r * as_f(pow2_bits(L));
+    mag = (mag > f_maxv) | (a == 0x7F800000) ? f_sat : mag;
+    const int32_t mb = as_i(mag);
+    const int32_t keep = f_keep_all | -(mb != 0) | (f_keep_zero_in & -(a == 0));
+    int32_t out = mb | (neg & keep & (int32_t)0x80000000);
+    out = a > 0x7F800000 ? bits : out;
+    return as_f(out);
+}
+
+/* a + b rounded to odd in float32 (inf/NaN as float addition gives them) */
+static inline float two_sum_odd(float a, float b) {
+    const float s = a + b;
+    const float bb = s - a;
+    const float err = (a - (s - bb)) + (b - bb);
+    const int32_t sb = as_i(s);
+    const int32_t fix = (err != 0.0f) & ((sb & 0x7F800000) != 0x7F800000) & ((sb & 1) == 0);
+    const int32_t step = ((err > 0.0f) == (s > 0.0f)) ? 1 : -1;
+    return fix ? as_f(sb + step) : s;
+}
+
+/* a float64 rounded to odd in float32; magnitudes >= 2**128 become inf */
+static inline float f64_to_f32_odd(double p) {
+    float f = (float)p;
+    const int over = ((as_i(f) & 0x7FFFFFFF) == 0x7F800000) & (fabs(p) < 3.402823669209385e38);
+    f = over ? (p < 0 ? -3.4028234663852886e38f : 3.4028234663852886e38f) : f;
+    const int32_t fb = as_i(f);
+    const double back = (double)f;
+    const int32_t fix = (back != p) & ((fb & 0x7F800000) != 0x7F800000) & ((fb & 1) == 0);
+    const int32_t step = fabs(p) > fabs(back) ? 1 : -1;
+    return fix ? as_f(fb + step) : f;
+}
+
+/* an int64 (|n| < 2**62) rounded to odd in float32 */
+static inline float i64_to_f32_odd(int64_t n) {
+    const float f = (float)n;
+    const int64_t back = (int64_t)f;
+    const int32_t fb = as_i(f);
+    const int32_t fix = (back != n) & ((fb & 1) == 0);
+    const int32_t step = ((n > back) == (n > 0)) ? 1 : -1;
+    return fix ? as_f(fb + step) : f;
+}
+
+static inline float product(float xv, float wv, int p64) {
+    return p64 ? f64_to_f32_odd((double)xv * (double)wv) : xv * wv;
+}
+
+/* One k step over n columns: acc = A(acc + Q(xv * w)) */
+static inline void seq_step(float *restrict acc, const float *restrict wr, float xv, int64_t n, FMT_PARAMS(q_),
+                            FMT_PARAMS(a_), const int p64) {
+    for (int64_t j = 0; j < n; j++) {
+        const float p = round_fmt(product(xv, wr[j], p64), FMT_PASS(q_));
+        acc[j] = round_fmt(two_sum_odd(acc[j], p), FMT_PASS(a_));
+    }
+}
+
+/* One k step over n columns of the exact sum: finite products as int64 steps, the rest as floats */
+static inline void fin_step(int64_t *restrict isum, float *restrict nonfin, const float *restrict wr, float xv,
+                            int64_t n, FMT_PARAMS(q_), const int p64, const float to_steps) {
+    for (int64_t j = 0; j < n; j++) {
+        const float p = round_fmt(product(xv, wr[j], p64), FMT_PASS(q_));
+        const int fin = (as_i(p) & 0x7F800000) != 0x7F800000;
+        isum[j] += (int64_t)(fin ? p * to_steps : 0.0f);
+        nonfin[j] += fin ? 0.0f : p;
+    }
+}
+
+/* ------------------------------------------------------------------ 8 lanes at once
+ * The same steps on GCC vector types (8 x int32 / float32: AVX2 registers where the CPU
+ * has them); comparisons give -1/0 lane masks, sel() picks by mask.  Used for full tiles
+ * of sequential sums with float32 products, the common case (fp16, fp8 formats). */
+typedef int32_t vi __attribute__((vector_size(32)));
+typedef float vf __attribute__((vector_size(32)));
+
+typedef struct {
+    vi emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in;
+    vf maxv, sat;
+} vfmt_t;
+
+static inline vfmt_t vfmt(const fmt_t f) {
+    const vi z = {0};
+    const vf zf = {0};
+    vfmt_t v = {z + f.emin, z + f.M, z + f.c_gt, z + f.c_tie, z + f.c_odd, z + f.c_neg, z + f.c_pos,
+                z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat};
+    return v;
+}
+
+static inline vi sel(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
+
+static inline vf vround(vf x, const vfmt_t *f) {
+    const vi one = (vi){0} + 1;
+    const vi bits = (vi)x;
+    const vi neg = bits >> 31;
+    const vi a = bits & 0x7FFFFFFF;
+    const vi ef = a >> 23;
+    const vi efp = sel(ef > 1, ef, one);
+    const vi sig = sel(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF);
+    const vi e = sel(efp - 127 > f->emin, efp - 127, f->emin);
+    const vi L = e - f->M;
+    vi s = L - (efp - 150);
+    s = sel(s < 30, s, one * 30);
+    const vi fl = sig >> s;
+    const vi rem = sig & ((one << s) - 1);
+    const vi half = (one << s) >> 1;
+    const vi inexact = rem != 0;
+    const vi gt = rem > half;
+    const vi tie = (rem == half) & inexact;
+    const vi odd = -(fl & 1);
+    const vi up = (gt & f->c_gt) | (tie & f->c_tie) | (tie & odd & f->c_odd) | (inexact & neg & f->c_neg) |
+                  (inexact & ~neg & f->c_pos);
+    const vi r = fl + (up & 1);
+    const vi sh = sel(L + 149 > 0, L + 149, one * 0);
+    const vi p2 = sel(L >= -126, (L + 127) << 23, one << sh);
+    vf mag = __builtin_convertvector(r, vf) * (vf)p2;
+    const vi big = (mag > f->maxv) | (a == 0x7F800000);
+    vi mb = sel(big, (vi)f->sat, (vi)mag);
+    const vi keep = f->keep_all | (mb != 0) | (f->keep_zero_in & (a == 0));
+    vi out = mb | (neg & keep & (int32_t)0x80000000);
+    out = sel(a > 0x7F800000, bits, out);
+    return (vf)out;
+}
+
+static inline vf vtwo_sum_odd(vf a, vf b) {
+    const vf s = a + b;
+    const vf bb = s - a;
+    const vf err = (a - (s - bb)) + (b - bb);
+    const vi sb = (vi)s;
+    const vi fix = (err != 0) & ((sb & 0x7F800000) != 0x7F800000) & ((sb & 1) == 0);
+    const vi step = sel((err > 0) == (s > 0), (vi){0} + 1, (vi){0} - 1);
+    return (vf)sel(fix, sb + step, sb);
+}
+
+/* x * w for 8 columns in float32; with check, lanes whose float32 product may be inexact
+ * (a nonzero product that underflowed below 2**-126 or overflowed) are redone in float64
+ * and rounded to odd.  Both operands have <= 12 significant bits, so every other lane is exact. */
+static inline vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
+    vf p = xv * wv;
+    if (check) {
+        const vi ap = (vi)p & 0x7FFFFFFF;
+        const vi ax = (vi)xv & 0x7FFFFFFF, aw = (vi)wv & 0x7FFFFFFF;
+        const vi ok = ((ap >= 0x00800000) & (ap < 0x7F800000)) | (ap > 0x7F800000) | (ax == 0) | (aw == 0) |
+                      (ax >= 0x7F800000) | (aw >= 0x7F800000);
+        int32_t bad = 0;
+        for (int i = 0; i < 8; i++) bad |= ~ok[i];
+        if (__builtin_expect(bad != 0, 0)) {
+            for (int i = 0; i < 8; i++)
+                if (!ok[i]) p[i] = f64_to_f32_odd((double)xs * (double)wr[i]);
+        }
+    }
+    return p;
+}
+
+/* A full tile (JB = 4 vectors of 8 columns), sequential, float32 products */
+static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
+                        const fmt_t af, int check, float *acc) {
+    const vfmt_t q = vfmt(qf), A = vfmt(af);
+    vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
+    for (int64_t k = 0; k < K; k++) {
+        const float xs = x[k * sx_k];
+        const vf xv = (vf){0} + xs;
+        const float *wr = w + k * sw_k;
+        vf w0, w1, w2, w3;
+        memcpy(&w0, wr, 32); memcpy(&w1, wr + 8, 32); memcpy(&w2, wr + 16, 32); memcpy(&w3, wr + 24, 32);
+        s0 = vround(vtwo_sum_odd(s0, vround(vproduct(xv, w0, xs, wr, check), &q)), &A);
+        s1 = vround(vtwo_sum_odd(s1, vround(vproduct(xv, w1, xs, wr + 8, check), &q)), &A);
+        s2 = vround(vtwo_sum_odd(s2, vround(vproduct(xv, w2, xs, wr + 16, check), &q)), &A);
+        s3 = vround(vtwo_sum_odd(s3, vround(vproduct(xv, w3, xs, wr + 24, check), &q)), &A);
+    }
+    memcpy(acc, &s0, 32); memcpy(acc + 8, &s1, 32); memcpy(acc + 16, &s2, 32); memcpy(acc + 24, &s3, 32);
+}
+
+/* A full tile, final: the products summed in float64, exact while every partial sum is a
+ * multiple of Q's smallest step below 2**53 of them (the caller checks: dsum_ok); an
+ * inf/NaN product decides the sum as float addition does.  Returns the sums rounded to
+ * odd in float32 in acc. */
+typedef double vd __attribute__((vector_size(32)));
+typedef float vf4 __attribute__((vector_size(16)));
+
+static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
+                        int check, float *acc) {
+    const vfmt_t q = vfmt(qf);
+    vd d[8] = {{0}};
+    for (int64_t k = 0; k < K; k++) {
+        const float xs = x[k * sx_k];
+        const vf xv = (vf){0} + xs;
+        const float *wr = w + k * sw_k;
+        for (int v = 0; v < 4; v++) {
+            vf wv;
+            memcpy(&wv, wr + 8 * v, 32);
+            const vf p = vround(vproduct(xv, wv, xs, wr + 8 * v, check), &q);
+            const vf4 lo = __builtin_shufflevector(p, p, 0, 1, 2, 3);
+            const vf4 hi = __builtin_shufflevector(p, p, 4, 5, 6, 7);
+            d[2 * v] += __builtin_convertvector(lo, vd);
+            d[2 * v + 1] += __builtin_convertvector(hi, vd);
+        }
+    }
+    double tot[JB];
+    memcpy(tot, d, sizeof tot);
+    for (int j = 0; j < JB; j++) acc[j] = f64_to_f32_odd(tot[j]);
+}
+
+/* One row r, columns j0 .. j0+n-1 (n <= JB) */
+static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, const fmt_t qf,
+                const fmt_t af, int seq, int p64, float to_steps, float *acc, int64_t *isum, float *nonfin) {
+    for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
+    for (int64_t k = 0; k < K; k++) {
+        const float xv = x[k * sx_k];
+        const float *wr = w + k * sw_k;
+        if (seq) {
+            if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1);
+            else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0);
+        } else {
+            if (p64) fin_step(isum, nonfin, wr, xv, n, FMT_ARGS(qf), 1, to_steps);
+            else fin_step(isum, nonfin, wr, xv, n, FMT_ARGS(qf), 0, to_steps);
+        }
+    }
+}
+
+/* y[r * sy_r + c * sy_c] for r < R, c < C (the bias term b[r * sb_r + c * sb_c]).  The caller
+ * may swap the operands (x*w = w*x, same k order) so that the long side is the vector one.
+ * Returns 0, or -1 for an impossible argument. */
+int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w, int64_t sw_k, const float *b,
+                      int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
+                      const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
+                      int seq, int p64, float to_steps, float from_steps, int dsum_ok, int nthreads) {
+    /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in}, floats {maxv, sat} */
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8]};
+    const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8]};
+    if (qf.M > 21 || af.M > 21) return -1;
+    const int64_t nblk = (C + JB - 1) / JB;
+    const int64_t ntiles = R * nblk;
+    const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 16384;
+    _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")
+    for (int64_t t = 0; t < ntiles; t++) {
+        const int64_t r = t / nblk;
+        const int64_t j0 = (t - r * nblk) * JB;
+        const int64_t jn = C - j0 < JB ? C - j0 : JB;
+        float acc[JB], nonfin[JB];
+        int64_t isum[JB];
+        /* p64: 0 float32 products (exact), 1 float64 products, 2 float32 checked (float64 where needed) */
+        const int vec = p64 != 1 && jn == JB;
+        const int vec_fin = vec && !seq && dsum_ok;
+        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, acc);
+        else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, acc);
+        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, to_steps, acc, isum, nonfin);
+        for (int64_t jj = 0; jj < jn; jj++) {
+            float s = acc[jj];
+            if (vec_fin) {
+                s = round_fmt(s, FMT_ARGS(af));
+            } else if (!seq) {
+                float total = i64_to_f32_odd(isum[jj]) * from_steps; /* exact: a power of two */
+                total = nonfin[jj] != 0.0f ? nonfin[jj] : total; /* +-inf or NaN (NaN != 0) */
+                s = round_fmt(total, FMT_ARGS(af));
+            }
+            if (b) s = round_fmt(two_sum_odd(s, b[r * sb_r + (j0 + jj) * sb_c]), FMT_ARGS(af));
+            y[r * sy_r + (j0 + jj) * sy_c] = round_fmt(s, FMT_ARGS(qf));
+        }
+    }
+    return 0;
+}
+
+/* Version of the calling convention, checked by the loader. */
+int qlab_float_abi(void) { return 4; }

@@ -1,0 +1,71 @@
+"""What the compiled intrinsic float(E, M) kernels (Triton and CPU) share: which specs they
+cover and the constants they run with.  Pure Python (no triton import).
+
+The kernels form every product exactly (float32 where the format's products fit 24 bits
+and float32's normal range, else float64, then rounded to odd in float32), add with a
+float32 two-sum rounded to odd (``sequential``) or as exact int64 multiples of Q's
+smallest step (``final``), and round with float32 bit arithmetic.  Rounding to odd in
+float32 and then to a format of <= 22 significant bits is the correct rounding of the
+exact value, which makes them bit-identical with the float64 reference
+(:func:`qlab.core.intrinsic.float_matmul`).  Covered: Q and A Float formats with M <= 21;
+not FN formats with E = 8 (values beyond float32); an A with E = 8 and ``inf=True`` is
+declined (a float32 sum overflowing must mean "past A's range" in every mode, true only
+when A saturates); ``final`` only where the exact sum fits int64 (the reference's own
+exact range).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+MODES = ("nearest", "even", "down", "up", "zero")
+
+
+@dataclass(frozen=True)
+class FloatPlan:
+    p32: bool  # products exact in float32
+    seq: bool
+    q: tuple  # (emin, M, maxv, inf, rounding)
+    a: tuple
+    to_steps: float  # 2**-lsb: a finite product in Q's smallest steps
+    from_steps: float  # 2**lsb
+
+
+def plan(spec, K: int, stochastic_ok: bool = True) -> FloatPlan | None:
+    """The constants for ``spec`` with K terms per output, or None where the kernels do not apply."""
+    from qlab.core.formats import Float, _float_params
+
+    q, A = getattr(spec, "q", None), getattr(spec, "A", None)
+    if not (type(q) is Float and type(A) is Float):
+        return None
+    modes = MODES + (("stochastic",) if stochastic_ok else ())
+    if q.rounding not in modes or A.rounding not in modes:
+        return None
+    if q.M > 21 or A.M > 21 or (q.fn and q.E == 8) or (A.fn and A.E == 8):
+        return None
+    qemin, qemax, qmax = _float_params(q.E, q.M, q.fn)
+    aemin, aemax, amax = _float_params(A.E, A.M, A.fn)
+    if A.inf and aemax >= 127:
+        return None
+    lsb = qemin - q.M
+    seq = spec.accumulate == "sequential"
+    if not seq and (qemax + 1 - lsb) + math.ceil(math.log2(max(2, K))) > 62:
+        return None
+    p32 = bool(spec.inputs) and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
+    return FloatPlan(p32, seq, (qemin, q.M, qmax, q.inf, q.rounding), (aemin, A.M, amax, A.inf, A.rounding),
+                     2.0 ** -lsb, 2.0 ** lsb)
+
+
+def operands(x, w, bias, spec, generator=None):
+    """Q(x) (x itself with inputs=False), Q(w), Q(b) as float32: exact upcasts, then one pass each."""
+    q = spec.q
+    x32 = x.float()
+    xin = q.quantize(x32, generator) if spec.inputs else x32
+    wq = q.quantize(w.float(), generator)
+    bq = q.quantize(bias.float(), generator).contiguous() if bias is not None else None
+    return xin, wq, bq
+
+
+FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

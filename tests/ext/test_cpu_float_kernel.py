@@ -1,0 +1,170 @@
+"""The compiled CPU kernel for intrinsic float(E, M) linear layers (qlab/ext/cpu/float_matmul.c)
+equals the float64 reference (qlab.core.intrinsic.float_matmul) bit for bit: vector tiles and
+ragged tails, sequential and final (float64 and int64 exact sums), float32, checked and
+float64 products, every deterministic mode, NaN/inf/signed zeros, float16/bfloat16 tensors,
+more than one thread; sums that only rounding to odd gets right; it declines the rest."""
+import math
+
+import pytest
+import torch
+
+import qlab
+from qlab.core import backends
+from qlab.core.intrinsic import as_intrinsic, intrinsic_conv, intrinsic_linear
+from qlab.ext import backends as xb
+from qlab.ext import cpu
+from qlab.ext.float_intrinsic import plan
+
+MODES = ("even", "nearest", "down", "up", "zero")
+FP16, BF16, E4M3, E5M2 = (5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (5, 2, False, False)
+
+
+@pytest.fixture(autouse=True)
+def kernel(monkeypatch):
+    monkeypatch.delenv("QLAB_BACKEND", raising=False)
+    if cpu.load_float() is None:
+        pytest.skip("no C compiler: the CPU kernel cannot be built here")
+    xb.register_cpu()
+
+
+def fspec(q, a, mode, acc="sequential", amode=None, inputs=True):
+    return qlab.Intrinsic(qlab.Float(q[0], q[1], mode, fn=q[2], inf=q[3]),
+                          acc=qlab.Float(a[0], a[1], amode or mode, fn=a[2], inf=a[3]), accumulate=acc, inputs=inputs)
+
+
+def same(a, b):
+    if a.shape != b.shape or a.dtype != b.dtype or not torch.equal(a.isnan(), b.isnan()):
+        return False
+    m = ~a.isnan()
+    return torch.equal(a[m], b[m]) and torch.equal(torch.signbit(a[m]), torch.signbit(b[m]))
+
+
+def both(monkeypatch, fn, *args, **kw):
+    """(reference, kernel) results and how many times the kernel ran."""
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    ref = fn(*args, **kw)
+    monkeypatch.delenv("QLAB_BACKEND")
+    before = cpu.float_calls
+    got = fn(*args, **kw)
+    return ref, got, cpu.float_calls - before
+
+
+CASES = [  # Q, A, input scale: float32 products, checked products (bf16), saturation, overflow to inf
+    (FP16, FP16, 8.0), (E4M3, E4M3, 6.0), (E5M2, FP16, 3.0), (E4M3, (5, 7, False, False), 20.0),
+    (BF16, BF16, 1e3), ((3, 1, False, True), (3, 2, False, True), 2.0), ((6, 5, False, False), (8, 12, False, False), 1e4),
+    ((2, 1, False, False), (4, 2, False, False), 0.7), (BF16, FP16, 1e-20),
+]
+
+
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_linear_matches_reference(monkeypatch, case):
+    qf, af, sc = CASES[case]
+    g = torch.Generator().manual_seed(case)
+    differ = 0
+    for j, mode in enumerate(MODES):
+        M, K, N = 3 + j, 1 + 7 * j, [40, 64, 7, 33, 96][j]  # full 32-column tiles and ragged tails
+        x = torch.randn(M, K, generator=g) * sc
+        w = torch.randn(N, K, generator=g) * sc / 2
+        b = torch.randn(N, generator=g) * sc if j % 2 else None
+        if j == 2:  # NaN, infinities, signed zeros, tiny values
+            x.view(-1)[:5] = torch.tensor([math.nan, math.inf, -0.0, 1e-30, -math.inf])[: x.numel()]
+        outs = {}
+        for acc in ("sequential", "final"):
+            spec = fspec(qf, af, mode, acc)
+            if acc == "final" and qf[0] >= 6:  # no exact int64 sum: declined, the reference runs
+                assert not cpu.float_matmul_accepts(x, w.t(), b, as_intrinsic(spec))
+                continue
+            ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=spec)
+            assert ran == 1, spec
+            assert same(ref, got), (str(spec), M, K, N)
+            outs[acc] = ref
+        if len(outs) == 2:
+            differ += not same(outs["sequential"], outs["final"])
+    if qf[0] < 6 and sc > 1:
+        assert differ >= 1  # saturation: the accumulation order shows
+
+
+def test_crafted_sums_and_products_need_rounding_to_odd(monkeypatch):
+    """1024 + 2**-20 rounded up is 1025 (a float32 sum rounded to nearest says 1024); with
+    inputs=False, 11184811 * 2**-23 * 3 = 4 + 2**-23 rounded up on e4m3 is 4.5."""
+    for xv, wv, qf, af, inputs, up in [([[1024.0, 2.0 ** -20]], [[1.0, 1.0]], FP16, FP16, True, 1025.0),
+                                       ([[11184811 * 2.0 ** -23]], [[3.0]], E4M3, FP16, False, 4.5)]:
+        for sign in (1, -1):
+            x = (torch.tensor(xv) * sign).repeat(2, 20)  # 40 columns: one full tile and a tail
+            w = torch.tensor(wv).repeat(40, 20)
+            x = x[:, : len(xv[0])].contiguous()
+            w = w[:, : len(wv[0])].contiguous()
+            for mode in ("up", "down", "zero"):
+                for acc in ("sequential", "final"):
+                    spec = fspec(qf, af, mode, acc, inputs=inputs)
+                    ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, None, spec=spec)
+                    assert ran == 1 and same(ref, got), (str(spec), sign)
+                    if mode == "up" and sign == 1:
+                        assert bool((got == up).all()), (str(spec), got)
+
+
+def test_bf16_products_that_underflow_or_overflow_float32(monkeypatch):
+    """bf16 operands: float32 products are exact except where they leave float32's normal
+    range; those lanes are redone in float64 (the checked path)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 9, generator=g) * 2.0 ** torch.randint(-130, 127, (4, 9), generator=g).float()
+    w = torch.randn(64, 9, generator=g) * 2.0 ** torch.randint(-130, 127, (64, 9), generator=g).float()
+    for mode in MODES:
+        for a in (BF16, (8, 12, False, False)):
+            spec = fspec(BF16, a, mode)
+            ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, None, spec=spec)
+            assert ran == 1 and same(ref, got), str(spec)
+    p = x[:, None, :].double() * w[None, :, :].double()
+    assert bool(((p.abs() < 2.0 ** -126) & (p != 0)).any()) and bool((p.abs() >= 2.0 ** 128).any())
+
+
+def test_long_final_sums_inputs_false_dtypes_threads_and_conv(monkeypatch):
+    g = torch.Generator().manual_seed(6)
+    # K = 9000 fp16 products: beyond the exact float64 sum, the int64 sum runs
+    x, w = torch.randn(2, 9000, generator=g) * 30, torch.randn(32, 9000, generator=g) * 30
+    assert cpu._dsum_exact(plan(as_intrinsic(fspec(FP16, FP16, "up", "final")), 9000), 9000) is False
+    for mode in ("up", "even"):
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, None, spec=fspec(FP16, FP16, mode, "final"))
+        assert ran == 1 and same(ref, got)
+    for mode in MODES:  # inputs=False: float64 products
+        spec = fspec(E5M2, FP16, mode, ["sequential", "final"][MODES.index(mode) % 2], inputs=False)
+        x, w, b = torch.randn(7, 6, generator=g) * 5, torch.randn(35, 6, generator=g), torch.randn(35, generator=g)
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=spec)
+        assert ran == 1 and same(ref, got), str(spec)
+    for dt in (torch.float16, torch.bfloat16):
+        spec = fspec(E4M3, FP16, "even", "sequential", amode="zero")
+        x, w = (torch.randn(5, 9, generator=g) * 4).to(dt), torch.randn(40, 9, generator=g).to(dt)
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, None, spec=spec)
+        assert ran == 1 and same(ref, got) and got.dtype == dt
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:  # big enough for the parallel loop
+        x, w = torch.randn(64, 48, generator=g) * 3, torch.randn(70, 48, generator=g)
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, None, spec=fspec(FP16, FP16, "even"))
+        assert ran == 1 and same(ref, got)
+    finally:
+        torch.set_num_threads(threads)
+    # few outputs, many rows: the kernel swaps the operands (bias per row then)
+    for qf, mode, acc in [(FP16, "up", "sequential"), (BF16, "even", "sequential"), (E4M3, "down", "final"),
+                          (E5M2, "nearest", "final")]:
+        x, w, b = torch.randn(70, 11, generator=g) * 9, torch.randn(5, 11, generator=g), torch.randn(5, generator=g)
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=fspec(qf, FP16, mode, acc))
+        assert ran == 1 and same(ref, got), (qf, mode, acc)
+    # convolution: the reference's unfold, then this kernel
+    xc, wc = torch.randn(2, 4, 6, 5, generator=g) * 3, torch.randn(6, 2, 3, 2, generator=g)
+    spec = fspec(FP16, FP16, "nearest")
+    ref, got, ran = both(monkeypatch, intrinsic_conv, xc, wc, None, stride=1, padding=1, groups=2, spec=spec)
+    assert ran >= 1 and same(ref, got)
+
+
+def test_declines_and_lookup(monkeypatch):
+    a, w = torch.zeros(3, 5), torch.zeros(5, 2)
+    assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is not None
+    for spec, t in [(as_intrinsic("intrinsic(fp16,accumulate=sequential)"), a.double()),  # float64 tensors
+                    (fspec(FP16, FP16, "stochastic"), a),  # stochastic: the reference's draws
+                    (as_intrinsic("float(8,23)"), a),  # M > 21
+                    (fspec(BF16, (8, 7, False, True), "even"), a),  # A with E = 8 overflowing to inf
+                    (as_intrinsic("fixed(8,4)"), a)]:
+        assert backends.lookup("float_matmul", t, w.to(t.dtype), None, spec, None, True) is None, spec
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is None
