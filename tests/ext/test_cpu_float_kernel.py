@@ -157,6 +157,33 @@ def test_long_final_sums_inputs_false_dtypes_threads_and_conv(monkeypatch):
     assert ran >= 1 and same(ref, got)
 
 
+def test_elementwise_float_quantizer_matches_reference(monkeypatch):
+    """The "float" quantizer on float32 CPU tensors: every exponent, subnormals, inf, NaN,
+    signed zeros and exact ties on each format's grid, every deterministic mode."""
+    g = torch.Generator().manual_seed(7)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (3001,), generator=g, dtype=torch.int64).to(torch.int32)
+    specials = torch.tensor([0., -0., math.nan, math.inf, -math.inf, 1e-45, -1e-45, 3.4028235e38, 448., 464.,
+                             57344., 61440., 65504., 65520., 1e-8, -1e-8])
+    for E, M, fn, inf in [(5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (5, 2, False, False),
+                          (2, 0, False, False), (3, 1, False, True), (8, 23, False, False), (6, 5, False, False),
+                          (7, 4, True, False), (8, 20, False, True)]:
+        tie = max(0, 22 - M)
+        ties = ((bits & ~((1 << (tie + 1)) - 1)) | (1 << tie)).view(torch.float32)
+        x = torch.cat([bits.view(torch.float32), specials, ties])
+        for mode in MODES:
+            q = qlab.Float(E, M, mode, fn=fn, inf=inf)
+            before = cpu.round_calls
+            got = q.quantize(x)
+            assert cpu.round_calls == before + 1, q
+            monkeypatch.setenv("QLAB_BACKEND", "torch")
+            ref = q.quantize(x)
+            monkeypatch.delenv("QLAB_BACKEND")
+            assert same(ref, got), str(q)
+    assert backends.lookup("float", x.double(), qlab.Float(5, 2)) is None  # float64: the reference
+    assert backends.lookup("float", x, qlab.Float(5, 2, "stochastic")) is None
+    assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
+
+
 def test_declines_and_lookup(monkeypatch):
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is not None

@@ -195,9 +195,10 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
-FLOAT_ABI = 4
+FLOAT_ABI = 5
 _flib = None
-float_calls = 0
+float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
+round_calls = 0  # float_quantize kernel calls
 
 
 def load_float():
@@ -214,6 +215,8 @@ def load_float():
                     lib.qlab_float_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64,
                                                       ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
+                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32]
+                    lib.qlab_float_round.restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
                     _flib = False
@@ -232,6 +235,30 @@ def _fmt_arrays(fmt):
     ints = torch.tensor([emin, M] + [-f for f in _MODE_FLAGS[rounding]], dtype=torch.int32)
     floats = torch.tensor([maxv, math.inf if inf else maxv], dtype=torch.float32)
     return ints, floats
+
+
+def float_accepts(x, q, generator=None) -> bool:
+    """The elementwise float(E, M) quantizer: float32 CPU tensors, deterministic modes."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in _MODE_FLAGS
+            and not (q.fn and q.E == 8) and load_float() is not None)
+
+
+def float_quantize(x, q, generator=None):
+    """Q(x) for a float32 CPU tensor with the compiled rounding (same bits as the reference)."""
+    from qlab.core.formats import _float_params
+
+    if not float_accepts(x, q, generator):
+        raise ValueError(f"the CPU float kernel covers float32 CPU tensors and deterministic modes, not {q} on {x.dtype}")
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    if xc.numel():
+        emin, _, maxv = _float_params(q.E, q.M, q.fn)
+        qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
+        load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
+                                      max(1, torch.get_num_threads()))
+    global round_calls
+    round_calls += 1
+    return y
 
 
 def _product_mode(fp, spec) -> int:

@@ -333,5 +333,25 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
     return 0;
 }
 
+/* y = Q(x) elementwise for n float32 values (the "float" quantizer on CPU tensors). */
+int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, const float *qv, int nthreads) {
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8]};
+    const int64_t nv = n / 8;
+    const int par = nthreads > 1 && n >= 65536;
+    _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")
+    {
+        const vfmt_t q = vfmt(qf);
+        _Pragma("omp for schedule(static)")
+        for (int64_t i = 0; i < nv; i++) {
+            vf v;
+            memcpy(&v, x + 8 * i, 32);
+            v = vround(v, &q);
+            memcpy(y + 8 * i, &v, 32);
+        }
+    }
+    for (int64_t i = 8 * nv; i < n; i++) y[i] = round_fmt(x[i], FMT_ARGS(qf));
+    return 0;
+}
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 4; }
+int qlab_float_abi(void) { return 5; }
