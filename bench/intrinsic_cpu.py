@@ -117,18 +117,22 @@ def main():
     model = zoo.pretrained("lenet5", progress=False).eval()
     test = data.fashion_mnist("test")
     x_e, y_e = test.images[:images], test.labels[:images]
-    plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
-    t_c, out_c = lenet(model, plan, x_e, batch)
     n_ref = min(images, args.ref_images or images)
-    with reference():
-        t_r, out_r = lenet(model, plan, x_e[:n_ref], batch)
-    assert torch.equal(out_c[:n_ref], out_r), "C kernel and torch reference differ on LeNet-5"
-    t_r_all = t_r * images / n_ref
-    acc = (out_c.argmax(1) == y_e).float().mean().item()
-    tag = f"(e) intrinsic LeNet-5 fixed(16,8), {images} Fashion-MNIST test images, batch {batch}"
-    rows.append((f"{tag}: C kernel (accuracy {acc:.4f})", t_c, float("nan"), t_r_all / t_c))
-    scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
-    rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
+
+    def lenet_rows(tag, spec):
+        plan = qlab.Plan(intrinsic={"*": spec})
+        t_c, out_c = lenet(model, plan, x_e, batch)
+        with reference():
+            t_r, out_r = lenet(model, plan, x_e[:n_ref], batch)
+        assert torch.equal(out_c[:n_ref], out_r), f"C kernel and torch reference differ on LeNet-5 ({spec})"
+        t_r_all = t_r * images / n_ref
+        acc = (out_c.argmax(1) == y_e).float().mean().item()
+        rows.append((f"{tag}: C kernel (accuracy {acc:.4f})", t_c, float("nan"), t_r_all / t_c))
+        scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
+        rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
+
+    lenet_rows(f"(e) intrinsic LeNet-5 fixed(16,8), {images} Fashion-MNIST test images, batch {batch}",
+               "fixed(16,8,nearest)")
 
     # (f): float formats (qlab/ext/cpu/float_matmul.c) vs the float64 reference
     xf, wf = torch.randn(M, K) * 3, torch.randn(N, K) * 0.05
@@ -144,18 +148,8 @@ def main():
                      t_r / t_c))
         rows.append((f"(f) torch reference, same", t_r, macs / t_r, 1.0))
 
-    # (g): intrinsic LeNet-5 in fp16
-    plan16 = qlab.Plan(intrinsic={"*": "fp16"})
-    t_c, out_c = lenet(model, plan16, x_e, batch)
-    with reference():
-        t_r, out_r = lenet(model, plan16, x_e[:n_ref], batch)
-    assert torch.equal(out_c[:n_ref], out_r), "C kernel and torch reference differ on LeNet-5 (fp16)"
-    t_r_all = t_r * images / n_ref
-    acc = (out_c.argmax(1) == y_e).float().mean().item()
-    tag = f"(g) intrinsic LeNet-5 fp16, {images} images, batch {batch}"
-    rows.append((f"{tag}: C kernel (accuracy {acc:.4f})", t_c, float("nan"), t_r_all / t_c))
-    scaled = "" if n_ref == images else f" ({t_r:.1f} s on the first {n_ref} images, scaled)"
-    rows.append((f"{tag}: torch reference{scaled}, identical logits", t_r_all, float("nan"), 1.0))
+    # (g): intrinsic LeNet-5 in fp16 (every op)
+    lenet_rows(f"(g) intrinsic LeNet-5 fp16, {images} images, batch {batch}", "fp16")
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}, "
           f"best of {repeats} (reference best of {max(1, repeats // 2)}; LeNet-5 once)")

@@ -87,6 +87,15 @@ def _acc_step(acc, p, alo, ahi, D: tl.constexpr, LA: tl.constexpr, AMODE: tl.con
 
 # --------------------------------------------------------------------------- geometry (both kernels)
 @triton.jit
+def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """This program's group and BLOCK_M x BLOCK_N tile of outputs (rows, columns, masks)."""
+    g = tl.program_id(2)
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return g, offs_m, offs_n, offs_m < M, offs_n < N
+
+
+@triton.jit
 def _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV: tl.constexpr):
     """Per output row: (batch, position, top row, left column, input base) of its window."""
     if CONV:
@@ -138,13 +147,7 @@ def _fixed_gemm_kernel(
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
     HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
+    g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     # weights as [G, K, N]: one coalesced row per k
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
@@ -414,13 +417,7 @@ def _float_gemm_kernel(
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
     SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
-    g = tl.program_id(2)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    m_mask = offs_m < M
-    n_mask = offs_n < N
+    g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sequential: the running sum (+0)
