@@ -96,6 +96,18 @@ def _tile(M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
 
 
 @triton.jit
+def _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, STOCH: tl.constexpr):
+    """Seed and counter base for stochastic rounding: one counter per (group, row, column,
+    k) and rounding site (the seed offset tells the sites apart); zeros otherwise."""
+    seed = tl.full((), 0, tl.int64)  # a tensor either way: jit functions return tensors
+    rbase = offs_m[:, None] * 0
+    if STOCH:
+        seed = tl.load(seed_ptr).to(tl.int64)
+        rbase = ((g * M + offs_m).to(tl.int64)[:, None] * N + offs_n[None, :]) * (K_total + 1)
+    return seed, rbase
+
+
+@triton.jit
 def _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV: tl.constexpr):
     """Per output row: (batch, position, top row, left column, input base) of its window."""
     if CONV:
@@ -152,12 +164,7 @@ def _fixed_gemm_kernel(
     # weights as [G, K, N]: one coalesced row per k
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=IDT)
-    STOCH: tl.constexpr = (QMODE == 5) | (AMODE == 5)
-    seed = 0
-    rbase = offs_m[:, None] * 0  # Philox counters: one per (group, row, column[, k]) and rounding site
-    if STOCH:
-        seed = tl.load(seed_ptr)
-        rbase = ((g * M + offs_m).to(tl.int64)[:, None] * N + offs_n[None, :]) * (K_total + 1)
+    seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -423,12 +430,7 @@ def _float_gemm_kernel(
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sequential: the running sum (+0)
     isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
     odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
-    STOCH: tl.constexpr = (QMODE == 5) | (AMODE == 5)
-    seed = 0
-    rbase = offs_m[:, None] * 0
-    if STOCH:
-        seed = tl.load(seed_ptr)
-        rbase = ((g * M + offs_m).to(tl.int64)[:, None] * N + offs_n[None, :]) * (K_total + 1)
+    seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
