@@ -5,6 +5,12 @@ the speed tables.
     PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS]
     PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
 
+Every kernel variant compiles on first use (constexpr specialisations: the checks
+compile a few hundred), so a first run spends minutes compiling; if one call cannot
+hold checks and rows, run ``--only ...`` / ``--skip-checks`` in a second call on the
+still-warm machine (Triton's cache is kept).  Output is line-buffered and the checks
+print section by section, so a run stopped by a time limit still shows what finished.
+
 ``--dry-run`` runs every row's code on tiny CPU tensors under ``TRITON_INTERPRET=1`` (the
 numbers mean nothing) so a mistake in the script shows here, not in scarce GPU minutes;
 tests/ext/test_gpu_check.py runs it in CI.
@@ -90,18 +96,22 @@ def timed(fn, reps: int) -> float:
 
 # --------------------------------------------------------------------------- exactness
 def check_exact(device: str = "cuda") -> bool:
+    """Each check section in its own subprocess, printed as it ends (a run cut short by a
+    time limit still shows the sections that finished)."""
     from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
     from qlab.ext.triton.testing import run_sections
 
     ok = True
-    t = time.time()
-    for name, res in {**run_sections(ELEMENTWISE, device), **run_sections(INTRINSIC, device)}.items():
+    t0 = time.time()
+    for name, body in {**ELEMENTWISE, **INTRINSIC}.items():
+        t = time.time()
+        res = run_sections({name: body}, device)[name]
         good = res == "ok"
         ok &= good
-        print(f"exactness {name}: {'ok' if good else 'FAILED'}")
+        print(f"exactness {name}: {'ok' if good else 'FAILED'}  ({time.time() - t:.0f} s, compiles included)")
         if not good:
             print(res)
-    print(f"{device} (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t:.0f} s)")
+    print(f"{device} (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t0:.0f} s)")
     return ok
 
 
@@ -282,6 +292,7 @@ def bench_resnet(sz: dict, reps: int):
 def main(argv=None) -> int:
     global DEV
     a = parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # every line out at once: a cut-short run keeps what it printed
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
         DEV = "cpu"
