@@ -408,7 +408,7 @@ def intrinsic_linear(x, weight, bias=None, spec="fixed(8,4,nearest)", generator=
 
     def q(x, weight, bias):
         lead = x.shape[:-1]
-        y = _matmul2d(x.reshape(-1, x.shape[-1]), weight.t(), bias, spec, generator)
+        y = _matmul2d(x.reshape(math.prod(x.shape[:-1]), x.shape[-1]), weight.t(), bias, spec, generator)
         return y.reshape(*lead, weight.shape[0])
 
     return straight_through(F.linear, q, x, weight, bias)
@@ -422,8 +422,9 @@ def intrinsic_matmul(a, b, spec="fixed(8,4,nearest)", generator=None):
         a2 = a.unsqueeze(0) if a.dim() == 1 else a
         b2 = b.unsqueeze(-1) if b.dim() == 1 else b
         batch = torch.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
-        A_ = a2.expand(*batch, *a2.shape[-2:]).reshape(-1, *a2.shape[-2:])
-        B_ = b2.expand(*batch, *b2.shape[-2:]).reshape(-1, *b2.shape[-2:])
+        nb = math.prod(batch)
+        A_ = a2.expand(*batch, *a2.shape[-2:]).reshape(nb, *a2.shape[-2:])
+        B_ = b2.expand(*batch, *b2.shape[-2:]).reshape(nb, *b2.shape[-2:])
         ys = [_matmul2d(A_[i], B_[i], None, spec, generator) for i in range(A_.shape[0])]
         y = torch.stack(ys).reshape(*batch, a2.shape[-2], b2.shape[-1]) if ys else a2.new_zeros(*batch, a2.shape[-2], b2.shape[-1])
         if a.dim() == 1:
@@ -507,7 +508,7 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
                 xT = cols[:, g].transpose(0, 1).reshape(cg * kh * kw, -1)
                 yg = fixed_matmul(None, wg, bg, spec, generator, grid_xT=xT, out_dtype=out_dtype)
             else:
-                xg = cols[:, g].transpose(1, 2).reshape(-1, cg * kh * kw)  # [B*L, K]
+                xg = cols[:, g].transpose(1, 2).reshape(B * Ho * Wo, cg * kh * kw)  # [B*L, K]
                 yg = _matmul2d(xg, wg, bg, spec, generator)
             outs.append(yg.reshape(B, Ho * Wo, og))
         y = torch.cat(outs, dim=2).transpose(1, 2).reshape(B, O, Ho, Wo)

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import qlab
 from qlab.core.formats import FixedPoint
+from qlab.core.intrinsic import as_intrinsic, intrinsic_conv, intrinsic_matmul
 
 from . import reference as ref
 
@@ -255,3 +256,17 @@ def test_bad_intrinsic_specs():
         qlab.Intrinsic(FixedPoint(8, 4), accumulate="sideways")
     with pytest.raises(ValueError, match="binary"):
         qlab.Intrinsic(qlab.Binary())
+
+
+@pytest.mark.parametrize("spec", ["fixed(8,4)", "intrinsic(fixed(8,4),accumulate=final)", "fp16",
+                                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"])
+def test_empty_operands(spec):
+    """K = 0: the sum is 0, so y = Q(A(0 + Q(b))); zero rows or batches give empty results."""
+    b = torch.tensor([1.0, -2.5, 0.3, 100.0])
+    y = qlab.intrinsic_linear(torch.randn(3, 0), torch.randn(4, 0), b, spec)
+    q = as_intrinsic(spec).q
+    assert torch.equal(y, q.quantize(b).expand(3, 4)), y
+    assert qlab.intrinsic_linear(torch.randn(0, 5), torch.randn(4, 5), None, spec).shape == (0, 4)
+    assert torch.equal(intrinsic_matmul(torch.randn(2, 3, 0), torch.randn(0, 4), spec), torch.zeros(2, 3, 4))
+    assert intrinsic_conv(torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3), None, padding=1,
+                               spec=spec).shape == (0, 3, 5, 5)
