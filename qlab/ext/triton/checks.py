@@ -401,6 +401,17 @@ FLOAT_INTRINSIC = COMMON + """
     torch.manual_seed(3); s2 = fast(intrinsic_linear, x, w, None, spec=spec)
     torch.manual_seed(4); s3 = fast(intrinsic_linear, x, w, None, spec=spec)
     assert torch.equal(s1, s2) and not torch.equal(s1, s3)
+    # empty: K = 0 (y = Q(A(Q(b)))), no rows, no batch -- fixed and float kernels
+    for spec in ["fixed(8,4)", "intrinsic(fixed(8,4),accumulate=final)", "fp16", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"]:
+        b = torch.tensor([1.0, -2.5, 0.3, 100.0])
+        for args in [(torch.randn(3, 0), torch.randn(4, 0), b), (torch.randn(0, 5), torch.randn(4, 5), None)]:
+            n += 1
+            if not same(ref(intrinsic_linear, *args, spec=spec), fast(intrinsic_linear, *args, spec=spec)):
+                bad.append(("empty", spec, tuple(args[0].shape)))
+        xe, we = torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3)
+        n += 1
+        if not same(ref(intrinsic_conv, xe, we, None, padding=1, spec=spec), fast(intrinsic_conv, xe, we, None, padding=1, spec=spec)):
+            bad.append(("empty conv", spec))
     print("CASES", n, "BAD", bad)
     assert not bad, bad
 """
