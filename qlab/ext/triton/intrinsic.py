@@ -1,6 +1,7 @@
-"""Triton kernels for intrinsic fixed-point linear and convolution (SEMANTICS.md section 4).
+"""Triton kernels for intrinsic linear and convolution (SEMANTICS.md section 4): fixed
+point (below) and float(E, M) formats (the second kernel, at the end of this file).
 
-One kernel serves both: each program owns a BLOCK_M x BLOCK_N tile of outputs and walks
+For fixed point one kernel serves both: each program owns a BLOCK_M x BLOCK_N tile of outputs and walks
 k in the order of ``weight[o].flatten()``; per k it forms the exact integer products
 kx * kw (grid 2F), rounds them to Q's grid and range, and accumulates on A's grid:
 
@@ -17,8 +18,9 @@ Integers are int32 when every product, partial sum and rounding step provably fi
 (``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
 that provably gives the same result.  ``inputs=False`` multiplies the float32 input by
 the weight's grid integer exactly in float64, like the reference.  What the kernel does
-not cover (other dtypes, ranges beyond int64, stochastic shifts above 31 bits) is
-declined by ``matmul_accepts``/``conv_accepts`` and the torch reference runs.
+not cover (float64 tensors, float16/bfloat16 with W > 24, ranges beyond int64,
+stochastic shifts above 31 bits) is declined by ``matmul_accepts``/``conv_accepts`` and
+the torch reference runs.
 
 Bit-identical with :func:`qlab.core.intrinsic.fixed_matmul` / ``intrinsic_conv`` for
 every deterministic mode.  Stochastic rounding of products and sums draws from Philox
@@ -387,15 +389,10 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
 
 
 # =========================================================================== float formats
-# Q and A are float(E, M) formats.  Operands are Q(x), Q(w), Q(b) as float32 (quantized
-# before the kernel, one pass each).  Per k the product is exact -- in float32 where the
-# format's products fit 24 bits and float32's normal range, else in float64 and brought
-# to float32 rounded to odd -- then rounded to Q.  Sums: ``sequential`` adds in float32
-# with Knuth's two-sum and rounds to odd (exact information for one later rounding to
-# <= 22 bits), then rounds to A; ``final`` adds the products exactly as int64 multiples
-# of Q's smallest step and rounds the total once (to odd in float32, then to A).  Every
-# rounding of an odd-rounded value to <= 22 significant bits is the correct rounding of
-# the exact value, so the result equals the reference's (float64, round to odd) bit for bit.
+# Q and A are float(E, M) formats; the arithmetic and what is covered are described in
+# qlab.ext.float_intrinsic (shared with the CPU kernel).  Operands arrive as Q(x), Q(w),
+# Q(b) in float32; per k: exact product, Q, then A(s + p) by a two-sum rounded to odd
+# (sequential) or an exact int64 sum rounded once (final).
 @triton.jit
 def _two_sum_odd(a, b):
     """a + b rounded to odd in float32 (inf/NaN as float addition gives them)."""
