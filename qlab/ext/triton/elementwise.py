@@ -1,12 +1,15 @@
 """Triton kernels for the elementwise quantizers (one read, one write per element).
 
-* ``fixed(W,F)``: float32 arithmetic on the same exact steps as the torch reference
-  (scale by 2**F, clamp, round, scale back), so it serves inputs where the reference
-  itself computes in float32 (float32 tensors, W <= 24, F in range).  Every rounding
-  mode; ``stochastic`` draws from Triton's Philox generator (``tl.rand``).
-* ``float(E,M)`` and ``log(W,E)``: integer bit manipulation of float32 inputs (int32
+* ``fixed(W,F)``: the same exact steps as the torch reference (scale by 2**F, clamp,
+  round, scale back) in the reference's compute dtype: float32 where it uses float32
+  (W <= 24, F in range), else float64 (W > 24, F far out, float64 tensors).  Every
+  rounding mode; ``stochastic`` draws from Triton's Philox generator (``tl.rand``).
+* ``float(E,M)`` and ``log(W,E)``: integer bit manipulation of float32 values (int32
   bitcasts, shifts and masks) plus one exact float32 product by a power of two, so the
   kernels neither depend on the device's float conversions nor on libdevice.
+* Tensors: float32, float16 and bfloat16 (float64 for fixed point).  16-bit tensors are
+  read and written as int16 bits; results go back rounded once, to nearest even, by
+  the same integer code (``store_from_float``), as torch's casts round.
 
 Bit-identical to :mod:`qlab.core.formats` for every deterministic mode, including the
 sign of zero results, NaN, infinities and subnormals.
