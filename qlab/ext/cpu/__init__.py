@@ -1,6 +1,10 @@
-"""A compiled CPU kernel for intrinsic fixed-point accumulation (``fixed_accumulate``).
+"""Compiled CPU kernels: intrinsic fixed-point accumulation (``fixed_accumulate``), the
+intrinsic float(E, M) matmul (``float_matmul``) and the elementwise float(E, M) quantizer
+(``float``), all bit-identical to the torch reference.  The float kernels live in
+``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
+tensors for the quantizer, float32/float16/bfloat16 for the matmul, deterministic modes.
 
-``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
+Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
 product is rounded, clamped, shifted to the accumulator grid and added (with saturation
 for ``sequential``) without intermediate tensors, bit-identical to the torch reference.
