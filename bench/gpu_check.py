@@ -6,7 +6,7 @@ the speed tables.
     PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
 
 Every kernel variant compiles on first use (constexpr specialisations: the checks
-compile a few hundred), so a first run spends minutes compiling; if one call cannot
+compile about 240, counted under the interpreter), so a first run spends minutes compiling; if one call cannot
 hold checks and rows, run ``--only ...`` / ``--skip-checks`` in a second call on the
 still-warm machine (Triton's cache is kept).  Output is line-buffered and the checks
 print section by section, so a run stopped by a time limit still shows what finished.

@@ -161,7 +161,7 @@ def _pow2_f64(e):
     return ((e.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "W", "F"])
 def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
                   CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -280,7 +280,7 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed
     return out.to(tl.float32, bitcast=True)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "EMIN", "M"])
 def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
                   DT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -329,7 +329,7 @@ def _sqrt_half_mantissa() -> int:
 _SQRT_HALF_MANT = _sqrt_half_mantissa()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n", "E", "EMIN"])
 def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constexpr, DT: tl.constexpr,
                 BLOCK: tl.constexpr):
     pid = tl.program_id(0)

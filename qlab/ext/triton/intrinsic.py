@@ -151,9 +151,10 @@ def _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV: tl.constexpr):
 # checks' ragged ones) would otherwise each compile a kernel of their own (Triton
 # specialises integers on == 1 and divisibility by 16).
 _SHAPE_ARGS = ["M", "N", "K_total", "C_IN", "H", "W_IN", "HO", "WO", "CG"]
+_FORMAT_ARGS = ["qlo", "qhi", "alo", "ahi", "QEMIN", "QM", "AEMIN", "AM"]  # values, not specialisations
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[:4])
 def _fixed_gemm_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
     M, N, K_total,
@@ -416,7 +417,7 @@ def _i64_to_f32_odd(n):
     return tl.where(fix, (fb + step).to(tl.float32, bitcast=True), f)
 
 
-@triton.jit(do_not_specialize=_SHAPE_ARGS)
+@triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[4:])
 def _float_gemm_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
     M, N, K_total,
