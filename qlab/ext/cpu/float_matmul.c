@@ -262,8 +262,9 @@ static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
             vf wv;
             memcpy(&wv, wr + 8 * v, 32);
             const vf p = vround(vproduct(xv, wv, xs, wr + 8 * v, check), &q);
-            const vf4 lo = __builtin_shufflevector(p, p, 0, 1, 2, 3);
-            const vf4 hi = __builtin_shufflevector(p, p, 4, 5, 6, 7);
+            vf4 lo, hi; /* the two halves (memcpy: no shuffle builtin, older compilers too) */
+            memcpy(&lo, &p, 16);
+            memcpy(&hi, (const char *)&p + 16, 16);
             d[2 * v] += __builtin_convertvector(lo, vd);
             d[2 * v + 1] += __builtin_convertvector(hi, vd);
         }
