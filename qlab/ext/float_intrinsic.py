@@ -33,14 +33,14 @@ class FloatPlan:
     from_steps: float  # 2**lsb
 
 
-def plan(spec, K: int, stochastic_ok: bool = True) -> FloatPlan | None:
+def plan(spec, K: int) -> FloatPlan | None:
     """The constants for ``spec`` with K terms per output, or None where the kernels do not apply."""
     from qlab.core.formats import Float, _float_params
 
     q, A = getattr(spec, "q", None), getattr(spec, "A", None)
     if not (type(q) is Float and type(A) is Float):
         return None
-    modes = MODES + (("stochastic",) if stochastic_ok else ())
+    modes = MODES + ("stochastic",)
     if q.rounding not in modes or A.rounding not in modes:
         return None
     if q.M > 21 or A.M > 21 or (q.fn and q.E == 8) or (A.fn and A.E == 8):

@@ -188,10 +188,54 @@ def test_declines_and_lookup(monkeypatch):
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is not None
     for spec, t in [(as_intrinsic("intrinsic(fp16,accumulate=sequential)"), a.double()),  # float64 tensors
-                    (fspec(FP16, FP16, "stochastic"), a),  # stochastic: the reference's draws
                     (as_intrinsic("float(8,23)"), a),  # M > 21
                     (fspec(BF16, (8, 7, False, True), "even"), a),  # A with E = 8 overflowing to inf
                     (as_intrinsic("fixed(8,4)"), a)]:
         assert backends.lookup("float_matmul", t, w.to(t.dtype), None, spec, None, True) is None, spec
+    # stochastic: taken, except where a row's 32-bit draw counters would repeat
+    sto = fspec(FP16, FP16, "stochastic")
+    assert backends.lookup("float_matmul", a, w, None, sto, None, True) is not None
+    huge = torch.zeros(1, 8).expand(2 ** 26, 8)
+    assert backends.lookup("float_matmul", huge, torch.zeros(8, 2), None, sto, None, True) is None
+    assert backends.lookup("float_matmul", huge, torch.zeros(8, 2), None, as_intrinsic("fp16"), None, True) is not None
     monkeypatch.setenv("QLAB_BACKEND", "torch")
     assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is None
+
+
+@pytest.mark.parametrize("acc", ["sequential", "final"])
+def test_stochastic_seeded_bounded_unbiased(acc):
+    """Stochastic products, sums and outputs: repeatable under torch.manual_seed and a given
+    generator, between the all-down and all-up results, and unbiased: operands on e4m3's
+    grid, a wide accumulator, so each of the K products (and the output) rounds by at most
+    one step; the mean of R identical rows lies within 5 sigma of the exact dot product."""
+    g = torch.Generator().manual_seed(8)
+    K, R = 8, 512
+    xr = (torch.randint(-12, 13, (1, K), generator=g) / 8.0)
+    w = torch.randint(-12, 13, (40, K), generator=g) / 8.0  # 40 outputs: a tile and a tail
+    x = xr.repeat(R, 1)
+    wide = (8, 20, False, False)
+
+    def run(mode, **kw):
+        return intrinsic_linear(x, w, None, spec=fspec(E4M3, wide, mode, acc), **kw)
+
+    before = cpu.float_calls
+    torch.manual_seed(1); y1 = run("stochastic")
+    torch.manual_seed(1); y2 = run("stochastic")
+    torch.manual_seed(2); y3 = run("stochastic")
+    assert cpu.float_calls == before + 3
+    assert torch.equal(y1, y2) and not torch.equal(y1, y3)
+    gen = torch.Generator().manual_seed(5)
+    z1 = run("stochastic", generator=gen)
+    gen.manual_seed(5)
+    assert torch.equal(z1, run("stochastic", generator=gen))
+    lo, hi = run("down"), run("up")
+    assert bool(((y1 >= lo) & (y1 <= hi)).all()) and bool((lo < hi).any())
+    exact = (xr.double() @ w.double().t())[0]
+    # products: <= 1 step of their binade each (<= 2**-3 relative); output: one step of its binade
+    p = (xr.double() * w.double()).abs()
+    step_p = 2.0 ** (torch.floor(torch.log2(p.clamp_min(1e-30))) - 3)
+    step_y = 2.0 ** (torch.floor(torch.log2(exact.abs().clamp_min(1e-30))) - 2)
+    var = (step_p ** 2).sum(1) / 4 + step_y ** 2 / 4  # per output, bounds
+    sigma = (var / R).sqrt()
+    err = (y1.double().mean(0) - exact).abs()
+    assert bool((err <= 5 * sigma + 1e-12).all()), (err / sigma).max()

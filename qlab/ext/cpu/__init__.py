@@ -2,7 +2,9 @@
 intrinsic float(E, M) matmul (``float_matmul``) and the elementwise float(E, M) quantizer
 (``float``), all bit-identical to the torch reference.  The float kernels live in
 ``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
-tensors for the quantizer, float32/float16/bfloat16 for the matmul, deterministic modes.
+tensors and deterministic modes for the quantizer; float32/float16/bfloat16 for the matmul,
+every mode (stochastic draws from a counter-based hash seeded from torch's generator: the
+reference's distribution, not its draws, and scalar code).
 
 Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
@@ -199,7 +201,7 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
-FLOAT_ABI = 5
+FLOAT_ABI = 6
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -217,7 +219,7 @@ def load_float():
                         raise RuntimeError(f"{lib._name}: unexpected ABI")
                     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
                     lib.qlab_float_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64,
-                                                      ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, i32]
+                                                      ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, ctypes.c_uint64, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
                     lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
@@ -230,8 +232,11 @@ def load_float():
 
 # rounding modes as flags: gt, tie, tie-and-odd, negative, positive round the magnitude up;
 # keep_all / keep_zero_in: the sign of a zero result, as the reference's torch ops give it
-_MODE_FLAGS = {"nearest": (1, 1, 0, 0, 0, 0, 0), "even": (1, 0, 1, 0, 0, 1, 0), "down": (0, 0, 0, 1, 0, 1, 0),
-               "up": (0, 0, 0, 0, 1, 1, 0), "zero": (0, 0, 0, 0, 0, 0, 1)}
+# (gt, tie, tie-and-odd, negative, positive, keep_all, keep_zero_in, stochastic)
+_MODE_FLAGS = {"nearest": (1, 1, 0, 0, 0, 0, 0, 0), "even": (1, 0, 1, 0, 0, 1, 0, 0), "down": (0, 0, 0, 1, 0, 1, 0, 0),
+               "up": (0, 0, 0, 0, 1, 1, 0, 0), "zero": (0, 0, 0, 0, 0, 0, 1, 0),
+               "stochastic": (0, 0, 0, 0, 0, 0, 0, 1)}
+_DETERMINISTIC = ("nearest", "even", "down", "up", "zero")
 
 
 def _fmt_arrays(fmt):
@@ -243,7 +248,7 @@ def _fmt_arrays(fmt):
 
 def float_accepts(x, q, generator=None) -> bool:
     """The elementwise float(E, M) quantizer: float32 CPU tensors, deterministic modes."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in _MODE_FLAGS
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in _DETERMINISTIC
             and not (q.fn and q.E == 8) and load_float() is not None)
 
 
@@ -263,6 +268,14 @@ def float_quantize(x, q, generator=None):
     global round_calls
     round_calls += 1
     return y
+
+
+def _seed(spec, generator) -> int:
+    """A 62-bit seed for stochastic rounding from ``generator`` (else torch's default CPU
+    generator, so torch.manual_seed repeats a run); 0 when nothing is stochastic."""
+    if not (spec.q.stochastic or spec.A.stochastic):
+        return 0
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item())
 
 
 def _product_mode(fp, spec) -> int:
@@ -285,8 +298,10 @@ def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quanti
 
     if w is None or spec is None or x.dim() != 2 or w.dim() != 2 or x.device.type != "cpu":
         return False
-    if not (quantize_w or spec.inputs) or plan(spec, x.shape[1], stochastic_ok=False) is None:
+    if not (quantize_w or spec.inputs) or plan(spec, x.shape[1]) is None:
         return False
+    if (spec.q.stochastic or spec.A.stochastic) and max(x.shape[0], w.shape[1]) * (x.shape[1] + 1) * 8 >= 2 ** 32:
+        return False  # the draws' 32-bit counters would repeat within a row
     if not all(t.dtype in FLOAT_DTYPES for t in (x, w) + ((bias,) if bias is not None else ())):
         return False
     return load_float() is not None
@@ -297,7 +312,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     from qlab.ext.float_intrinsic import operands, plan
 
     global float_calls
-    fp = plan(spec, x.shape[1], stochastic_ok=False)
+    fp = plan(spec, x.shape[1])
     if fp is None or not float_matmul_accepts(x, w, bias, spec, generator, quantize_w):
         raise ValueError(f"the CPU float kernel does not cover {spec} here")
     M, K = x.shape
@@ -319,7 +334,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             rows.data_ptr(), sr[0], sr[1], cols.data_ptr(), sk,
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
-            fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), max(1, torch.get_num_threads()))
+            fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1

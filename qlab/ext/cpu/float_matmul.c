@@ -34,6 +34,7 @@ typedef struct {
     float maxv, sat;      /* largest value; what overflow becomes (maxv or inf) */
     int32_t c_gt, c_tie, c_odd, c_neg, c_pos; /* rounding mode as flags (0 or -1) */
     int32_t keep_all, keep_zero_in;           /* sign of a zero result (as torch's ops) */
+    int32_t c_sto;                            /* stochastic: up with probability rem / 2**s */
 } fmt_t;
 
 static inline int32_t as_i(float f) { int32_t i; memcpy(&i, &f, 4); return i; }
@@ -46,13 +47,14 @@ static inline int32_t pow2_bits(int32_t e) {
 }
 
 /* Q(x) onto the format (exact), float32 in and out: qlab.ext.triton.elementwise.round_to_float */
-#define FMT_ARGS(f) f.emin, f.M, f.maxv, f.sat, f.c_gt, f.c_tie, f.c_odd, f.c_neg, f.c_pos, f.keep_all, f.keep_zero_in
+#define FMT_ARGS(f) f.emin, f.M, f.maxv, f.sat, f.c_gt, f.c_tie, f.c_odd, f.c_neg, f.c_pos, f.keep_all, f.keep_zero_in, \
+    f.c_sto
 #define FMT_PARAMS(p) int32_t p##emin, int32_t p##M, float p##maxv, float p##sat, int32_t p##c_gt, int32_t p##c_tie, \
-    int32_t p##c_odd, int32_t p##c_neg, int32_t p##c_pos, int32_t p##keep_all, int32_t p##keep_zero_in
+    int32_t p##c_odd, int32_t p##c_neg, int32_t p##c_pos, int32_t p##keep_all, int32_t p##keep_zero_in, int32_t p##c_sto
 #define FMT_PASS(p) p##emin, p##M, p##maxv, p##sat, p##c_gt, p##c_tie, p##c_odd, p##c_neg, p##c_pos, p##keep_all, \
-    p##keep_zero_in
+    p##keep_zero_in, p##c_sto
 
-static inline float round_fmt(float x, FMT_PARAMS(f_)) {
+static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
     const int32_t bits = as_i(x);
     const int32_t neg = bits >> 31; /* 0 or -1 */
     const int32_t a = bits & 0x7FFFFFFF;
@@ -71,7 +73,8 @@ static inline float round_fmt(float x, FMT_PARAMS(f_)) {
     const int32_t tie = -(rem == half) & inexact;
     const int32_t odd = -(fl & 1);
     const int32_t up = (gt & f_c_gt) | (tie & f_c_tie) | (tie & odd & f_c_odd) | (inexact & neg & f_c_neg) |
-                       (inexact & ~neg & f_c_pos);
+                       (inexact & ~neg & f_c_pos) |
+                       (f_c_sto & -((int32_t)(rnd >> 2) < (rem << (30 - s)))); /* exact: rem / 2**s */
     const int32_t r = fl + (up & 1);
     float mag = (float)r * as_f(pow2_bits(L));
     mag = (mag > f_maxv) | (a == 0x7F800000) ? f_sat : mag;
@@ -80,6 +83,21 @@ static inline float round_fmt(float x, FMT_PARAMS(f_)) {
     int32_t out = mb | (neg & keep & (int32_t)0x80000000);
     out = a > 0x7F800000 ? bits : out;
     return as_f(out);
+}
+
+static inline float round_fmt(float x, FMT_PARAMS(f_)) { return round_fmt_r(x, 0, FMT_PASS(f_)); }
+
+/* Stochastic draws: 32 random bits per (row, column, k, rounding site) from a counter-based
+ * hash (murmur3's finaliser, twice) keyed by the call's seed and the row. */
+static inline uint32_t mix32(uint32_t h) {
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
+}
+static inline uint32_t row_key(uint64_t seed, int64_t r) {
+    return mix32((uint32_t)seed ^ mix32((uint32_t)r ^ (uint32_t)(seed >> 32)));
+}
+static inline uint32_t draw(uint32_t key, int64_t c, int64_t k1, int64_t k, int site) {
+    return mix32(mix32((uint32_t)(((uint64_t)c * (uint64_t)k1 + (uint64_t)k) * 8u + (uint64_t)site)) ^ key);
 }
 
 /* a + b rounded to odd in float32 (inf/NaN as float addition gives them) */
@@ -291,16 +309,38 @@ static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int6
     }
 }
 
+/* One row with stochastic rounding (scalar): a draw per (row, column, k, rounding site) */
+static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, int64_t c0,
+                    uint32_t key, const fmt_t qf, const fmt_t af, int seq, int p64, float to_steps, float *acc,
+                    int64_t *isum, float *nonfin) {
+    for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
+    for (int64_t k = 0; k < K; k++) {
+        const float xv = x[k * sx_k];
+        const float *wr = w + k * sw_k;
+        for (int64_t j = 0; j < n; j++) {
+            const float p = round_fmt_r(product(xv, wr[j], p64), draw(key, c0 + j, K + 1, k, 0), FMT_ARGS(qf));
+            if (seq) {
+                acc[j] = round_fmt_r(two_sum_odd(acc[j], p), draw(key, c0 + j, K + 1, k, 1), FMT_ARGS(af));
+            } else {
+                const int fin = (as_i(p) & 0x7F800000) != 0x7F800000;
+                isum[j] += (int64_t)(fin ? p * to_steps : 0.0f);
+                nonfin[j] += fin ? 0.0f : p;
+            }
+        }
+    }
+}
+
 /* y[r * sy_r + c * sy_c] for r < R, c < C (the bias term b[r * sb_r + c * sb_c]).  The caller
  * may swap the operands (x*w = w*x, same k order) so that the long side is the vector one.
  * Returns 0, or -1 for an impossible argument. */
 int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w, int64_t sw_k, const float *b,
                       int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
-                      int seq, int p64, float to_steps, float from_steps, int dsum_ok, int nthreads) {
-    /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in}, floats {maxv, sat} */
-    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8]};
-    const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8]};
+                      int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
+                      int nthreads) {
+    /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
+    const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     if (qf.M > 21 || af.M > 21) return -1;
     const int64_t nblk = (C + JB - 1) / JB;
     const int64_t ntiles = R * nblk;
@@ -313,10 +353,14 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
         float acc[JB], nonfin[JB];
         int64_t isum[JB];
         /* p64: 0 float32 products (exact), 1 float64 products, 2 float32 checked (float64 where needed) */
-        const int vec = p64 != 1 && jn == JB;
+        const int sto = (qf.c_sto | af.c_sto) != 0;
+        const uint32_t key = sto ? row_key(seed, r) : 0;
+        const int vec = p64 != 1 && jn == JB && !sto;
         const int vec_fin = vec && !seq && dsum_ok;
         if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, acc);
         else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, acc);
+        else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, to_steps, acc,
+                              isum, nonfin);
         else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, to_steps, acc, isum, nonfin);
         for (int64_t jj = 0; jj < jn; jj++) {
             float s = acc[jj];
@@ -325,10 +369,12 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
             } else if (!seq) {
                 float total = i64_to_f32_odd(isum[jj]) * from_steps; /* exact: a power of two */
                 total = nonfin[jj] != 0.0f ? nonfin[jj] : total; /* +-inf or NaN (NaN != 0) */
-                s = round_fmt(total, FMT_ARGS(af));
+                s = round_fmt_r(total, sto ? draw(key, j0 + jj, K + 1, K, 2) : 0, FMT_ARGS(af));
             }
-            if (b) s = round_fmt(two_sum_odd(s, b[r * sb_r + (j0 + jj) * sb_c]), FMT_ARGS(af));
-            y[r * sy_r + (j0 + jj) * sy_c] = round_fmt(s, FMT_ARGS(qf));
+            if (b)
+                s = round_fmt_r(two_sum_odd(s, b[r * sb_r + (j0 + jj) * sb_c]), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
+                                FMT_ARGS(af));
+            y[r * sy_r + (j0 + jj) * sy_c] = round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
         }
     }
     return 0;
@@ -336,7 +382,7 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
 
 /* y = Q(x) elementwise for n float32 values (the "float" quantizer on CPU tensors). */
 int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, const float *qv, int nthreads) {
-    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8]};
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const int64_t nv = n / 8;
     const int par = nthreads > 1 && n >= 65536;
     _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")
@@ -355,4 +401,4 @@ int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, con
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 5; }
+int qlab_float_abi(void) { return 6; }
