@@ -236,7 +236,6 @@ def load_float():
 _MODE_FLAGS = {"nearest": (1, 1, 0, 0, 0, 0, 0, 0), "even": (1, 0, 1, 0, 0, 1, 0, 0), "down": (0, 0, 0, 1, 0, 1, 0, 0),
                "up": (0, 0, 0, 0, 1, 1, 0, 0), "zero": (0, 0, 0, 0, 0, 0, 1, 0),
                "stochastic": (0, 0, 0, 0, 0, 0, 0, 1)}
-_DETERMINISTIC = ("nearest", "even", "down", "up", "zero")
 
 
 def _fmt_arrays(fmt):
@@ -248,7 +247,7 @@ def _fmt_arrays(fmt):
 
 def float_accepts(x, q, generator=None) -> bool:
     """The elementwise float(E, M) quantizer: float32 CPU tensors, deterministic modes."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in _DETERMINISTIC
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in MODES
             and not (q.fn and q.E == 8) and load_float() is not None)
 
 
@@ -288,9 +287,8 @@ def _product_mode(fp, spec) -> int:
 
 def _dsum_exact(fp, K: int) -> bool:
     """Whether a float64 sum of K finite products (multiples of Q's smallest step) is exact."""
-    emin, M, maxv, _, _ = fp.q
-    steps = maxv * fp.to_steps  # the largest product in steps
-    return K * steps < 2.0 ** 53
+    maxv = fp.q[2]
+    return K * maxv * fp.to_steps < 2.0 ** 53  # K times the largest product, in steps
 
 
 def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=True) -> bool:

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from qlab.ext.float_intrinsic import FLOAT_DTYPES as _FLOAT_DTYPES  # results exact in float32, one cast
 from qlab.ext.float_intrinsic import operands
 
 from .elementwise import f64_to_f32_odd, round_float, round_to_float
@@ -40,7 +41,6 @@ from .elementwise import f64_to_f32_odd, round_float, round_to_float
 _MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
 I32 = 2 ** 31 - 1
 I64 = 2 ** 63 - 1
-_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)  # results: exact in float32, one cast
 
 
 @triton.jit
