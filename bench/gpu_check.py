@@ -2,7 +2,7 @@
 as tests/ext/test_triton_*.py: CPU torch path vs CUDA Triton path, bit for bit), then
 the speed tables.
 
-    PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS]
+    PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS] [--jobs N]
     PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
 
 Every kernel variant compiles on first use (constexpr specialisations: the checks
@@ -52,6 +52,7 @@ def parse_args(argv=None):
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--skip-checks", action="store_true", help="skip the CUDA exactness checks")
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
+    ap.add_argument("--jobs", type=int, default=1, help="check sections run at once (each compiles its kernels)")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions per row")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes (script check)")
     a = ap.parse_args(argv)
@@ -95,22 +96,30 @@ def timed(fn, reps: int) -> float:
 
 
 # --------------------------------------------------------------------------- exactness
-def check_exact(device: str = "cuda") -> bool:
+def check_exact(device: str = "cuda", jobs: int = 1) -> bool:
     """Each check section in its own subprocess, printed as it ends (a run cut short by a
-    time limit still shows the sections that finished)."""
+    time limit still shows the sections that finished).  ``jobs`` > 1 runs that many
+    sections at once: the checks are mostly kernel compiles, which are CPU work."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
     from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
     from qlab.ext.triton.testing import run_sections
 
+    def one(name, body):
+        t = time.time()
+        return name, run_sections({name: body}, device)[name], time.time() - t
+
     ok = True
     t0 = time.time()
-    for name, body in {**ELEMENTWISE, **INTRINSIC}.items():
-        t = time.time()
-        res = run_sections({name: body}, device)[name]
-        good = res == "ok"
-        ok &= good
-        print(f"exactness {name}: {'ok' if good else 'FAILED'}  ({time.time() - t:.0f} s, compiles included)")
-        if not good:
-            print(res)
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        futs = [pool.submit(one, n, b) for n, b in {**ELEMENTWISE, **INTRINSIC}.items()]
+        for f in as_completed(futs):
+            name, res, sec = f.result()
+            good = res == "ok"
+            ok &= good
+            print(f"exactness {name}: {'ok' if good else 'FAILED'}  ({sec:.0f} s, compiles included)")
+            if not good:
+                print(res)
     print(f"{device} (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t0:.0f} s)")
     return ok
 
@@ -313,7 +322,7 @@ def main(argv=None) -> int:
               f"{time.strftime('%Y-%m-%d')}")
     good = True
     if not a.skip_checks:
-        good = check_exact("interpreter" if a.dry_run else "cuda")
+        good = check_exact("interpreter" if a.dry_run else "cuda", a.jobs)
     fns = {"elementwise": bench_elementwise, "linear": bench_linear, "conv": bench_conv, "resnet": bench_resnet}
     sz = SIZES["dry" if a.dry_run else "quick" if a.quick else "full"]
     for r in a.only:

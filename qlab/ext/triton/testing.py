@@ -65,7 +65,8 @@ ROOT = Path(__file__).resolve().parents[3]
 
 def run_script(body: str, device: str, timeout: float = 300) -> str:
     """Run PRELUDE + body; returns stdout, raises AssertionError with the output on failure."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=env_threads())
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)  # keep carried packages
+    env = dict(os.environ, PYTHONPATH=path, OMP_NUM_THREADS=env_threads())
     env.pop("QLAB_BACKEND", None)
     if device == "interpreter":
         env["TRITON_INTERPRET"] = "1"
