@@ -53,6 +53,33 @@ def _seed_tensor(x: torch.Tensor, generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- fixed point
 @triton.jit
+def _floor(y):
+    """floor(y), subnormal float32 y included.  Compiled, ``tl.floor``/``tl.ceil`` on
+    float32 are libdevice's flush-to-zero variants (Triton builds with FTZ on): they read a
+    subnormal y as 0, so floor(-2**-149) came out -0, not -1 (seen on an H100, triton 3.6;
+    the interpreter does not flush).  Subnormals are told apart by their bits instead."""
+    f = tl.floor(y)
+    if y.dtype == tl.float32:
+        b = y.to(tl.int32, bitcast=True)
+        sub = ((b & 0x7F800000) == 0) & ((b & 0x7FFFFFFF) != 0)
+        f = tl.where(sub & (b < 0), -1.0, tl.where(sub, 0.0, f))
+    return f
+
+
+@triton.jit
+def _ceil(y):
+    """ceil(y), subnormal float32 y included (see :func:`_floor`); ceil of a negative
+    subnormal is -0, built from y's sign bit (no -0.0 literal a compiler might fold)."""
+    c = tl.ceil(y)
+    if y.dtype == tl.float32:
+        b = y.to(tl.int32, bitcast=True)
+        sub = ((b & 0x7F800000) == 0) & ((b & 0x7FFFFFFF) != 0)
+        neg0 = (b & (-2147483647 - 1)).to(tl.float32, bitcast=True)
+        c = tl.where(sub & (b >= 0), 1.0, tl.where(sub, neg0, c))
+    return c
+
+
+@triton.jit
 def round_float(y, MODE: tl.constexpr, seed, offs):
     """R(y) for a float32/float64 y, exactly (no step adds a constant that could round).
 
@@ -60,7 +87,7 @@ def round_float(y, MODE: tl.constexpr, seed, offs):
     with probability y - floor(y); ``tl.rand``: 2**-23 resolution).  Shared with the
     intrinsic kernels.
     """
-    t = tl.where(y < 0, tl.ceil(y), tl.floor(y))  # trunc(y)
+    t = tl.where(y < 0, _ceil(y), _floor(y))  # trunc(y)
     d = y - t  # exact (y - floor(y) is not, for small negative y)
     sgn = tl.where(y < 0, -1.0, 1.0).to(y.dtype)
     if MODE == 0:
@@ -70,13 +97,13 @@ def round_float(y, MODE: tl.constexpr, seed, offs):
         ad = tl.abs(d)
         r = tl.where((ad > 0.5) | ((ad == 0.5) & t_odd), t + sgn, t)
     elif MODE == 2:
-        r = tl.floor(y)
+        r = _floor(y)
     elif MODE == 3:
-        r = tl.ceil(y)
+        r = _ceil(y)
     elif MODE == 4:
         r = t
     else:
-        f = tl.floor(y)
+        f = _floor(y)
         r = tl.where(tl.rand(seed, offs).to(y.dtype) < (y - f), f + 1.0, f)
     return r
 
@@ -161,7 +188,7 @@ def _pow2_f64(e):
     return ((e.to(tl.int64) + 1023) << 52).to(tl.float64, bitcast=True)
 
 
-@triton.jit(do_not_specialize=["n", "W", "F"])
+@triton.jit(do_not_specialize=["W", "F"])
 def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
                   CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -280,7 +307,7 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed
     return out.to(tl.float32, bitcast=True)
 
 
-@triton.jit(do_not_specialize=["n", "EMIN", "M"])
+@triton.jit(do_not_specialize=["EMIN", "M"])
 def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
                   DT: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
@@ -329,7 +356,7 @@ def _sqrt_half_mantissa() -> int:
 _SQRT_HALF_MANT = _sqrt_half_mantissa()
 
 
-@triton.jit(do_not_specialize=["n", "E", "EMIN"])
+@triton.jit(do_not_specialize=["E", "EMIN"])
 def _log_kernel(x_ptr, y_ptr, n, E, EMIN, MODE: tl.constexpr, THRESH: tl.constexpr, DT: tl.constexpr,
                 BLOCK: tl.constexpr):
     pid = tl.program_id(0)

@@ -1,0 +1,88 @@
+"""Tile-size sweep and per-kernel profile of the fixed-point intrinsic kernel on a GPU
+(numbers for tuning; bench/gpu_check.py gives the issue's table).
+
+    PYTHONPATH=. python bench/gpu_sweep.py            # CUDA
+    PYTHONPATH=. python bench/gpu_sweep.py --dry-run  # CPU, interpreter, tiny sizes
+
+For the linear at 2048^3 and the ResNet-50 conv layer (batch 32, 256->256, 14x14, 3x3)
+it times each (BLOCK_M, BLOCK_N, num_warps) and prints QMAC/s; then it profiles one
+forward of ResNet-50 with every conv and fc intrinsic fixed(16,8) and lists the kernels
+that take the most device time.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dry-run", action="store_true")
+    a = ap.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)
+    if a.dry_run:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import gpu_check as gc  # noqa: E402  (bench/ is on sys.path when run as a script)
+
+    import qlab
+    from qlab.core.intrinsic import intrinsic_conv, intrinsic_linear
+    from qlab.ext.triton import intrinsic as ti
+
+    dev = "cpu" if a.dry_run else "cuda"
+    gc.DEV = dev
+    if a.dry_run:
+        from qlab.ext import backends as xb
+
+        assert xb.register_triton("cpu")
+    n, (B, C, S) = (16, (1, 4, 5)) if a.dry_run else (2048, (32, 256, 14))
+    reps = 1 if a.dry_run else 10
+    x, w = torch.randn(n, n, device=dev), torch.randn(n, n, device=dev)
+    xc, wc = torch.randn(B, C, S, S, device=dev), torch.randn(C, C, 3, 3, device=dev) * 0.05
+    cmacs = B * S * S * C * C * 9
+    configs = [(64, 64, 4), (64, 64, 8), (128, 64, 4), (128, 64, 8), (64, 128, 4), (64, 128, 8), (128, 128, 8),
+               (32, 64, 4), (128, 32, 4)]
+    if a.dry_run:
+        configs = configs[:2]
+    orig_block, orig_warps = ti._block, ti.NUM_WARPS
+    rows = []
+    try:
+        for bm, bn, nw in configs:
+            ti._block = lambda M, N, idt, bm=bm, bn=bn: (bm, bn)
+            ti.NUM_WARPS = nw
+            sl = gc.timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8)"), reps)
+            sc = gc.timed(lambda: intrinsic_conv(xc, wc, None, padding=1, spec="fixed(16,8)"), reps)
+            rows.append([f"{bm}x{bn}, {nw} warps", f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"),
+                         f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")])
+            print(rows[-1], flush=True)
+    finally:
+        ti._block, ti.NUM_WARPS = orig_block, orig_warps
+    print(gc.table(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
+                   ["tile, warps", "linear ms", "linear rate", "conv ms", "conv rate"], rows))
+
+    model, name = gc.resnet50()
+    model = model.to(dev).eval()
+    bs, side = (1, 32) if a.dry_run else (64, 224)
+    xi = torch.randn(bs, 3, side, side, device=dev)
+    plan = qlab.Plan(intrinsic={"type:Conv2d": "fixed(16,8)", "type:Linear": "fixed(16,8)"})
+    if a.dry_run:
+        os.environ["QLAB_BACKEND"] = "cpu"
+    acts = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev == "cuda" else [])
+    with torch.no_grad(), qlab.quantize(model, plan):
+        model(xi)  # compiles
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        with torch.profiler.profile(activities=acts) as prof:
+            model(xi)
+            if dev == "cuda":
+                torch.cuda.synchronize()
+    key = "cuda_time_total" if dev == "cuda" else "cpu_time_total"
+    print(f"\n{name}, batch {bs}, every conv and fc intrinsic fixed(16,8): kernels by device time")
+    print(prof.key_averages().table(sort_by=key, row_limit=15, max_name_column_width=60))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
