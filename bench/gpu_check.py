@@ -138,6 +138,13 @@ def bench_elementwise(sz: dict, reps: int):
         ("qlab fixed(8,4,nearest)", timed(lambda: qn(x), reps)),
         ("qlab fixed(8,4,stochastic)", timed(lambda: qs(x), reps)),
     ]
+    from qlab.ext.triton import elementwise as ew
+
+    ew.PHILOX4 = True  # opt-in: one Philox call per four elements
+    try:
+        rows.append(("qlab fixed(8,4,stochastic), PHILOX4 (opt-in)", timed(lambda: qs(x), reps)))
+    finally:
+        ew.PHILOX4 = False
     copy_bw = 2 * 4 * n / rows[0][1]
     out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
            for name, sec in rows]

@@ -35,8 +35,11 @@ FIXED = """
 """
 
 STOCHASTIC = """
+    import itertools
+    from qlab.ext.triton import elementwise as _ew
     N = 1024
-    for q in [qlab.FixedPoint(8, 4, "stochastic"), qlab.Float(4, 3, "stochastic")]:
+    for four, q in itertools.product((False, True), [qlab.FixedPoint(8, 4, "stochastic"), qlab.Float(4, 3, "stochastic")]):
+        _ew.PHILOX4 = four  # one Philox call per element, or per four elements
         vals = torch.tensor([0.3, -0.3, 1.0 + 1 / 64, -5.77, 7.9, 0.0, 2.5 / 16, 0.01, 3.0])
         x = vals.repeat_interleave(N)
         assert dispatched("fixed" if isinstance(q, qlab.FixedPoint) else "float", x, q)
@@ -64,8 +67,16 @@ STOCHASTIC = """
             sigma = (h - l) * math.sqrt(p * (1 - p) / N)
             mean = yi.mean().item()
             # unbiased: the mean of N draws lies within 5 sigma of x (plus the 2**-23 draw resolution)
-            assert abs(mean - v) <= 5 * sigma + (h - l) * 2 ** -22, (str(q), v, mean, sigma)
+            assert abs(mean - v) <= 5 * sigma + (h - l) * 2 ** -22, (str(q), four, v, mean, sigma)
             assert 0 < (yi == h).sum().item() < N, (q, v)
+        # independent draws: at a halfway value (p = 1/2) neighbours agree half the time
+        # (elements share Philox counters in fours: a shared draw would make them agree)
+        n2, half = 4096, (1 / 32 if isinstance(q, qlab.FixedPoint) else 1 + 1 / 16)
+        up = fast(q, torch.full((n2,), half)) > half
+        assert 0.4 < up.double().mean().item() < 0.6, (str(q), four, up.double().mean().item())
+        for lag in (1, 2, 3, 4, 5, 1024):
+            agree = (up[lag:] == up[:-lag]).double().mean().item()
+            assert abs(agree - 0.5) <= 5 * math.sqrt(0.25 / (n2 - lag)), (str(q), four, lag, agree)
     print("STOCHASTIC OK")
 """
 

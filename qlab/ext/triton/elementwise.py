@@ -18,7 +18,9 @@ Stochastic rounding: a 62-bit Philox seed is drawn per call from torch -- from t
 ``generator`` given, else from the default generator of the tensor's device (the CUDA
 generator for CUDA tensors) -- so ``torch.manual_seed`` repeats a run.  The kernel reads
 the seed from device memory (no host synchronisation) and uses the element index as the
-Philox counter.  ``tl.rand`` has 2**-23 resolution, so the probability of rounding up
+Philox counter (``PHILOX4``: element 4i + j takes the j-th of the four outputs of
+counter i, a quarter of the Philox work).  Uniforms have 2**-23
+resolution (``tl.uint_to_uniform_float``), so the probability of rounding up
 is off by less than 2**-23 (bias < 1.2e-7 grid steps); the draws are not the torch
 path's draws (only the distribution is shared).
 """
@@ -80,12 +82,45 @@ def _ceil(y):
 
 
 @triton.jit
-def round_float(y, MODE: tl.constexpr, seed, offs):
+def uniform(seed, offs, MODE: tl.constexpr):
+    """``tl.rand(seed, offs)`` for stochastic rounding (MODE 5); otherwise nothing is drawn."""
+    u = tl.full((), 0.0, tl.float32)
+    if MODE == 5:
+        u = tl.rand(seed, offs)
+    return u
+
+
+# Stochastic elementwise kernels: one Philox call per element (tl.rand, the default), or
+# one call per four elements (True).  On an H200 the first held stochastic fixed(8,4) to 54%
+# of copy bandwidth (nearest: 97%); the second is checked under the interpreter but not yet
+# measured on a GPU, so it is opt-in: bench/gpu_check.py times and checks both.
+PHILOX4 = False
+
+
+@triton.jit
+def uniform_block(seed_ptr, start, BLOCK: tl.constexpr, MODE: tl.constexpr, FOUR: tl.constexpr):
+    """Uniforms for the BLOCK elements from ``start`` (a multiple of BLOCK), for MODE 5
+    only.  FOUR: one Philox call (four 32-bit outputs) per four elements, element
+    start + 4i + j taking output j of counter start/4 + i; else ``tl.rand`` per element."""
+    u = tl.full((), 0.0, tl.float32)
+    if MODE == 5:
+        seed = tl.load(seed_ptr)
+        if FOUR:
+            c = start // 4 + tl.arange(0, BLOCK // 4)
+            r0, r1, r2, r3 = tl.randint4x(seed, c)
+            u = tl.uint_to_uniform_float(tl.reshape(tl.join(tl.join(r0, r1), tl.join(r2, r3)), (BLOCK,)))
+        else:
+            u = tl.rand(seed, start + tl.arange(0, BLOCK))
+    return u
+
+
+@triton.jit
+def round_float(y, MODE: tl.constexpr, u):
     """R(y) for a float32/float64 y, exactly (no step adds a constant that could round).
 
     MODE: 0 nearest (ties away), 1 even, 2 down, 3 up, 4 zero, 5 stochastic (floor(y) + 1
-    with probability y - floor(y); ``tl.rand``: 2**-23 resolution).  Shared with the
-    intrinsic kernels.
+    with probability y - floor(y); u: the uniforms of :func:`uniform`/:func:`uniform_block`,
+    2**-23 resolution).  Shared with the intrinsic kernels.
     """
     t = tl.where(y < 0, _ceil(y), _floor(y))  # trunc(y)
     d = y - t  # exact (y - floor(y) is not, for small negative y)
@@ -104,7 +139,7 @@ def round_float(y, MODE: tl.constexpr, seed, offs):
         r = t
     else:
         f = _floor(y)
-        r = tl.where(tl.rand(seed, offs).to(y.dtype) < (y - f), f + 1.0, f)
+        r = tl.where(u.to(y.dtype) < (y - f), f + 1.0, f)
     return r
 
 
@@ -166,7 +201,7 @@ def store_from_float(ptr, offs, y, mask, DT: tl.constexpr):
         if y.dtype == tl.float64:
             y = f64_to_f32_odd(y)  # then one rounding to 16 bits is the correct one
         if DT == 1:
-            r = round_to_float(y, -14, 10, 65504.0, True, 1, 0, offs)
+            r = round_to_float(y, -14, 10, 65504.0, True, 1, 0.0)
             b = r.to(tl.int32, bitcast=True)
             a = b & 0x7FFFFFFF
             e = a >> 23
@@ -174,7 +209,7 @@ def store_from_float(ptr, offs, y, mask, DT: tl.constexpr):
             sub = (a.to(tl.float32, bitcast=True) * 16777216.0).to(tl.int32)  # |r| / 2**-24, exact
             h = tl.where(a > 0x7F800000, 0x7E00, tl.where(a == 0x7F800000, 0x7C00, tl.where(e >= 113, normal, sub)))
         else:
-            r = round_to_float(y, -126, 7, 3.3895313892515355e38, True, 1, 0, offs)
+            r = round_to_float(y, -126, 7, 3.3895313892515355e38, True, 1, 0.0)
             b = r.to(tl.int32, bitcast=True)
             a = b & 0x7FFFFFFF
             h = tl.where(a > 0x7F800000, 0x7FC0, a >> 16)
@@ -190,7 +225,7 @@ def _pow2_f64(e):
 
 @triton.jit(do_not_specialize=["W", "F"])
 def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
-                  CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr):
+                  CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr, FOUR: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -212,10 +247,7 @@ def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MOD
         y = tl.where((y == 0) & (x != 0), tl.where(x < 0, -tiny, tiny).to(y.dtype), y)
     y = tl.minimum(tl.maximum(y, lo64), hi64)
     y = tl.where(x != x, x, y)  # NaN stays NaN
-    seed = 0
-    if MODE == 5:  # a constexpr branch: only stochastic kernels read the seed
-        seed = tl.load(seed_ptr)
-    r = round_float(y, MODE, seed, offs)
+    r = round_float(y, MODE, uniform_block(seed_ptr, pid * BLOCK, BLOCK, MODE, FOUR))  # only MODE 5 reads the seed
     if CT64:
         out = r * _pow2_f64(-F) + 0.0
     else:
@@ -236,7 +268,8 @@ def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
         sc = (1.0, 1.0, 0.0, 0.0) if ct64 else (2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int))
         seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
         _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), seed, n, q.W, q.F, *sc, MODE=_MODES[q.rounding],
-                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block())
+                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block(),
+                                               FOUR=PHILOX4 and q.rounding == "stochastic")
     return y
 
 
@@ -255,7 +288,7 @@ def _pow2_bits(e):
 
 
 @triton.jit
-def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed, offs):
+def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, u):
     """Q(x) for float32 x onto float(E, M) (EMIN = 1 - bias, maxv its largest value),
     exactly, as float32.  Shared with the intrinsic float kernels."""
     bits = x.to(tl.int32, bitcast=True)
@@ -283,7 +316,6 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed
     elif MODE == 4:  # zero
         up = rem < 0
     else:  # stochastic: magnitude up with probability rem / 2**s
-        u = tl.rand(seed, offs)
         up = u < rem.to(tl.float32) * _pow2_bits(-s).to(tl.float32, bitcast=True)  # exact
     r = fl + up.to(tl.int32)  # <= 2**24: exact in float32
     mag = r.to(tl.float32) * _pow2_bits(L).to(tl.float32, bitcast=True)  # exact (inf past float32's max)
@@ -309,15 +341,12 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, seed
 
 @triton.jit(do_not_specialize=["EMIN", "M"])
 def _float_kernel(x_ptr, y_ptr, seed_ptr, n, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr,
-                  DT: tl.constexpr, BLOCK: tl.constexpr):
+                  DT: tl.constexpr, BLOCK: tl.constexpr, FOUR: tl.constexpr):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
     x = load_as_float(x_ptr, offs, mask, DT)
-    seed = 0
-    if MODE == 5:
-        seed = tl.load(seed_ptr)
-    y = round_to_float(x, EMIN, M, maxv, INF, MODE, seed, offs)
+    y = round_to_float(x, EMIN, M, maxv, INF, MODE, uniform_block(seed_ptr, pid * BLOCK, BLOCK, MODE, FOUR))
     store_from_float(y_ptr, offs, y, mask, DT)
 
 
@@ -338,7 +367,8 @@ def float_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
     if n:
         seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
         _float_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), seed, n, emin, q.M, maxv, INF=q.inf,
-                                               MODE=_MODES[q.rounding], DT=_DT[x.dtype], BLOCK=_block())
+                                               MODE=_MODES[q.rounding], DT=_DT[x.dtype], BLOCK=_block(),
+                                               FOUR=PHILOX4 and q.rounding == "stochastic")
     return y
 
 

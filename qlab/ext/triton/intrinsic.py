@@ -36,7 +36,7 @@ import triton.language as tl
 from qlab.ext.float_intrinsic import FLOAT_DTYPES as _FLOAT_DTYPES  # results exact in float32, one cast
 from qlab.ext.float_intrinsic import operands
 
-from .elementwise import f64_to_f32_odd, round_float, round_to_float
+from .elementwise import f64_to_f32_odd, round_float, round_to_float, uniform
 
 _MODES = {"nearest": 0, "even": 1, "down": 2, "up": 3, "zero": 4, "stochastic": 5}
 I32 = 2 ** 31 - 1
@@ -182,7 +182,7 @@ def _fixed_gemm_kernel(
                 wk = tl.load(w_base + k * N, mask=n_mask, other=0)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                     xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
-                    pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, seed, rbase + k)
+                    pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
                 else:
@@ -449,9 +449,9 @@ def _float_gemm_kernel(
                     p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
                 else:
                     p = xk[:, None] * wk[None, :]  # exact
-                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, seed, rbase + k)
+                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
                 if SEQ:
-                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, seed + 1, rbase + k)
+                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
                 else:
                     fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
                     isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
@@ -459,11 +459,11 @@ def _float_gemm_kernel(
     if not SEQ:
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
-        acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, seed + 2, rbase + K_total)
+        acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, uniform(seed + 2, rbase + K_total, AMODE))
     if HAS_BIAS:
         bq = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0.0)
-        acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE, seed + 3, rbase + K_total)
-    out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, seed + 4, rbase + K_total)
+        acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 3, rbase + K_total, AMODE))
+    out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, uniform(seed + 4, rbase + K_total, QMODE))
     y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
     tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
 
