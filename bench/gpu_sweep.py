@@ -61,6 +61,21 @@ def main(argv=None) -> int:
         ti._block, ti.NUM_WARPS = orig_block, orig_warps
     print(gc.table(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
                    ["tile, warps", "linear ms", "linear rate", "conv ms", "conv rate"], rows))
+    # small GEMMs: 512^3 with 128x32 tiles is 64 programs on 132 SMs (the H200 gave
+    # 0.27 T QMAC/s there vs 2.05 T at 2048^3); smaller tiles fill the chip
+    m = 16 if a.dry_run else 512
+    xs, ws = torch.randn(m, m, device=dev), torch.randn(m, m, device=dev)
+    small = [(128, 32, 4), (64, 32, 4), (32, 32, 4), (32, 32, 2), (64, 16, 2), (32, 16, 1), (16, 32, 1)]
+    rows = []
+    try:
+        for bm, bn, nw in small[:2] if a.dry_run else small:
+            ti._block = lambda M, N, idt, bm=bm, bn=bn: (bm, bn)
+            ti.NUM_WARPS = nw
+            sl = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
+            rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl, "QMAC/s")])
+    finally:
+        ti._block, ti.NUM_WARPS = orig_block, orig_warps
+    print(gc.table(f"fixed(16,8) sequential, linear {m}^3: tile sweep", ["tile, warps", "programs", "ms", "rate"], rows))
 
     model, name = gc.resnet50()
     model = model.to(dev).eval()

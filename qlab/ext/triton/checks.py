@@ -185,6 +185,18 @@ LINEAR = COMMON + """
             differ += not torch.equal(outs["sequential"], outs["final"])
     # saturation is exercised: sequential and final differ for some cases
     assert differ >= 3, differ
+    # the per-product clamp is skipped only where max|kx| * max|kw| proves every product
+    # rounds into Q's range: operands at that bound (fixed(8,4): max 127; 107 * 19 = 2033
+    # rounds up to 128 and must clamp; 45 * 45 = 2025 rounds to at most 127, no clamp)
+    for kx1, kw1 in [(107, 19), (45, 45), (-45, 45), (46, 46)]:
+        x = torch.tensor([[-10.0, kx1], [3.0, -kx1]]) / 16
+        w = torch.tensor([[16.0, kw1], [-16.0, kw1]]) / 16
+        for mode in MODES:
+            for acc in ["sequential", "final"]:
+                spec = spec_of(8, 4, 8, 4, mode, acc)
+                n += 1
+                if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+                    bad.append((str(spec), kx1, kw1))
     # inputs=False (the float input times the weight's grid integer, exactly)
     for mode in MODES:
         for acc in ["sequential", "final"]:

@@ -1,0 +1,95 @@
+"""Instructions per MAC in the fixed-point intrinsic kernel's k loop, read from its sm_90
+(Hopper) machine code -- no GPU needed: Triton compiles for a named target, and the
+ptxas/cuobjdump it ships turn the result into SASS.
+
+    PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)] [--tile 128x32] [--warps 4]
+
+The fixed(16,8) kernel is bound by integer issue on the CUDA cores (docs/benchmarks.md:
+about 16.7 T int32 operations/s on an H200), so instructions per MAC in the innermost
+loop predict its rate: rate ~ issue rate / (instructions per MAC).  Each backward branch
+in the SASS closes a loop; the script prints each loop's length, its instruction mix,
+and instructions per MAC (loop length / MACs per thread per iteration; a convolution
+loop holds one kernel row, KW iterations of k).
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from qlab.core.intrinsic import as_intrinsic
+from qlab.ext.triton import intrinsic as ti
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+
+
+def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True) -> str:
+    plan = ti._plan(as_intrinsic(spec), 2048, False)
+    if plan is None:
+        raise SystemExit(f"the kernel does not cover {spec}")
+    ptr = "*i64" if plan["IDT"] == triton.language.int64 else "*i32"
+    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "inrange_ptr": "*i32"}
+    k = 3 if conv else 1
+    const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
+                 INRANGE=inrange, BLOCK_M=bm, BLOCK_N=bn, **plan)
+    sig = {n: ptrs.get(n, "fp32" if n == "out_scale" else ("constexpr" if n in const else "i32"))
+           for n in ti._fixed_gemm_kernel.arg_names}
+    kern = triton.compile(ASTSource(ti._fixed_gemm_kernel, sig, const), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kern.asm["cubin"])
+        return subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def loops(sass: str):
+    """(length, opcode counts) of every loop: the code from a backward branch's target to it."""
+    lines = sass.splitlines()
+    addr = {}
+    for i, line in enumerate(lines):
+        m = re.search(r"/\*([0-9a-f]{4,})\*/", line)
+        if m:
+            addr[int(m.group(1), 16)] = i
+    out = []
+    for i, line in enumerate(lines):
+        m = re.search(r"/\*([0-9a-f]{4,})\*/.*\bBRA\s+(0x[0-9a-f]+)", line)
+        if m and int(m.group(2), 16) < int(m.group(1), 16):
+            ops = collections.Counter()
+            for x in lines[addr[int(m.group(2), 16)]:i + 1]:
+                mm = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", x)
+                if mm:
+                    ops[mm.group(1)] += 1
+            out.append((sum(ops.values()), ops))
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--spec", default="fixed(16,8)")
+    ap.add_argument("--tile", default="128x32")
+    ap.add_argument("--warps", type=int, default=4)
+    a = ap.parse_args(argv)
+    bm, bn = (int(v) for v in a.tile.split("x"))
+    per_thread = bm * bn / (32 * a.warps)
+    print(f"{a.spec}, tile {a.tile}, {a.warps} warps, sm_90, triton {triton.__version__}: "
+          f"{per_thread:g} MACs per thread per k")
+    for conv in (False, True):
+        for n, ops in loops(compile_sass(a.spec, conv, bm, bn, a.warps)):
+            ks = 3 if conv and n > 3 * per_thread * 3 else 1  # a conv loop body holds KW values of k
+            print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "
+                  f"{n / (per_thread * ks):5.2f} per MAC  {dict(ops.most_common(6))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
