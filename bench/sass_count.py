@@ -2,7 +2,7 @@
 (Hopper) machine code -- no GPU needed: Triton compiles for a named target, and the
 ptxas/cuobjdump it ships turn the result into SASS.
 
-    PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)] [--tile 128x32] [--warps 4]
+    PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)|fp16|...] [--tile 128x32] [--warps 4]
 
 The fixed(16,8) kernel is bound by integer issue on the CUDA cores (docs/benchmarks.md:
 about 16.7 T int32 operations/s on an H200), so instructions per MAC in the innermost
@@ -31,19 +31,28 @@ from qlab.ext.triton import intrinsic as ti
 BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
 
 
+_FLOATS = ("out_scale", "qmax", "amax", "to_steps", "from_steps")  # float32 scalars of the two kernels
+
+
 def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True) -> str:
-    plan = ti._plan(as_intrinsic(spec), 2048, False)
-    if plan is None:
-        raise SystemExit(f"the kernel does not cover {spec}")
-    ptr = "*i64" if plan["IDT"] == triton.language.int64 else "*i32"
-    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "inrange_ptr": "*i32"}
+    """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec."""
+    s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
-                 INRANGE=inrange, BLOCK_M=bm, BLOCK_N=bn, **plan)
-    sig = {n: ptrs.get(n, "fp32" if n == "out_scale" else ("constexpr" if n in const else "i32"))
-           for n in ti._fixed_gemm_kernel.arg_names}
-    kern = triton.compile(ASTSource(ti._fixed_gemm_kernel, sig, const), target=GPUTarget("cuda", 90, 32),
-                          options=dict(num_warps=warps))
+                 BLOCK_M=bm, BLOCK_N=bn)
+    if s.fixed:
+        fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
+        ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
+        const["INRANGE"] = inrange
+    else:
+        fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
+    if plan is None:
+        raise SystemExit(f"the kernel does not cover {spec}")
+    const.update(plan)
+    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "inrange_ptr": "*i32"}
+    sig = {n: ptrs.get(n, "fp32" if n in _FLOATS else ("constexpr" if n in const else "i32")) for n in fn.arg_names}
+    kern = triton.compile(ASTSource(fn, sig, {n: v for n, v in const.items() if n in fn.arg_names}),
+                          target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
@@ -83,9 +92,12 @@ def main(argv=None) -> int:
     per_thread = bm * bn / (32 * a.warps)
     print(f"{a.spec}, tile {a.tile}, {a.warps} warps, sm_90, triton {triton.__version__}: "
           f"{per_thread:g} MACs per thread per k")
+    lin = None
     for conv in (False, True):
-        for n, ops in loops(compile_sass(a.spec, conv, bm, bn, a.warps)):
-            ks = 3 if conv and n > 3 * per_thread * 3 else 1  # a conv loop body holds KW values of k
+        found = loops(compile_sass(a.spec, conv, bm, bn, a.warps))
+        lin = lin or min(n for n, _ in found)
+        for n, ops in found:
+            ks = 3 if conv and n > 2 * lin else 1  # an unrolled conv loop body holds KW = 3 values of k
             print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "
                   f"{n / (per_thread * ks):5.2f} per MAC  {dict(ops.most_common(6))}")
     return 0

@@ -23,3 +23,17 @@ def test_skip_loop_is_shorter():
     only = [n for n, _ in sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4, inrange=False))]
     assert len(only) == 1 and abs(only[0] - lens[1]) <= 0.1 * lens[1], (only, lens)
     assert lens[0] / per_thread < 8, lens  # products, rounding, accumulate, clamp the sum: 6 + loads
+
+
+def test_float_even_rounding_is_the_short_path():
+    """Nearest-even (the named formats' default) takes the short rounding code: the fp16
+    k loop is well under the general code's (the same spec with ties away)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import sass_count
+
+    even = min(n for n, _ in sass_count.loops(sass_count.compile_sass("fp16", False, 128, 32, 4)))
+    away = min(n for n, _ in sass_count.loops(
+        sass_count.compile_sass("intrinsic(float(5,10,nearest),acc=float(5,10,nearest))", False, 128, 32, 4)))
+    assert even < 0.7 * away, (even, away)

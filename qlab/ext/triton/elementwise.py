@@ -292,9 +292,41 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, u):
     """Q(x) for float32 x onto float(E, M) (EMIN = 1 - bias, maxv its largest value),
     exactly, as float32.  Shared with the intrinsic float kernels."""
     bits = x.to(tl.int32, bitcast=True)
-    neg = bits < 0
     a = bits & 0x7FFFFFFF
     ef = a >> 23
+    if MODE == 1:
+        out = _round_even_bits(bits, a, ef, EMIN, M, maxv, INF)
+    else:
+        out = _round_any_bits(bits, a, ef, EMIN, M, maxv, INF, MODE, u)
+    return out.to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _round_even_bits(bits, a, ef, EMIN, M, maxv, INF: tl.constexpr):
+    """Nearest-even rounding in about a third of the general code's instructions (the
+    intrinsic float kernels round every product and partial sum): where Q's result is
+    normal, round the float32 bits at bit 23 - M (a carry into the exponent is the right
+    answer); where it is subnormal (|x| < 2**EMIN), (|x| + C) - C with C = 2**(EMIN - M + 23)
+    rounds to Q's smallest step 2**(EMIN - M) in the float add's own round-to-nearest-even
+    (|x| + C lies in [C, 2C): its ulp is that step; the subtraction is exact)."""
+    s = 23 - M
+    rn = (a + (((1 << s) >> 1) - 1) + ((a >> s) & 1)) & (-(1 << s))
+    rn = tl.where(s > 0, rn, a)  # M = 23: nothing to round
+    c = tl.cast((EMIN - M + 150) << 23, tl.int32).to(tl.float32, bitcast=True)
+    rs = ((a.to(tl.float32, bitcast=True) + c) - c).to(tl.int32, bitcast=True)
+    rf = tl.where(ef < EMIN + 127, rs, rn).to(tl.float32, bitcast=True)
+    sat = maxv
+    if INF:
+        sat = float("inf")
+    rf = tl.where(rf > maxv, sat, rf)  # beyond the largest value (inf included)
+    out = rf.to(tl.int32, bitcast=True) | (bits & (-2147483647 - 1))  # the sign, also of a zero result
+    return tl.where(a > 0x7F800000, bits, out)  # NaN
+
+
+@triton.jit
+def _round_any_bits(bits, a, ef, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, u):
+    """Every rounding mode (the general code): the int32 bits of Q(x)."""
+    neg = bits < 0
     efp = tl.maximum(ef, 1)
     sig = tl.where(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF)  # |x| = sig * 2**(efp - 150)
     L = tl.maximum(efp - 127, EMIN) - M  # exponent of the format's ulp at |x|
@@ -335,8 +367,7 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, u):
     else:
         keep = mbits == mbits
     out = tl.where(neg & keep, mbits | (-2147483647 - 1), mbits)
-    out = tl.where(a > 0x7F800000, bits, out)  # NaN
-    return out.to(tl.float32, bitcast=True)
+    return tl.where(a > 0x7F800000, bits, out)  # NaN
 
 
 @triton.jit(do_not_specialize=["EMIN", "M"])
