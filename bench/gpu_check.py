@@ -186,9 +186,23 @@ def bench_linear(sz: dict, reps: int):
             finally:
                 os.environ.pop("QLAB_BACKEND")
             rows.append(["qlab torch reference path on CUDA", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+    # the same kernel clamping every product (as before the in-range skip), for the ratio
+    from qlab.ext.triton import intrinsic as ti
+
+    ti.SKIP_PRODUCT_CLAMP = False
+    try:
+        for n in sizes:
+            x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
+            rows.append([f"  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{n}^3", f"{sec * 1e3:.3f}",
+                         fmt_rate(n ** 3 / sec, "QMAC/s")])
+    finally:
+        ti.SKIP_PRODUCT_CLAMP = True
     n = sizes[-1]
     x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
-    for fspec in ["fp16", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16"]:
+    # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
+    for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
+                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16"]:
         sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
         rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
                      fmt_rate(n ** 3 / sec, "QMAC/s")])
@@ -294,11 +308,20 @@ def bench_resnet(sz: dict, reps: int):
                 sec_q = timed(lambda: model(x), max(1, reps // 2))
             with qlab.quantize(model, plan16):
                 sec_h = timed(lambda: model(x), max(1, reps // 2))
+            from qlab.ext.triton import intrinsic as ti
+
+            ti.SKIP_PRODUCT_CLAMP = False
+            try:
+                with qlab.quantize(model, plan):
+                    sec_c = timed(lambda: model(x), max(1, reps // 2))
+            finally:
+                ti.SKIP_PRODUCT_CLAMP = True
     finally:
         os.environ.pop("QLAB_BACKEND", None)
     rows = [
         ["float32 (cuDNN)", f"{sec_f * 1e3:.1f}", f"{B / sec_f:.0f}"],
         ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
+        ["  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{sec_c * 1e3:.1f}", f"{B / sec_c:.0f}"],
         ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
     ]
     print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))
