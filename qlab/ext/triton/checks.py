@@ -153,6 +153,12 @@ COMMON = """
         return Intrinsic(qlab.FixedPoint(W, F_, mode), acc=qlab.FixedPoint(Wa, Fa, amode or mode),
                          accumulate=acc, inputs=inputs)
 
+    def lin_pair(*args, spec):  # intrinsic_linear(*args) on the torch path and on the Triton path
+        return ref(intrinsic_linear, *args, spec=spec), fast(intrinsic_linear, *args, spec=spec)
+
+    def lin_same(*args, spec):
+        return same(*lin_pair(*args, spec=spec))
+
     def lin_dispatched(x, w, b, spec):
         spec = as_intrinsic(spec)
         return dispatched("fixed_matmul" if spec.fixed else "float_matmul", x, w.t(), b, spec, None, True)
@@ -177,7 +183,7 @@ LINEAR = COMMON + """
             for acc in ["sequential", "final"]:
                 spec = spec_of(W, F_, Wa, Fa, mode, acc)
                 assert lin_dispatched(x, w, b, spec), spec
-                r, f = ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)
+                r, f = lin_pair(x, w, b, spec=spec)
                 n += 1
                 outs[acc] = r
                 if not same(r, f):
@@ -195,7 +201,7 @@ LINEAR = COMMON + """
             for acc in ["sequential", "final"]:
                 spec = spec_of(8, 4, 8, 4, mode, acc)
                 n += 1
-                if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+                if not lin_same(x, w, None, spec=spec):
                     bad.append((str(spec), kx1, kw1))
     # inputs=False (the float input times the weight's grid integer, exactly)
     for mode in MODES:
@@ -206,13 +212,13 @@ LINEAR = COMMON + """
             b = torch.randn(5, generator=rng)
             assert lin_dispatched(x, w, b, spec), spec
             n += 1
-            if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+            if not lin_same(x, w, b, spec=spec):
                 bad.append(str(spec))
     # a different accumulator rounding mode, and leading batch dims
     spec = spec_of(8, 4, 8, 2, "nearest", "sequential", amode="down")
     x, w = torch.randn(2, 3, 5, generator=rng) * 4, torch.randn(4, 5, generator=rng)
     n += 1
-    if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+    if not lin_same(x, w, None, spec=spec):
         bad.append(str(spec))
     # float16/bfloat16 tensors (W <= 24): exact float32 results, one rounding to the dtype
     for dt in (torch.float16, torch.bfloat16):
@@ -222,7 +228,7 @@ LINEAR = COMMON + """
             w, b = (torch.randn(5, 6, generator=rng)).to(dt), (torch.randn(5, generator=rng)).to(dt)
             assert lin_dispatched(x, w, b, spec), (spec, dt)
             n += 1
-            if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+            if not lin_same(x, w, b, spec=spec):
                 bad.append((str(spec), str(dt)))
     # matmul of two activations (quantize_w=False): both operands on the grid
     a, c = torch.randn(6, 5, generator=rng) * 2, torch.randn(5, 3, generator=rng) * 2
@@ -236,7 +242,7 @@ LINEAR = COMMON + """
                          (spec_of(32, 200, 32, 200, "nearest", "sequential"), x, w)]:
         assert not lin_dispatched(xx, ww, None, spec), spec
         if not spec.q.stochastic:
-            assert same(ref(intrinsic_linear, xx, ww, None, spec=spec), fast(intrinsic_linear, xx, ww, None, spec=spec))
+            assert lin_same(xx, ww, None, spec=spec)
     print("CASES", n, "BAD", bad)
     assert not bad, bad
 """
@@ -358,7 +364,7 @@ FLOAT_INTRINSIC = COMMON + """
                     assert not lin_dispatched(x, w, b, spec), spec
                     continue
                 assert lin_dispatched(x, w, b, spec), spec
-                r, f = ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)
+                r, f = lin_pair(x, w, b, spec=spec)
                 n += 1
                 outs[acc] = r
                 if not same(r, f):
@@ -372,14 +378,14 @@ FLOAT_INTRINSIC = COMMON + """
         x, w, b = torch.randn(7, 6, generator=rng) * 5, torch.randn(4, 6, generator=rng), torch.randn(4, generator=rng)
         assert lin_dispatched(x, w, b, spec), spec
         n += 1
-        if not same(ref(intrinsic_linear, x, w, b, spec=spec), fast(intrinsic_linear, x, w, b, spec=spec)):
+        if not lin_same(x, w, b, spec=spec):
             bad.append(str(spec))
     for dt in [torch.float16, torch.bfloat16]:
         spec = fspec(E5M2, FP16, "even", "sequential", amode="zero")
         x, w = (torch.randn(5, 9, generator=rng) * 4).to(dt), (torch.randn(3, 9, generator=rng)).to(dt)
         assert lin_dispatched(x, w, None, spec), spec
         n += 1
-        if not same(ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)):
+        if not lin_same(x, w, None, spec=spec):
             bad.append(("dtype", str(dt)))
     # conv: float32 and float64 products, groups, padding, stride, dilation
     for i, (qf, af, acc, kw_) in enumerate([
@@ -404,7 +410,7 @@ FLOAT_INTRINSIC = COMMON + """
                 for acc in ["sequential", "final"]:
                     spec = fspec(qf, af, mode, acc, inputs=inputs)
                     assert lin_dispatched(x, w, None, spec), spec
-                    r, f = ref(intrinsic_linear, x, w, None, spec=spec), fast(intrinsic_linear, x, w, None, spec=spec)
+                    r, f = lin_pair(x, w, None, spec=spec)
                     if mode == "up" and sign == 1:
                         assert r.item() == up, (str(spec), r.item())
                     n += 1
@@ -415,8 +421,7 @@ FLOAT_INTRINSIC = COMMON + """
     for spec, xx in [(as_intrinsic("fp16"), x.double()), (fspec(BF16, (8, 7, False, True), "even", "sequential"), x),
                      (as_intrinsic("float(8,23)"), x), (as_intrinsic("log(8,0)"), x)]:
         assert not lin_dispatched(xx, w.to(xx.dtype), None, spec), spec
-        assert same(ref(intrinsic_linear, xx, w.to(xx.dtype), None, spec=spec),
-                    fast(intrinsic_linear, xx, w.to(xx.dtype), None, spec=spec)), spec
+        assert lin_same(xx, w.to(xx.dtype), None, spec=spec), spec
     # stochastic: repeatable under a seed, between the all-down and all-up results
     spec = fspec(E4M3, E4M3, "stochastic", "sequential")
     x, w = torch.randn(64, 6, generator=rng) * 3, torch.randn(5, 6, generator=rng)
@@ -429,7 +434,7 @@ FLOAT_INTRINSIC = COMMON + """
         b = torch.tensor([1.0, -2.5, 0.3, 100.0])
         for args in [(torch.randn(3, 0), torch.randn(4, 0), b), (torch.randn(0, 5), torch.randn(4, 5), None)]:
             n += 1
-            if not same(ref(intrinsic_linear, *args, spec=spec), fast(intrinsic_linear, *args, spec=spec)):
+            if not lin_same(*args, spec=spec):
                 bad.append(("empty", spec, tuple(args[0].shape)))
         xe, we = torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3)
         n += 1
