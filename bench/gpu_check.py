@@ -30,6 +30,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -74,6 +75,19 @@ def fmt_rate(v: float, unit: str) -> str:
         if v >= p:
             return f"{v / p:.2f} {s}{unit}"
     return f"{v:.1f} {unit}"
+
+
+@contextlib.contextmanager
+def setting(module, **values):
+    """Module-level switches (PHILOX4, SKIP_PRODUCT_CLAMP, _block, ...) set for a block, restored after."""
+    old = {k: getattr(module, k) for k in values}
+    for k, v in values.items():
+        setattr(module, k, v)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            setattr(module, k, v)
 
 
 def timed(fn, reps: int) -> float:
@@ -139,11 +153,8 @@ def bench_elementwise(sz: dict, reps: int):
     ]
     from qlab.ext.triton import elementwise as ew
 
-    ew.PHILOX4 = True  # opt-in: one Philox call per four elements
-    try:
+    with setting(ew, PHILOX4=True):  # opt-in: one Philox call per four elements
         rows.append(("qlab fixed(8,4,stochastic), PHILOX4 (opt-in)", timed(lambda: qs(x), reps)))
-    finally:
-        ew.PHILOX4 = False
     copy_bw = 2 * 4 * n / rows[0][1]
     out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
            for name, sec in rows]
@@ -189,15 +200,12 @@ def bench_linear(sz: dict, reps: int):
     # the same kernel clamping every product (as before the in-range skip), for the ratio
     from qlab.ext.triton import intrinsic as ti
 
-    ti.SKIP_PRODUCT_CLAMP = False
-    try:
+    with setting(ti, SKIP_PRODUCT_CLAMP=False):
         for n in sizes:
             x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
             sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
             rows.append([f"  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{n}^3", f"{sec * 1e3:.3f}",
                          fmt_rate(n ** 3 / sec, "QMAC/s")])
-    finally:
-        ti.SKIP_PRODUCT_CLAMP = True
     n = sizes[-1]
     x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
     # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
@@ -310,12 +318,8 @@ def bench_resnet(sz: dict, reps: int):
                 sec_h = timed(lambda: model(x), max(1, reps // 2))
             from qlab.ext.triton import intrinsic as ti
 
-            ti.SKIP_PRODUCT_CLAMP = False
-            try:
-                with qlab.quantize(model, plan):
-                    sec_c = timed(lambda: model(x), max(1, reps // 2))
-            finally:
-                ti.SKIP_PRODUCT_CLAMP = True
+            with setting(ti, SKIP_PRODUCT_CLAMP=False), qlab.quantize(model, plan):
+                sec_c = timed(lambda: model(x), max(1, reps // 2))
     finally:
         os.environ.pop("QLAB_BACKEND", None)
     rows = [

@@ -46,19 +46,17 @@ def main(argv=None) -> int:
                (32, 64, 4), (128, 32, 4)]
     if a.dry_run:
         configs = configs[:2]
-    orig_block, orig_warps = ti._block, ti.NUM_WARPS
+    def tile(bm, bn, nw):
+        return gc.setting(ti, _block=lambda M, N, idt: (bm, bn), NUM_WARPS=nw)
+
     rows = []
-    try:
-        for bm, bn, nw in configs:
-            ti._block = lambda M, N, idt, bm=bm, bn=bn: (bm, bn)
-            ti.NUM_WARPS = nw
+    for bm, bn, nw in configs:
+        with tile(bm, bn, nw):
             sl = gc.timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8)"), reps)
             sc = gc.timed(lambda: intrinsic_conv(xc, wc, None, padding=1, spec="fixed(16,8)"), reps)
-            rows.append([f"{bm}x{bn}, {nw} warps", f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"),
-                         f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")])
-            print(rows[-1], flush=True)
-    finally:
-        ti._block, ti.NUM_WARPS = orig_block, orig_warps
+        rows.append([f"{bm}x{bn}, {nw} warps", f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"),
+                     f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")])
+        print(rows[-1], flush=True)
     print(gc.table(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
                    ["tile, warps", "linear ms", "linear rate", "conv ms", "conv rate"], rows))
     # small GEMMs: 512^3 with 128x32 tiles is 64 programs on 132 SMs (the H200 gave
@@ -67,14 +65,11 @@ def main(argv=None) -> int:
     xs, ws = torch.randn(m, m, device=dev), torch.randn(m, m, device=dev)
     small = [(128, 32, 4), (64, 32, 4), (32, 32, 4), (32, 32, 2), (64, 16, 2), (32, 16, 1), (16, 32, 1)]
     rows = []
-    try:
-        for bm, bn, nw in small[:2] if a.dry_run else small:
-            ti._block = lambda M, N, idt, bm=bm, bn=bn: (bm, bn)
-            ti.NUM_WARPS = nw
+    for bm, bn, nw in small[:2] if a.dry_run else small:
+        with tile(bm, bn, nw):
             sl = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
-            rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl, "QMAC/s")])
-    finally:
-        ti._block, ti.NUM_WARPS = orig_block, orig_warps
+        rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl * 1e3:.3f}",
+                     gc.fmt_rate(m ** 3 / sl, "QMAC/s")])
     print(gc.table(f"fixed(16,8) sequential, linear {m}^3: tile sweep", ["tile, warps", "programs", "ms", "rate"], rows))
 
     model, name = gc.resnet50()

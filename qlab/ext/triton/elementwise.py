@@ -55,6 +55,12 @@ def _seed_tensor(x: torch.Tensor, generator) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- fixed point
 @triton.jit
+def _subnormal_f32(b):
+    """Whether float32 bits b are a subnormal number (not zero)."""
+    return ((b & 0x7F800000) == 0) & ((b & 0x7FFFFFFF) != 0)
+
+
+@triton.jit
 def _floor(y):
     """floor(y), subnormal float32 y included.  Compiled, ``tl.floor``/``tl.ceil`` on
     float32 are libdevice's flush-to-zero variants (Triton builds with FTZ on): they read a
@@ -63,7 +69,7 @@ def _floor(y):
     f = tl.floor(y)
     if y.dtype == tl.float32:
         b = y.to(tl.int32, bitcast=True)
-        sub = ((b & 0x7F800000) == 0) & ((b & 0x7FFFFFFF) != 0)
+        sub = _subnormal_f32(b)
         f = tl.where(sub & (b < 0), -1.0, tl.where(sub, 0.0, f))
     return f
 
@@ -75,7 +81,7 @@ def _ceil(y):
     c = tl.ceil(y)
     if y.dtype == tl.float32:
         b = y.to(tl.int32, bitcast=True)
-        sub = ((b & 0x7F800000) == 0) & ((b & 0x7FFFFFFF) != 0)
+        sub = _subnormal_f32(b)
         neg0 = (b & (-2147483647 - 1)).to(tl.float32, bitcast=True)
         c = tl.where(sub & (b >= 0), 1.0, tl.where(sub, neg0, c))
     return c
@@ -303,7 +309,7 @@ def round_to_float(x, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.constexpr, u):
 
 @triton.jit
 def _round_even_bits(bits, a, ef, EMIN, M, maxv, INF: tl.constexpr):
-    """Nearest-even rounding in about a third of the general code's instructions (the
+    """Nearest-even rounding in about half the general code's instructions (the
     intrinsic float kernels round every product and partial sum): where Q's result is
     normal, round the float32 bits at bit 23 - M (a carry into the exponent is the right
     answer); where it is subnormal (|x| < 2**EMIN), (|x| + C) - C with C = 2**(EMIN - M + 23)
