@@ -200,12 +200,13 @@ def bench_linear(sz: dict, reps: int):
     # the same kernel clamping every product (as before the in-range skip), for the ratio
     from qlab.ext.triton import intrinsic as ti
 
-    with setting(ti, SKIP_PRODUCT_CLAMP=False):
-        for n in sizes:
-            x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
-            rows.append([f"  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{n}^3", f"{sec * 1e3:.3f}",
-                         fmt_rate(n ** 3 / sec, "QMAC/s")])
+    for label, switch in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False)),
+                          ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False))]:
+        with setting(ti, **switch):
+            for n in sizes:
+                x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+                sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
+                rows.append([f"  same, {label}", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
     n = sizes[-1]
     x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
     # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
@@ -238,8 +239,13 @@ def bench_conv(sz: dict, reps: int):
     wl = torch.randn(C, C * 9, device=DEV) * 0.05
     sec_l = timed(lambda: intrinsic_linear(xl, wl, None, spec=spec), reps)
     sec_f = timed(lambda: torch.nn.functional.conv2d(x, w, None, padding=1), reps)
+    from qlab.ext.triton import intrinsic as ti
+
+    with setting(ti, WIDE_STEP=False):
+        sec_w = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
     rows = [
         [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
+        ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.3f}", fmt_rate(macs / sec_w, "QMAC/s"), ""],
         [f"qlab intrinsic linear {spec}, same GEMM ({B * S * S}x{C * 9}x{C})", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
         ["float conv2d (cuDNN)", f"{sec_f * 1e3:.3f}", fmt_rate(macs / sec_f, "MAC/s"), ""],
     ]
@@ -320,11 +326,14 @@ def bench_resnet(sz: dict, reps: int):
 
             with setting(ti, SKIP_PRODUCT_CLAMP=False), qlab.quantize(model, plan):
                 sec_c = timed(lambda: model(x), max(1, reps // 2))
+            with setting(ti, WIDE_STEP=False), qlab.quantize(model, plan):
+                sec_w = timed(lambda: model(x), max(1, reps // 2))
     finally:
         os.environ.pop("QLAB_BACKEND", None)
     rows = [
         ["float32 (cuDNN)", f"{sec_f * 1e3:.1f}", f"{B / sec_f:.0f}"],
         ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
+        ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.1f}", f"{B / sec_w:.0f}"],
         ["  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{sec_c * 1e3:.1f}", f"{B / sec_c:.0f}"],
         ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
     ]

@@ -2,14 +2,15 @@
 (Hopper) machine code -- no GPU needed: Triton compiles for a named target, and the
 ptxas/cuobjdump it ships turn the result into SASS.
 
-    PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)|fp16|...] [--tile 128x32] [--warps 4]
+    PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)|fp16|...] [--tile 128x32] [--warps 4] [--no-wide]
 
-The fixed(16,8) kernel is bound by integer issue on the CUDA cores (docs/benchmarks.md:
-about 16.7 T int32 operations/s on an H200), so instructions per MAC in the innermost
-loop predict its rate: rate ~ issue rate / (instructions per MAC).  Each backward branch
-in the SASS closes a loop; the script prints each loop's length, its instruction mix,
-and instructions per MAC (loop length / MACs per thread per iteration; a convolution
-loop holds one kernel row, KW iterations of k).
+Each backward branch in the SASS closes a loop; the script prints each loop's length, its
+instruction mix, instructions per MAC (loop length / MACs per thread per iteration; an
+unrolled convolution loop holds KW iterations of k), the integer-ALU and FMA-pipe shares,
+and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
+and FMA pipe).  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
+0.88x (linear, 2048^3) and 0.90x (ResNet-50 conv layer) of this ceiling on an H200, where
+the integer ALU was the binding limit.
 """
 from __future__ import annotations
 
@@ -34,8 +35,9 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 _FLOATS = ("out_scale", "qmax", "amax", "to_steps", "from_steps")  # float32 scalars of the two kernels
 
 
-def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True) -> str:
-    """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec."""
+def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True, wide: bool = True) -> str:
+    """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec
+    (wide=False: as with ``intrinsic.WIDE_STEP`` off)."""
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
@@ -43,12 +45,14 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     if s.fixed:
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
-        const["INRANGE"] = inrange
+        const.update(INRANGE=inrange, ASM=True)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
     if plan is None:
         raise SystemExit(f"the kernel does not cover {spec}")
     const.update(plan)
+    if s.fixed and not wide:
+        const.update(WA=0, WB=0)
     ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "inrange_ptr": "*i32"}
     sig = {n: ptrs.get(n, "fp32" if n in _FLOATS else ("constexpr" if n in const else "i32")) for n in fn.arg_names}
     kern = triton.compile(ASTSource(fn, sig, {n: v for n, v in const.items() if n in fn.arg_names}),
@@ -57,8 +61,10 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
         path = os.path.join(d, "k.cubin")
         with open(path, "wb") as f:
             f.write(kern.asm["cubin"])
-        return subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path], capture_output=True, text=True,
-                              check=True).stdout
+        dump = os.path.join(BIN, "cuobjdump")
+        res = subprocess.run([dump, "-res-usage", path], capture_output=True, text=True, check=True).stdout
+        compile_sass.n_regs = int(re.search(r"REG:(\d+)", res).group(1))  # registers per thread: occupancy
+        return subprocess.run([dump, "-sass", path], capture_output=True, text=True, check=True).stdout
 
 
 def loops(sass: str):
@@ -82,11 +88,34 @@ def loops(sass: str):
     return out
 
 
+_FMA = {"IMAD", "FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2"}  # the FMA pipes (IMAD: 16 lanes each)
+_OTHER = {"LDS", "LDG", "STS", "STG", "LDC", "LDSM", "BRA", "BAR", "EXIT", "NOP", "BSYNC", "BSSY", "WARPSYNC",
+          "S2R", "S2UR", "R2UR", "DEPBAR", "MEMBAR"}  # memory, control, and the uniform datapath (U...)
+
+
+def pipes(ops) -> tuple[int, int, int]:
+    """(all, integer-ALU, FMA-pipe) instruction counts of a loop.  Hopper issues one warp
+    instruction per clock and partition; the integer ALU and IMAD's FMA pipe are 16 lanes
+    wide, so each takes two clocks per warp instruction (64 per SM and clock each)."""
+    fma = sum(v for k, v in ops.items() if k in _FMA)
+    alu = sum(v for k, v in ops.items() if k not in _FMA and k not in _OTHER and not k.startswith("U"))
+    return sum(ops.values()), alu, fma
+
+
+def bound_rate(ops, macs_per_thread: float, sms: int = 132, ghz: float = 1.98) -> float:
+    """MACs/s if the loop ran at its tightest bound (issue, ALU or FMA pipe) on every SM:
+    a ceiling, not a prediction (H200: 132 SMs at 1.98 GHz)."""
+    total, alu, fma = pipes(ops)
+    clocks = max(total, 2 * alu, 2 * fma)  # per warp and loop iteration, one partition
+    return sms * 4 * ghz * 1e9 * 32 * macs_per_thread / clocks
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--spec", default="fixed(16,8)")
     ap.add_argument("--tile", default="128x32")
     ap.add_argument("--warps", type=int, default=4)
+    ap.add_argument("--no-wide", action="store_true", help="as with intrinsic.WIDE_STEP off")
     a = ap.parse_args(argv)
     bm, bn = (int(v) for v in a.tile.split("x"))
     per_thread = bm * bn / (32 * a.warps)
@@ -94,12 +123,15 @@ def main(argv=None) -> int:
           f"{per_thread:g} MACs per thread per k")
     lin = None
     for conv in (False, True):
-        found = loops(compile_sass(a.spec, conv, bm, bn, a.warps))
+        found = loops(compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide))
         lin = lin or min(n for n, _ in found)
         for n, ops in found:
             ks = 3 if conv and n > 2 * lin else 1  # an unrolled conv loop body holds KW = 3 values of k
+            _, alu, fma = pipes(ops)
             print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "
-                  f"{n / (per_thread * ks):5.2f} per MAC  {dict(ops.most_common(6))}")
+                  f"{n / (per_thread * ks):5.2f} per MAC (ALU {alu / (per_thread * ks):4.2f}, "
+                  f"FMA pipe {fma / (per_thread * ks):4.2f}), bound {bound_rate(ops, per_thread * ks) / 1e12:4.2f} T/s"
+                  f"  {dict(ops.most_common(6))}")
     return 0
 
 

@@ -203,6 +203,27 @@ LINEAR = COMMON + """
                 n += 1
                 if not lin_same(x, w, None, spec=spec):
                     bad.append((str(spec), kx1, kw1))
+    # nearest with W <= 16 in range: product, rounding and sum in one 64-bit multiply-add.
+    # Exact ties of both signs (kx kw = odd * 2**(SP-1)), kx at -2**(W-1), and the largest
+    # weights the step takes (|kw| = 2**15 - 1 at W = 16; kw = -2**15 sends the tile to the
+    # clamping loop); W + F = 32 (the rounded product is the high word as it is), F = 1.
+    for W, F_, xs_, ws_ in [
+        (16, 8, [-32768, 32767, 128, -128, 384, -384, 1, 0], [1, -1, 3, -3, 255, -255, 0]),
+        (16, 8, [1, -1, 128, -128, 3], [-32767, 32767, 128, -129]),
+        (16, 8, [1, -1, 128, -128, 3], [-32768, 32767, 128, -129]),
+        (16, 16, [-32768, 32767, 2 ** 15, 7], [1, -1, 0]),
+        (12, 20, [-2048, 2047, 1024, -1024], [1, -1, 512]),
+        (4, 1, [-8, 7, 1, -1, 3, -3], [-1, 1, 3, 0]),
+        (8, 4, [-128, 127, 8, -8, 24, -24], [1, -1, 3, -3, 0]),
+    ]:
+        kx = torch.tensor(xs_, dtype=torch.float64)[torch.randint(0, len(xs_), (23, 9), generator=rng)]
+        kw = torch.tensor(ws_, dtype=torch.float64)[torch.randint(0, len(ws_), (7, 9), generator=rng)]
+        x, w = (kx / 2.0 ** F_).float(), (kw / 2.0 ** F_).float()
+        for acc in ["sequential", "final"]:
+            spec = spec_of(W, F_, W, F_, "nearest", acc)
+            n += 1
+            if not lin_same(x, w, None, spec=spec):
+                bad.append((str(spec), "wide", xs_[:2], ws_[:2]))
     # inputs=False (the float input times the weight's grid integer, exactly)
     for mode in MODES:
         for acc in ["sequential", "final"]:
@@ -283,6 +304,15 @@ CONV = COMMON + """
     if not same(ref(intrinsic_conv, xb, wb, None, padding=1, groups=2, spec=spec),
                 fast(intrinsic_conv, xb, wb, None, padding=1, groups=2, spec=spec)):
         bad.append("bfloat16 conv")
+    # nearest's one-multiply-add step in the conv loop: exact ties of both signs, zero padding
+    kx = torch.tensor([128., -128., 384., -32768., 32767., 1., 0.])[torch.randint(0, 7, (2, 3, 6, 6), generator=rng)]
+    kw = torch.tensor([1., -1., 3., -255.])[torch.randint(0, 4, (4, 3, 3, 3), generator=rng)]
+    for acc in ["sequential", "final"]:
+        spec = spec_of(16, 8, 16, 8, "nearest", acc)
+        n += 1
+        if not same(ref(intrinsic_conv, kx / 256, kw / 256, None, padding=1, spec=spec),
+                    fast(intrinsic_conv, kx / 256, kw / 256, None, padding=1, spec=spec)):
+            bad.append(("wide conv", acc))
     x3 = torch.randn(3, 5, 5, generator=rng) * 2
     w3 = torch.randn(2, 3, 3, 3, generator=rng)
     spec = spec_of(8, 4, 8, 4, "even", "sequential", inputs=False)

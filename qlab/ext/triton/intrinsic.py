@@ -17,6 +17,10 @@ r*dilation, ...) directly -- zero padding reads as 0 -- so no im2col tensor exis
 Where every product provably rounds into Q's range (``_products_in_range``: the largest
 operand magnitudes, reduced on the device), a second copy of the k loop skips the clamp of
 each product (about a quarter of the loop's instructions on sm_90, bench/sass_count.py).
+For ``nearest`` with W <= 16 that loop also forms product, rounding and sum in one 64-bit
+multiply-add (``_wide_step``; ``_plan`` says where): on sm_90 IMAD.WIDE, a carry, IMAD.X
+and the sum's two-sided clamp per MAC, about 3.3 integer-ALU operations (the binding pipe)
+where the loop without it takes 5.2 (bench/sass_count.py).
 
 Integers are int32 when every product, partial sum and rounding step provably fits
 (``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
@@ -78,6 +82,26 @@ def _rshift_any(n, S: tl.constexpr, MODE: tl.constexpr, seed, offs):
             r = (n >> S) + (u < (n & ((1 << S) - 1))).to(n.dtype)
     else:
         r = _rshift_round(n, S, MODE)
+    return r
+
+
+@triton.jit
+def _wide_step(acc, xs, wq, ASM: tl.constexpr):
+    """acc + R(kx kw / 2**SP), R = nearest (ties away), as the high word of one 64-bit
+    multiply-add: xs * wq + (acc * 2**32 + 2**31), xs = kx << B and wq = (kw << A) +
+    sign(kw) (WA, WB of ``_plan``).  Divided by 2**32 that is acc + (kx kw + 2**(SP-1) +
+    theta) / 2**SP with theta = sign(kw) kx / 2**A: |theta| < 1 and its sign is the
+    product's, so the floor breaks ties away from zero and leaves every other value as it
+    is.  ASM: one PTX mad.wide.s32 (IMAD.WIDE and a carry on sm_90); the same integer
+    arithmetic written out otherwise (the interpreter runs no PTX)."""
+    if ASM:
+        r = tl.inline_asm_elementwise(
+            "{ .reg .b64 t; .reg .b32 lo; mov.b32 lo, 0x80000000; mov.b64 t, {lo, $3}; "
+            "mad.wide.s32 t, $1, $2, t; mov.b64 {lo, $0}, t; }", "=r,r,r,r",
+            [tl.broadcast_to(xs, acc.shape), tl.broadcast_to(wq, acc.shape), acc],
+            dtype=tl.int32, is_pure=True, pack=1)
+    else:
+        r = ((xs.to(tl.int64) * wq.to(tl.int64) + (acc.to(tl.int64) << 32) + (1 << 31)) >> 32).to(tl.int32)
     return r
 
 
@@ -163,9 +187,11 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                   seed, rbase, CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr,
-                  D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr):
+                  D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr, WA: tl.constexpr,
+                  WB: tl.constexpr, ASM: tl.constexpr):
     """The k loop: per k the exact products, rounded onto Q's grid, clamped to Q's range
-    (PCLAMP; False where every product is known to round into it), accumulated."""
+    (PCLAMP; False where every product is known to round into it), accumulated.  WA > 0:
+    product, rounding and sum in one multiply-add (``_wide_step``; never with PCLAMP)."""
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -177,6 +203,10 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                     pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
+                elif WA > 0:  # shifted right after the load: once per operand, not per product
+                    xs = tl.load(xp, mask=ok, other=0) << WB
+                    wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
+                    p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
                 else:
                     xk = tl.load(xp, mask=ok, other=0)
                     prod = xk[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
@@ -186,7 +216,12 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                         p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
                     if PCLAMP:
                         p = tl.minimum(tl.maximum(p, qlo), qhi)
-                if SEQ:
+                if WA > 0:  # p is already acc + the rounded product (sequential: D = 0)
+                    if SEQ:
+                        acc = tl.minimum(tl.maximum(p, alo), ahi)
+                    else:
+                        acc = p
+                elif SEQ:
                     acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE, seed + 1, rbase + k)
                 else:
                     acc += p
@@ -205,7 +240,8 @@ def _fixed_gemm_kernel(
     IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr, SEQ: tl.constexpr,
     SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
-    HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, ASM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
@@ -222,11 +258,11 @@ def _fixed_gemm_kernel(
     if skip:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, False)
+                            D, LA, False, WA, WB, ASM)
     else:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, True)
+                            D, LA, True, 0, 0, ASM)
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
             acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
@@ -305,8 +341,17 @@ def _plan(spec, K: int, has_bias: bool):
         idt = tl.int64
     else:
         return None
+    # the one-multiply-add step (_wide_step) for nearest: kx << WB and (kw << WA) + sign(kw)
+    # are int32 and |kx| < 2**WA for every grid integer when W <= 16 (W = 16: but for
+    # kw = -2**15, which _products_in_range checks), and WA + WB + SP = 32 puts the rounded
+    # product in the high word; sequential sums step on Q's grid (D = 0)
+    WA = WB = 0
+    if (q.rounding == "nearest" and spec.inputs and SP >= 1 and W <= 16 and W + SP <= 32 and idt == tl.int32
+            and (spec.accumulate == "final" or d == 0)):
+        WA, WB = W, 32 - SP - W
     return dict(IDT=idt, X_FLOAT=not spec.inputs, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
-                SEQ=spec.accumulate == "sequential", SP=SP, LP=LP, HQ=HQ, D=d, LA=LA, LT=LT, HA=HA, SO=SO, LO=LO)
+                SEQ=spec.accumulate == "sequential", SP=SP, LP=LP, HQ=HQ, D=d, LA=LA, LT=LT, HA=HA, SO=SO, LO=LO,
+                WA=WA, WB=WB)
 
 
 def _torch_int(idt):
@@ -341,13 +386,23 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         from .elementwise import _seed_tensor
 
         seed = _seed_tensor(y, generator)
+    if not WIDE_STEP:
+        plan = dict(plan, WA=0, WB=0)
     inrange = _products_in_range(xin, kw3, plan, q) if SKIP_PRODUCT_CLAMP else None
     _fixed_gemm_kernel[grid](
         xin, kw3, kb if kb is not None else kw3, y, seed, inrange if inrange is not None else kw3,
         M, N, K, C_IN, H, W_IN, HO, WO, CG,
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=kb is not None, INRANGE=inrange is not None, BLOCK_M=BM, BLOCK_N=BN, num_warps=NUM_WARPS, **plan)
+        HAS_BIAS=kb is not None, INRANGE=inrange is not None, ASM=_asm_ok(), BLOCK_M=BM, BLOCK_N=BN,
+        num_warps=NUM_WARPS, **plan)
+
+
+def _asm_ok() -> bool:
+    """Whether the kernel may use its PTX (compiled CUDA Triton, not the interpreter)."""
+    import os
+
+    return os.environ.get("TRITON_INTERPRET") != "1" and torch.version.hip is None
 
 
 def _products_in_range(kx, kw, plan, q):
@@ -355,7 +410,9 @@ def _products_in_range(kx, kw, plan, q):
     the kernel may skip clamping each one; None where the kernel always clamps (inputs=False,
     F < 0, empty operands).  With P = max|kx| * max|kw| every rounded product p =
     R(kx kw / 2**SP) lies in [floor(-P / 2**SP), floor(P / 2**SP) + 1] for every rounding
-    mode, so (P >> SP) + 1 <= max_int is enough.  Device-side reductions: no host sync."""
+    mode, so (P >> SP) + 1 <= max_int is enough.  Where the plan has the one-multiply-add
+    step (WA > 0), its operand bounds must hold too: |kx| < 2**WA and |kw| * 2**WA <=
+    2**31 - 2 (wq = (kw << WA) + sign(kw) in int32).  Device-side reductions: no host sync."""
     if plan["X_FLOAT"] or plan["LP"] > 0 or kx.numel() == 0 or kw.numel() == 0:
         return None
 
@@ -363,12 +420,16 @@ def _products_in_range(kx, kw, plan, q):
         lo, hi = torch.aminmax(t)
         return torch.maximum(hi.to(torch.int64), -lo.to(torch.int64))
 
-    P = amax(kx) * amax(kw)  # < 2**62: grid integers have at most 31 bits
-    return (((P >> plan["SP"]) + 1) <= q.max_int).to(torch.int32).reshape(1)
+    ax, aw = amax(kx), amax(kw)
+    ok = ((ax * aw) >> plan["SP"]) + 1 <= q.max_int  # ax * aw < 2**62: grid integers have at most 31 bits
+    if plan["WA"]:
+        ok = ok & (ax < 2 ** plan["WA"]) & (aw <= (2 ** 31 - 2) >> plan["WA"])
+    return ok.to(torch.int32).reshape(1)
 
 
 NUM_WARPS = 4  # the fixed kernel's warps per program (bench/gpu_sweep.py varies it with _block)
 SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.py times both)
+WIDE_STEP = True  # False: nearest's in-range loop without the one-multiply-add step (ditto)
 
 
 def _block(M, N, idt):
