@@ -153,8 +153,8 @@ def bench_elementwise(sz: dict, reps: int):
     ]
     from qlab.ext.triton import elementwise as ew
 
-    with setting(ew, PHILOX4=True):  # opt-in: one Philox call per four elements
-        rows.append(("qlab fixed(8,4,stochastic), PHILOX4 (opt-in)", timed(lambda: qs(x), reps)))
+    with setting(ew, PHILOX4=False):  # one Philox call per element (the default before 2026-11-28)
+        rows.append(("qlab fixed(8,4,stochastic), PHILOX4 off", timed(lambda: qs(x), reps)))
     copy_bw = 2 * 4 * n / rows[0][1]
     out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
            for name, sec in rows]

@@ -3,6 +3,7 @@
 ptxas/cuobjdump it ships turn the result into SASS.
 
     PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)|fp16|...] [--tile 128x32] [--warps 4] [--no-wide]
+    PYTHONPATH=. python bench/sass_count.py --elementwise
 
 Each backward branch in the SASS closes a loop; the script prints each loop's length, its
 instruction mix, instructions per MAC (loop length / MACs per thread per iteration; an
@@ -67,6 +68,37 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
         return subprocess.run([dump, "-sass", path], capture_output=True, text=True, check=True).stdout
 
 
+def compile_elementwise_sass(mode: str = "nearest", four: bool = False, block: int = 1024, warps: int = 4) -> str:
+    """SASS of the elementwise fixed-point kernel on float32 as launched for fixed(8,4)
+    (pointers and n divisible by 16: 16-byte loads); ``four``: ``PHILOX4``."""
+    from qlab.ext.triton import elementwise as ew
+
+    fn = ew._fixed_kernel
+    sig = dict(x_ptr="*fp32", y_ptr="*fp32", seed_ptr="*i64", n="i32", W="i32", F="i32", scale="fp32",
+               inv_scale="fp32", lo="fp32", hi="fp32")
+    const = dict(MODE=ew._MODES[mode], NEG_F=False, CT64=False, DT=0, BLOCK=block, FOUR=four)
+    sig.update({k: "constexpr" for k in const})
+    attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in ("x_ptr", "y_ptr", "n")}
+    kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=warps))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "k.cubin")
+        with open(path, "wb") as f:
+            f.write(kern.asm["cubin"])
+        return subprocess.run([os.path.join(BIN, "cuobjdump"), "-sass", path], capture_output=True, text=True,
+                              check=True).stdout
+
+
+def opcodes(sass: str) -> collections.Counter:
+    """Opcode counts of a whole kernel (straight-line code: every instruction runs once)."""
+    ops = collections.Counter()
+    for x in sass.splitlines():
+        mm = re.search(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", x)
+        if mm and mm.group(1) != "NOP":
+            ops[mm.group(1)] += 1
+    return ops
+
+
 def loops(sass: str):
     """(length, opcode counts) of every loop: the code from a backward branch's target to it."""
     lines = sass.splitlines()
@@ -116,7 +148,18 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", default="128x32")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--no-wide", action="store_true", help="as with intrinsic.WIDE_STEP off")
+    ap.add_argument("--elementwise", action="store_true", help="the elementwise fixed(8,4) kernels instead")
     a = ap.parse_args(argv)
+    if a.elementwise:
+        per = 1024 / (32 * 4)  # BLOCK 1024, 4 warps: elements per thread
+        print(f"elementwise fixed(8,4) on float32, BLOCK 1024, 4 warps, sm_90, triton {triton.__version__}")
+        for mode, four in [("nearest", False), ("stochastic", True), ("stochastic", False)]:
+            ops = opcodes(compile_elementwise_sass(mode, four))
+            total, alu, fma = pipes(ops)
+            name = mode + (", PHILOX4" if four else ", Philox per element" if mode == "stochastic" else "")
+            print(f"  {name:34s} {total / per:5.1f} instructions per element (ALU {alu / per:4.1f}, "
+                  f"FMA pipe {fma / per:4.1f})  {dict(ops.most_common(5))}")
+        return 0
     bm, bn = (int(v) for v in a.tile.split("x"))
     per_thread = bm * bn / (32 * a.warps)
     print(f"{a.spec}, tile {a.tile}, {a.warps} warps, sm_90, triton {triton.__version__}: "

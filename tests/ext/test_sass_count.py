@@ -60,3 +60,17 @@ def test_wide_step_moves_work_off_the_integer_alu():
     # the PTX only where the plan takes the step: even rounding has no wide loop
     even = sass_count.loops(sass_count.compile_sass("fixed(16,8,even)", False, 128, 32, 4))
     assert min(sass_count.pipes(ops)[1] for _, ops in even) / per_thread > 4, even
+
+
+def test_philox4_halves_the_stochastic_kernel():
+    """PHILOX4 (the default): one Philox call per four elements, about half the sm_90
+    instructions per element of one call per element; nearest stays below both."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import sass_count
+
+    n = {(m, f): sum(sass_count.opcodes(sass_count.compile_elementwise_sass(m, f)).values())
+         for m, f in [("nearest", False), ("stochastic", True), ("stochastic", False)]}
+    assert n["stochastic", True] < 0.65 * n["stochastic", False], n
+    assert n["nearest", False] < n["stochastic", True], n

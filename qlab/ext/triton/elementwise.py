@@ -96,11 +96,13 @@ def uniform(seed, offs, MODE: tl.constexpr):
     return u
 
 
-# Stochastic elementwise kernels: one Philox call per element (tl.rand, the default), or
-# one call per four elements (True).  On an H200 the first held stochastic fixed(8,4) to 54%
-# of copy bandwidth (nearest: 97%); the second is checked under the interpreter but not yet
-# measured on a GPU, so it is opt-in: bench/gpu_check.py times and checks both.
-PHILOX4 = False
+# Stochastic elementwise kernels: one Philox call per four elements (True, the default),
+# or one per element (tl.rand).  On an H200 the second held stochastic fixed(8,4) to 54% of
+# copy bandwidth (nearest: 98%).  The first takes 39 sm_90 instructions per element
+# instead of 74 (bench/sass_count.py --elementwise; nearest: 25), which every pipe model
+# there puts under the memory's limit -- a prediction until a GPU measures it;
+# bench/gpu_check.py times and checks both.
+PHILOX4 = True
 
 
 @triton.jit
