@@ -200,10 +200,13 @@ def bench_linear(sz: dict, reps: int):
     # the same kernel clamping every product (as before the in-range skip), for the ratio
     from qlab.ext.triton import intrinsic as ti
 
-    for label, switch in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False)),
-                          ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False))]:
+    for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
+                              ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
+                              ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
+                              ("operands to grid integers by torch ops (FUSED_GRID_INTS off)",
+                               dict(FUSED_GRID_INTS=False), sizes)]:
         with setting(ti, **switch):
-            for n in sizes:
+            for n in ns:
                 x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
                 sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
                 rows.append([f"  same, {label}", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
@@ -328,6 +331,8 @@ def bench_resnet(sz: dict, reps: int):
                 sec_c = timed(lambda: model(x), max(1, reps // 2))
             with setting(ti, WIDE_STEP=False), qlab.quantize(model, plan):
                 sec_w = timed(lambda: model(x), max(1, reps // 2))
+            with setting(ti, FUSED_GRID_INTS=False), qlab.quantize(model, plan):
+                sec_g = timed(lambda: model(x), max(1, reps // 2))
     finally:
         os.environ.pop("QLAB_BACKEND", None)
     rows = [
@@ -335,6 +340,7 @@ def bench_resnet(sz: dict, reps: int):
         ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
         ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.1f}", f"{B / sec_w:.0f}"],
         ["  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{sec_c * 1e3:.1f}", f"{B / sec_c:.0f}"],
+        ["  same, operands to grid integers by torch ops (FUSED_GRID_INTS off)", f"{sec_g * 1e3:.1f}", f"{B / sec_g:.0f}"],
         ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
     ]
     print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))

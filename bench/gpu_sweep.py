@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     if a.dry_run:
         configs = configs[:2]
     def tile(bm, bn, nw):
-        return gc.setting(ti, _block=lambda M, N, idt: (bm, bn), NUM_WARPS=nw)
+        return gc.setting(ti, _block=lambda *a: (bm, bn), NUM_WARPS=nw)
 
     rows = []
     for bm, bn, nw in configs:

@@ -54,7 +54,7 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     const.update(plan)
     if s.fixed and not wide:
         const.update(WA=0, WB=0)
-    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "inrange_ptr": "*i32"}
+    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "ax_ptr": "*i64", "aw_ptr": "*i64"}
     sig = {n: ptrs.get(n, "fp32" if n in _FLOATS else ("constexpr" if n in const else "i32")) for n in fn.arg_names}
     kern = triton.compile(ASTSource(fn, sig, {n: v for n, v in const.items() if n in fn.arg_names}),
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
@@ -68,16 +68,23 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
         return subprocess.run([dump, "-sass", path], capture_output=True, text=True, check=True).stdout
 
 
-def compile_elementwise_sass(mode: str = "nearest", four: bool = False, block: int = 1024, warps: int = 4) -> str:
+def compile_elementwise_sass(mode: str = "nearest", four: bool = False, block: int = 1024, warps: int = 4,
+                             grid: bool = False) -> str:
     """SASS of the elementwise fixed-point kernel on float32 as launched for fixed(8,4)
-    (pointers and n divisible by 16: 16-byte loads); ``four``: ``PHILOX4``."""
+    (pointers and n divisible by 16: 16-byte loads); ``four``: ``PHILOX4``; ``grid``: the
+    grid-integer variant (int32 out, max |k|) that the intrinsic kernels' inputs take."""
     from qlab.ext.triton import elementwise as ew
 
     fn = ew._fixed_kernel
-    sig = dict(x_ptr="*fp32", y_ptr="*fp32", seed_ptr="*i64", n="i32", W="i32", F="i32", scale="fp32",
-               inv_scale="fp32", lo="fp32", hi="fp32")
-    const = dict(MODE=ew._MODES[mode], NEG_F=False, CT64=False, DT=0, BLOCK=block, FOUR=four)
+    sig = dict(x_ptr="*fp32", y_ptr="*i32" if grid else "*fp32", seed_ptr="*i64", n="i32", W="i32", F="i32",
+               scale="fp32", inv_scale="fp32", lo="fp32", hi="fp32")
+    const = dict(MODE=ew._MODES[mode], NEG_F=False, CT64=False, DT=0, BLOCK=block, FOUR=four, GRID=grid)
     sig.update({k: "constexpr" for k in const})
+    if grid:
+        sig["amax_ptr"] = "*i64"
+    else:
+        const["amax_ptr"] = None
+        sig["amax_ptr"] = "constexpr"
     attrs = {(fn.arg_names.index(k),): [["tt.divisibility", 16]] for k in ("x_ptr", "y_ptr", "n")}
     kern = triton.compile(ASTSource(fn, sig, const, attrs), target=GPUTarget("cuda", 90, 32),
                           options=dict(num_warps=warps))

@@ -49,3 +49,26 @@ def test_cpu_tensors_keep_the_torch_path():
     # CPU tensors: the compiled C kernel or the reference, never the Triton kernel
     assert backends.lookup("float_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fp16"), None, True) \
         is not tri.float_matmul
+
+
+def test_int32_tiles_give_every_sm_a_program(monkeypatch):
+    """The fixed kernel's int32 tile: the largest of INT32_TILES that still gives each SM a
+    program (132 on an H100/H200), else the smallest; int64 plans keep theirs."""
+    import triton.language as tl
+
+    from qlab.ext.triton import intrinsic as ti
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ti, "_sm_count", lambda device: 132)
+    assert ti._block(2048, 2048, tl.int32) == (128, 32)  # 1024 programs: the tile swept on an H200
+    assert ti._block(6272, 256, tl.int32) == (128, 32)  # the ResNet-50 conv layer: 392
+    assert ti._block(1024, 512, tl.int32) == (64, 32)  # 128x32 would give 128 programs
+    assert ti._block(512, 512, tl.int32) == (32, 32)  # 256 programs instead of 64
+    assert ti._block(512, 256, tl.int32, G=2) == (32, 32)  # groups count as programs too
+    assert ti._block(512, 512, tl.int32, G=2) == (64, 32)
+    assert ti._block(64, 64, tl.int32) == (32, 32)  # nothing fills the chip: the smallest
+    assert ti._block(512, 512, tl.int64) == (32, 64)
+    monkeypatch.undo()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert ti._sm_count(None) == 1 and ti._sm_count("cpu") == 1  # no CUDA device: the largest tile
+    assert ti._block(512, 512, tl.int32, device="cpu") == (128, 32)

@@ -30,6 +30,20 @@ FIXED = """
             assert dispatched("fixed", t, q), (q, t.dtype)
             if not same(ref(q, t), fast(q, t)):
                 bad.append((str(q), str(t.dtype)))
+    # the intrinsic kernels' operands: grid integers k (int32, NaN -> 0) and max |k| in one pass
+    from qlab.core.formats import fixed_to_grid
+    from qlab.ext.triton.elementwise import fixed_grid_ints
+    for W, F_, t in [(8, 4, x), (16, 8, x * 50), (1, 0, x), (24, -3, x), (32, 16, xd), (31, -900, xd), (32, 0, x),
+                     (8, 4, x.half()), (16, 8, (x * 3000).half()), (12, 20, x.bfloat16())]:
+        for m in ["nearest", "even", "down", "up", "zero"]:
+            q = qlab.FixedPoint(W, F_, m)
+            r = fixed_to_grid(t, W, F_, m)
+            r = torch.where(r.isnan(), 0, r).to(torch.int64)
+            k, amax = fixed_grid_ints(t.to(DEV), q)
+            if k.dtype != torch.int32 or not torch.equal(k.cpu().to(torch.int64), r) or amax.item() != r.abs().max().item():
+                bad.append(("grid ints", str(q), str(t.dtype)))
+    k, amax = fixed_grid_ints(torch.empty(0, device=DEV), qlab.FixedPoint(8, 4))
+    assert k.shape == (0,) and amax.item() == 0
     print("BAD", bad)
     assert not bad, bad
 """

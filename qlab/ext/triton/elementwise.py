@@ -233,7 +233,8 @@ def _pow2_f64(e):
 
 @triton.jit(do_not_specialize=["W", "F"])
 def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MODE: tl.constexpr, NEG_F: tl.constexpr,
-                  CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr, FOUR: tl.constexpr):
+                  CT64: tl.constexpr, DT: tl.constexpr, BLOCK: tl.constexpr, FOUR: tl.constexpr,
+                  GRID: tl.constexpr = False, amax_ptr=None):
     pid = tl.program_id(0)
     offs = pid * BLOCK + tl.arange(0, BLOCK)
     mask = offs < n
@@ -256,11 +257,16 @@ def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MOD
     y = tl.minimum(tl.maximum(y, lo64), hi64)
     y = tl.where(x != x, x, y)  # NaN stays NaN
     r = round_float(y, MODE, uniform_block(seed_ptr, pid * BLOCK, BLOCK, MODE, FOUR))  # only MODE 5 reads the seed
-    if CT64:
-        out = r * _pow2_f64(-F) + 0.0
+    if GRID:  # the grid integers k themselves (int32; NaN -> 0) and max |k| (int64, atomic)
+        k = tl.where(x != x, 0.0, r)
+        tl.store(y_ptr + offs, k.to(tl.int32), mask=mask)
+        tl.atomic_max(amax_ptr, tl.max(tl.abs(k), axis=0).to(tl.int64))
     else:
-        out = r * inv_scale + 0.0
-    store_from_float(y_ptr, offs, out, mask, DT)
+        if CT64:
+            out = r * _pow2_f64(-F) + 0.0
+        else:
+            out = r * inv_scale + 0.0
+        store_from_float(y_ptr, offs, out, mask, DT)
 
 
 def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
@@ -279,6 +285,30 @@ def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
                                                NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block(),
                                                FOUR=PHILOX4 and q.rounding == "stochastic")
     return y
+
+
+def fixed_grid_ints(x: torch.Tensor, q, generator=None):
+    """(k, amax): the integers k = clamp(R(x * 2**F)) of fixed format q as an int32 tensor
+    of x's shape (every W <= 32 fits), and max |k| as a one-element int64 tensor -- one
+    pass over x, no host synchronisation.  The same steps as :func:`fixed_quantize`, so k
+    equals ``qlab.core.formats.fixed_to_grid(x, ...)`` exactly; a NaN gives k = 0 (its
+    conversion to an integer is undefined in torch)."""
+    from qlab.core.formats import fixed_compute_dtype
+
+    if not fixed_accepts(x, q, generator):
+        raise ValueError(f"the Triton kernel covers fixed formats on {_DTYPES} tensors, not {q} on {x.dtype}")
+    xc = x.contiguous()
+    k = torch.empty(xc.shape, dtype=torch.int32, device=xc.device)
+    amax = torch.zeros(1, dtype=torch.int64, device=xc.device)
+    n = xc.numel()
+    if n:
+        ct64 = fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float64
+        sc = (1.0, 1.0, 0.0, 0.0) if ct64 else (2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int))
+        seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
+        _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(xc), k, seed, n, q.W, q.F, *sc, MODE=_MODES[q.rounding],
+                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block(),
+                                               FOUR=PHILOX4 and q.rounding == "stochastic", GRID=True, amax_ptr=amax)
+    return k, amax
 
 
 def fixed_accepts(x: torch.Tensor, q, generator=None) -> bool:

@@ -14,8 +14,10 @@ The convolution is an implicit GEMM: a row of the tile is an output position (ba
 row, column), its k-th operand is read from the input at (channel, row*stride - pad +
 r*dilation, ...) directly -- zero padding reads as 0 -- so no im2col tensor exists.
 
-Where every product provably rounds into Q's range (``_products_in_range``: the largest
-operand magnitudes, reduced on the device), a second copy of the k loop skips the clamp of
+The operands reach the kernel as grid integers from one fused pass each
+(``elementwise.fixed_grid_ints``: read the float tensor, write int32 k, reduce max |k|
+on the device).  Where every product provably rounds into Q's range
+(``_products_in_range``, decided in the kernel from those maxima), a second copy of the k loop skips the clamp of
 each product (about a quarter of the loop's instructions on sm_90, bench/sass_count.py).
 For ``nearest`` with W <= 16 that loop also forms product, rounding and sum in one 64-bit
 multiply-add (``_wide_step``; ``_plan`` says where): on sm_90 IMAD.WIDE, a carry, IMAD.X
@@ -36,6 +38,8 @@ every deterministic mode.  Stochastic rounding of products and sums draws from P
 output, k and rounding site): same distribution as the reference, other draws.
 """
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -230,7 +234,7 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[:4])
 def _fixed_gemm_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr, inrange_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr, ax_ptr, aw_ptr,
     M, N, K_total,
     # convolution geometry (matmul: C_IN = K, KH = KW = 1, x is x^T [K, M])
     C_IN, H, W_IN, HO, WO, CG,
@@ -249,12 +253,13 @@ def _fixed_gemm_kernel(
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=IDT)
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
-    # INRANGE: a flag computed on the device (no host sync) says whether every product
-    # rounds into Q's range (``_products_in_range``); then the loop skips the clamp of each
-    # product, about a quarter of its instructions (fixed(16,8): 9.5 -> 6.8 per MAC, sm_90)
+    # INRANGE: whether every product rounds into Q's range, from max|kx| and max|kw| (reduced
+    # on the device as the operands were converted: no host sync; see _products_in_range);
+    # then the loop skips the clamp of each product, about a quarter of its instructions
+    # (fixed(16,8): 9.5 -> 6.8 per MAC, sm_90), and nearest takes the one-multiply-add step
     skip = False
     if INRANGE:
-        skip = tl.load(inrange_ptr) != 0
+        skip = _products_in_range(tl.load(ax_ptr), tl.load(aw_ptr), qhi, SP, WA)
     if skip:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
@@ -376,7 +381,8 @@ def matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=T
     return _common_accepts(x, w, bias, spec, generator, quantize_w, x.shape[1])
 
 
-def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generator=None):
+def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generator=None, amax=None):
+    """amax: (max |kx|, max |kw|) as one-element int64 device tensors (inputs=True)."""
     q, A = spec.q, spec.A
     BM, BN = block
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
@@ -388,13 +394,15 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         seed = _seed_tensor(y, generator)
     if not WIDE_STEP:
         plan = dict(plan, WA=0, WB=0)
-    inrange = _products_in_range(xin, kw3, plan, q) if SKIP_PRODUCT_CLAMP else None
+    # inputs=False and F < 0 always clamp each product
+    inrange = SKIP_PRODUCT_CLAMP and not plan["X_FLOAT"] and plan["LP"] == 0
+    ax, aw = amax if inrange else (kw3, kw3)
     _fixed_gemm_kernel[grid](
-        xin, kw3, kb if kb is not None else kw3, y, seed, inrange if inrange is not None else kw3,
+        xin, kw3, kb if kb is not None else kw3, y, seed, ax, aw,
         M, N, K, C_IN, H, W_IN, HO, WO, CG,
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=kb is not None, INRANGE=inrange is not None, ASM=_asm_ok(), BLOCK_M=BM, BLOCK_N=BN,
+        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=_asm_ok(), BLOCK_M=BM, BLOCK_N=BN,
         num_warps=NUM_WARPS, **plan)
 
 
@@ -405,45 +413,77 @@ def _asm_ok() -> bool:
     return os.environ.get("TRITON_INTERPRET") != "1" and torch.version.hip is None
 
 
-def _products_in_range(kx, kw, plan, q):
-    """A one-element int32 device tensor: 1 where every product rounds into Q's range, so
-    the kernel may skip clamping each one; None where the kernel always clamps (inputs=False,
-    F < 0, empty operands).  With P = max|kx| * max|kw| every rounded product p =
-    R(kx kw / 2**SP) lies in [floor(-P / 2**SP), floor(P / 2**SP) + 1] for every rounding
-    mode, so (P >> SP) + 1 <= max_int is enough.  Where the plan has the one-multiply-add
-    step (WA > 0), its operand bounds must hold too: |kx| < 2**WA and |kw| * 2**WA <=
-    2**31 - 2 (wq = (kw << WA) + sign(kw) in int32).  Device-side reductions: no host sync."""
-    if plan["X_FLOAT"] or plan["LP"] > 0 or kx.numel() == 0 or kw.numel() == 0:
-        return None
-
-    def amax(t):
-        lo, hi = torch.aminmax(t)
-        return torch.maximum(hi.to(torch.int64), -lo.to(torch.int64))
-
-    ax, aw = amax(kx), amax(kw)
-    ok = ((ax * aw) >> plan["SP"]) + 1 <= q.max_int  # ax * aw < 2**62: grid integers have at most 31 bits
-    if plan["WA"]:
-        ok = ok & (ax < 2 ** plan["WA"]) & (aw <= (2 ** 31 - 2) >> plan["WA"])
-    return ok.to(torch.int32).reshape(1)
+@triton.jit
+def _products_in_range(ax, aw, qhi, SP: tl.constexpr, WA: tl.constexpr):
+    """Whether every product rounds into Q's range (the kernel may skip clamping each one),
+    from ax = max|kx| and aw = max|kw| (int64).  With P = ax * aw every rounded product
+    p = R(kx kw / 2**SP) lies in [floor(-P / 2**SP), floor(P / 2**SP) + 1] for every
+    rounding mode, so (P >> SP) + 1 <= max_int is enough.  Where the plan has the
+    one-multiply-add step (WA > 0), its operand bounds must hold too: |kx| < 2**WA and
+    |kw| * 2**WA <= 2**31 - 2 (wq = (kw << WA) + sign(kw) in int32)."""
+    if SP >= 62:  # P < 2**62: grid integers have at most 31 bits
+        ok = 1 <= qhi
+    else:
+        ok = ((ax * aw) >> SP) + 1 <= qhi
+    if WA > 0:
+        ok = ok & (ax < (1 << WA)) & (aw <= ((2 ** 31 - 2) >> WA))
+    return ok
 
 
 NUM_WARPS = 4  # the fixed kernel's warps per program (bench/gpu_sweep.py varies it with _block)
 SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.py times both)
 WIDE_STEP = True  # False: nearest's in-range loop without the one-multiply-add step (ditto)
+FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
 
 
-def _block(M, N, idt):
+# int32 tiles, largest first: 128x32 (4 warps) was the best of bench/gpu_sweep.py on an H200
+# for the linear at 2048^3 and the ResNet-50 conv layer.  A launch takes the first that
+# still gives every SM a program: 128x32 tiles make only 64 programs of a 512^3 GEMM for
+# 132 SMs (that row ran at 0.27 T QMAC/s, the 2048^3 one at 2.05 T).
+INT32_TILES = ((128, 32), (64, 32), (32, 32))
+
+
+def _block(M, N, idt, G=1, device=None):
     import os
 
     if os.environ.get("TRITON_INTERPRET") == "1":  # few program instances under the interpreter
         return (64, 16)
-    return (128, 32) if idt == tl.int32 else (32, 64)  # int32: the best of bench/gpu_sweep.py on an H200
+    if idt != tl.int32:
+        return (32, 64)
+    sms = _sm_count(device)
+    for bm, bn in INT32_TILES:
+        if triton.cdiv(M, bm) * triton.cdiv(N, bn) * G >= sms:
+            return bm, bn
+    return INT32_TILES[-1]
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count_of(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere: the largest tile)."""
+    if device is None or torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return 1
+    d = torch.device(device)
+    return _sm_count_of(d.index if d.index is not None else torch.cuda.current_device())
 
 
 def _grid_ints(t, q, generator, idt):
+    """(k, max |k|) of t on q's grid: k in the kernel's integer type, max |k| a one-element
+    int64 tensor.  Deterministic modes take one fused pass (elementwise.fixed_grid_ints:
+    read t, write int32 k, reduce max |k| on the device); stochastic inputs draw from
+    torch's generator, as the reference does."""
+    if q.rounding != "stochastic" and FUSED_GRID_INTS:
+        from .elementwise import fixed_grid_ints
+
+        k, amax = fixed_grid_ints(t, q)
+        return (k if idt == tl.int32 else k.to(torch.int64)), amax
     from qlab.core.intrinsic import _grid_int
 
-    return _grid_int(t, q, generator).to(_torch_int(idt))
+    k = _grid_int(t, q, generator)
+    return k.to(_torch_int(idt)), (k.abs().amax() if k.numel() else k.new_zeros(())).reshape(1)
 
 
 def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
@@ -458,11 +498,15 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     if M == 0 or N == 0:
         return y.zero_().to(x.dtype)
     idt = plan["IDT"]
-    xin = x.float().t().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).t().contiguous()
-    kw = _grid_ints(w, q, generator, idt).contiguous()  # [K, N]
-    kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
+    if spec.inputs:
+        kx, ax = _grid_ints(x, q, generator, idt)
+        xin = kx.t().contiguous()
+    else:
+        xin, ax = x.float().t().contiguous(), None
+    kw, aw = _grid_ints(w, q, generator, idt)  # [K, N]
+    kb = _grid_ints(bias, q, generator, idt)[0] if bias is not None else None
     geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
-    _launch(xin, kw, kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt), generator)
+    _launch(xin, kw.contiguous(), kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt, 1, x.device), generator, (ax, aw))
     return y.to(x.dtype)  # float16/bfloat16 (W <= 24): exact float32 values, rounded once
 
 
@@ -493,13 +537,14 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
         return y.zero_().to(x.dtype)
     idt = plan["IDT"]
     q = spec.q
-    xin = x.float().contiguous() if not spec.inputs else _grid_ints(x, q, generator, idt).contiguous()
+    xin, ax = _grid_ints(x, q, generator, idt) if spec.inputs else (x.float().contiguous(), None)
     og = O // groups
-    kw = _grid_ints(w, q, generator, idt).reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
-    kb = _grid_ints(bias, q, generator, idt).contiguous() if bias is not None else None
+    kw, aw = _grid_ints(w, q, generator, idt)
+    kw = kw.reshape(groups, og, K).transpose(1, 2).contiguous()  # [G, K, og]
+    kb = _grid_ints(bias, q, generator, idt)[0] if bias is not None else None
     M = B * HO * WO
     geom = (C, H, W_, HO, WO, CG, KH, KW, SH, SW, pt, pl, DH, DW)
-    _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt), generator)
+    _launch(xin, kw, kb, y, M, og, K, groups, geom, True, plan, spec, _block(M, og, idt, groups, x.device), generator, (ax, aw))
     return y.to(x.dtype)
 
 
