@@ -229,6 +229,9 @@ LINEAR = COMMON + """
         (12, 20, [-2048, 2047, 1024, -1024], [1, -1, 512]),
         (4, 1, [-8, 7, 1, -1, 3, -3], [-1, 1, 3, 0]),
         (8, 4, [-128, 127, 8, -8, 24, -24], [1, -1, 3, -3, 0]),
+        # products beyond Q's range: the clamping loop's 64-bit multiply step (W <= 15)
+        (8, 4, [-128, 127, 100, -100, 24, -24, 8], [-128, 127, 64, -64, 1, 3, -3]),
+        (15, 10, [-16384, 16383, 512, -512, 1, 3], [-16384, 16383, 1024, -1, 3]),
     ]:
         kx = torch.tensor(xs_, dtype=torch.float64)[torch.randint(0, len(xs_), (23, 9), generator=rng)]
         kw = torch.tensor(ws_, dtype=torch.float64)[torch.randint(0, len(ws_), (7, 9), generator=rng)]
@@ -238,6 +241,15 @@ LINEAR = COMMON + """
             n += 1
             if not lin_same(x, w, None, spec=spec):
                 bad.append((str(spec), "wide", xs_[:2], ws_[:2]))
+    # the multiply step with the sum apart (sequential onto a finer or coarser A: D != 0)
+    for Wa, Fa, sc in [(12, 2, 2.0), (16, 6, 2.0), (10, 3, 8.0)]:
+        x = torch.randn(19, 11, generator=rng) * sc
+        w = torch.randn(5, 11, generator=rng)
+        for acc in ["sequential", "final"]:
+            spec = spec_of(8, 4, Wa, Fa, "nearest", acc)
+            n += 1
+            if not lin_same(x, w, None, spec=spec):
+                bad.append((str(spec), "wide, D != 0"))
     # inputs=False (the float input times the weight's grid integer, exactly)
     for mode in MODES:
         for acc in ["sequential", "final"]:

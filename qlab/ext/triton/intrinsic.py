@@ -192,10 +192,14 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr,
                   D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr, WA: tl.constexpr,
-                  WB: tl.constexpr, ASM: tl.constexpr):
+                  WB: tl.constexpr, FUSE: tl.constexpr, ASM: tl.constexpr):
     """The k loop: per k the exact products, rounded onto Q's grid, clamped to Q's range
     (PCLAMP; False where every product is known to round into it), accumulated.  WA > 0:
-    product, rounding and sum in one multiply-add (``_wide_step``; never with PCLAMP)."""
+    product and rounding in one 64-bit multiply (``_wide_step``) where the operand bounds
+    hold -- checked per call without PCLAMP, by the format with it (W <= 15) -- and with
+    FUSE and no PCLAMP the sum in the same multiply-add."""
+    WIDE: tl.constexpr = (WA > 0) & ((not PCLAMP) | (WA <= 15))
+    ONE_MAD: tl.constexpr = WIDE & FUSE & (not PCLAMP)
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -207,10 +211,15 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                     pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
-                elif WA > 0:  # shifted right after the load: once per operand, not per product
+                elif WIDE:  # shifted right after the load: once per operand, not per product
                     xs = tl.load(xp, mask=ok, other=0) << WB
                     wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
-                    p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
+                    if ONE_MAD:
+                        p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
+                    else:
+                        p = _wide_step(tl.zeros_like(acc), xs[:, None], wq[None, :], ASM)  # the product alone
+                        if PCLAMP:
+                            p = tl.minimum(tl.maximum(p, qlo), qhi)
                 else:
                     xk = tl.load(xp, mask=ok, other=0)
                     prod = xk[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
@@ -220,7 +229,7 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                         p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
                     if PCLAMP:
                         p = tl.minimum(tl.maximum(p, qlo), qhi)
-                if WA > 0:  # p is already acc + the rounded product (sequential: D = 0)
+                if ONE_MAD:  # p is already acc + the rounded product (sequential: D = 0)
                     if SEQ:
                         acc = tl.minimum(tl.maximum(p, alo), ahi)
                     else:
@@ -244,7 +253,8 @@ def _fixed_gemm_kernel(
     IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr, SEQ: tl.constexpr,
     SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
-    HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, ASM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, FUSE: tl.constexpr,
+    ASM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
@@ -263,11 +273,11 @@ def _fixed_gemm_kernel(
     if skip:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, False, WA, WB, ASM)
+                            D, LA, False, WA, WB, FUSE, ASM)
     else:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, True, 0, 0, ASM)
+                            D, LA, True, WA, WB, FUSE, ASM)
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
             acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
@@ -346,17 +356,18 @@ def _plan(spec, K: int, has_bias: bool):
         idt = tl.int64
     else:
         return None
-    # the one-multiply-add step (_wide_step) for nearest: kx << WB and (kw << WA) + sign(kw)
-    # are int32 and |kx| < 2**WA for every grid integer when W <= 16 (W = 16: but for
+    # the 64-bit multiply step (_wide_step) for nearest: kx << WB and (kw << WA) + sign(kw)
+    # are int32 and |kx| < 2**WA for every grid integer when W <= 15 (W = 16: but for
     # kw = -2**15, which _products_in_range checks), and WA + WB + SP = 32 puts the rounded
-    # product in the high word; sequential sums step on Q's grid (D = 0)
+    # product in the high word.  FUSE: the sum joins the multiply-add where it is a plain
+    # add on Q's grid (final, or sequential with D = 0)
     WA = WB = 0
-    if (q.rounding == "nearest" and spec.inputs and SP >= 1 and W <= 16 and W + SP <= 32 and idt == tl.int32
-            and (spec.accumulate == "final" or d == 0)):
+    if q.rounding == "nearest" and spec.inputs and SP >= 1 and W <= 16 and W + SP <= 32 and idt == tl.int32:
         WA, WB = W, 32 - SP - W
+    FUSE = spec.accumulate == "final" or d == 0
     return dict(IDT=idt, X_FLOAT=not spec.inputs, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
                 SEQ=spec.accumulate == "sequential", SP=SP, LP=LP, HQ=HQ, D=d, LA=LA, LT=LT, HA=HA, SO=SO, LO=LO,
-                WA=WA, WB=WB)
+                WA=WA, WB=WB, FUSE=FUSE)
 
 
 def _torch_int(idt):
