@@ -210,7 +210,15 @@ def bench_linear(sz: dict, reps: int):
                 x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
                 sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
                 rows.append([f"  same, {label}", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+    # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
+    # (with the 64-bit multiply step for W <= 15, and without it)
     n = sizes[-1]
+    x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+    for label, switch in [("", {}), (", WIDE_STEP off", dict(WIDE_STEP=False))]:
+        with setting(ti, **switch):
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec="fixed(8,4)"), reps)
+        rows.append([f"qlab intrinsic linear fixed(8,4), products saturate (clamping loop){label}", f"{n}^3",
+                     f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
     x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
     # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
     for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",

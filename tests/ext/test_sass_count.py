@@ -62,6 +62,27 @@ def test_wide_step_moves_work_off_the_integer_alu():
     assert min(sass_count.pipes(ops)[1] for _, ops in even) / per_thread > 4, even
 
 
+def test_wide_product_in_the_clamping_loop():
+    """W <= 15: the clamping loop takes the 64-bit multiply step too (every grid integer
+    meets its operand bounds), the product then clamped apart -- about 5.3 integer-ALU
+    operations per MAC instead of 7.2; W = 16 keeps the plain clamping loop (a weight of
+    -2**15 breaks the bound)."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import sass_count
+
+    per_thread = 128 * 32 / (32 * 4)
+
+    def clamp_alu(spec, **kw):
+        ls = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4, **kw))
+        return sass_count.pipes(max(ls, key=lambda t: t[0])[1])[1] / per_thread
+
+    w8, w8_plain, w16 = clamp_alu("fixed(8,4)"), clamp_alu("fixed(8,4)", wide=False), clamp_alu("fixed(16,8)")
+    assert w8 < 6 and w8 < 0.8 * w8_plain, (w8, w8_plain)
+    assert abs(w16 - w8_plain) < 0.5, (w16, w8_plain)
+
+
 def test_philox4_halves_the_stochastic_kernel():
     """PHILOX4 (the default): one Philox call per four elements, about half the sm_90
     instructions per element of one call per element; nearest stays below both."""
