@@ -22,7 +22,9 @@ each product (about a quarter of the loop's instructions on sm_90, bench/sass_co
 For ``nearest`` with W <= 16 that loop also forms product, rounding and sum in one 64-bit
 multiply-add (``_wide_step``; ``_plan`` says where): on sm_90 IMAD.WIDE, a carry, IMAD.X
 and the sum's two-sided clamp per MAC, about 3.3 integer-ALU operations (the binding pipe)
-where the loop without it takes 5.2 (bench/sass_count.py).
+where the loop without it takes 5.2 (bench/sass_count.py).  The same multiply forms the
+rounded product alone where the sum steps apart (A's grid differs from Q's) and in the
+clamping loop for W <= 15.
 
 Integers are int32 when every product, partial sum and rounding step provably fits
 (``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
@@ -443,7 +445,7 @@ def _products_in_range(ax, aw, qhi, SP: tl.constexpr, WA: tl.constexpr):
 
 NUM_WARPS = 4  # the fixed kernel's warps per program (bench/gpu_sweep.py varies it with _block)
 SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.py times both)
-WIDE_STEP = True  # False: nearest's in-range loop without the one-multiply-add step (ditto)
+WIDE_STEP = True  # False: nearest without the 64-bit multiply step in any loop (ditto)
 FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
 
 
