@@ -24,7 +24,19 @@ def test_gpu_check_dry_run_prints_every_table():
                   "resnet50, random weights"]:
         assert title in out, (title, out[-3000:])
     for row in ["qlab fixed(8,4,stochastic)", "naive per-k torch loop", "qlab intrinsic linear bf16",
-                "qlab intrinsic conv fixed(16,8)", "every conv and fc intrinsic fp16"]:
+                "qlab intrinsic conv fixed(16,8)", "every conv and fc intrinsic fp16", "128x32 tiles only",
+                "FUSED_GRID_INTS off", "products saturate (clamping loop), WIDE_STEP off"]:
         assert row in out, (row, out[-3000:])
     for r_ in ("elementwise", "linear", "conv", "resnet"):
         assert f"({r_}: " in out
+
+
+def test_gpu_sweep_dry_run_prints_its_tables():
+    """bench/gpu_sweep.py (tile sweeps and the ResNet-50 profile) runs end to end too."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("QLAB_BACKEND", None)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_sweep.py"), "--dry-run"], cwd=ROOT / "bench",
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for title in ["tile sweep (linear 16^3", "linear 16^3: tile sweep", "kernels by device time"]:
+        assert title in r.stdout, (title, r.stdout[-3000:])
