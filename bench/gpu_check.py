@@ -155,6 +155,9 @@ def bench_elementwise(sz: dict, reps: int):
 
     with setting(ew, PHILOX4=False):  # one Philox call per element (the default before 2026-11-28)
         rows.append(("qlab fixed(8,4,stochastic), PHILOX4 off", timed(lambda: qs(x), reps)))
+    # the intrinsic kernels' operand pass: int32 grid integers and max |k| (4 + 4 bytes per element)
+    rows.append(("qlab grid integers fixed(16,8) + max|k| (intrinsic operands)",
+                 timed(lambda: ew.fixed_grid_ints(x, qlab.FixedPoint(16, 8)), reps)))
     copy_bw = 2 * 4 * n / rows[0][1]
     out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
            for name, sec in rows]
