@@ -229,6 +229,11 @@ def bench_linear(sz: dict, reps: int):
         sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
         rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
                      fmt_rate(n ** 3 / sec, "QMAC/s")])
+    with setting(ti, FLOAT_HW16=False):  # fp16/bf16 through the general float code, as before 2026-11-28
+        for fspec in ["fp16", "bf16"]:
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
+            rows.append([f"  {fspec}, native 16-bit arithmetic off (FLOAT_HW16 off)", f"{n}^3", f"{sec * 1e3:.3f}",
+                         fmt_rate(n ** 3 / sec, "QMAC/s")])
     a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

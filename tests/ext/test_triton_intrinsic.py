@@ -72,3 +72,70 @@ def test_int32_tiles_give_every_sm_a_program(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert ti._sm_count(None) == 1 and ti._sm_count("cpu") == 1  # no CUDA device: the largest tile
     assert ti._block(512, 512, tl.int32, device="cpu") == (128, 32)
+
+
+def _hw16_recipe(x, w, fmt, hmax, saturate):
+    """The CUDA kernel's binary16/bfloat16 recipe in torch's 16-bit CPU arithmetic (each
+    op computed in float32 and rounded once to the format: exact, as float32 has more
+    than 2p + 2 bits): p = clamp(x_k * w_k), s = clamp(s + p), k in order."""
+    import torch
+
+    xh, wh = x.to(fmt), w.to(fmt)
+    s = torch.zeros(x.shape[0], w.shape[0], dtype=fmt)
+    for k in range(x.shape[1]):
+        p = xh[:, k, None] * wh[None, :, k]
+        if saturate:
+            p = p.clamp(-hmax, hmax)  # torch.clamp keeps NaN, as min/max.NaN do
+        s = s + p
+        if saturate:
+            s = s.clamp(-hmax, hmax)
+    return s.float()
+
+
+@pytest.mark.parametrize("name, E, M, inf", [("fp16", 5, 10, False), ("bf16", 8, 7, False),
+                                               ("fp16 with inf", 5, 10, True)])
+def test_native_16bit_recipe_equals_the_reference(monkeypatch, name, E, M, inf):
+    """The float kernel's native path on CUDA (_hw16_step: the hardware's mul.rn/add.rn
+    and NaN-keeping clamps) computes intrinsic fp16/bf16 sequential nearest-even exactly
+    as SEMANTICS.md section 4 says: the same recipe in torch's exactly rounded 16-bit CPU
+    arithmetic equals the reference on random operands (saturating products and sums,
+    subnormal products), NaN/inf, signed zeros and ties.  The GPU check sections run the
+    kernel itself."""
+    import math
+
+    import torch
+
+    import qlab
+    from qlab.core.intrinsic import Intrinsic, intrinsic_linear
+    from qlab.ext.triton import intrinsic as ti
+
+    q = qlab.Float(E, M, "even", inf=inf)
+    spec = Intrinsic(q, acc=q, accumulate="sequential")
+    monkeypatch.setattr(ti, "_asm_ok", lambda: True)
+    assert ti._hw16_kind(spec) == (1 if E == 5 else 2)
+    fmt = torch.float16 if E == 5 else torch.bfloat16
+    g = torch.Generator().manual_seed(E * 100 + inf)
+    u = 2.0 ** -M
+    cases = [(torch.tensor([[1.0, u / 2], [1.0 + u, u / 2], [-1.0, -u / 2], [1.0 + u, 0.0]]),
+              torch.tensor([[1.0, 1.0], [1.5, 0.0]]))]
+    for sc in [1.0, 300.0 if E == 5 else 1e20, 1e-3 if E == 5 else 1e-20, 30.0 if E == 5 else 1e19]:
+        x, w = torch.randn(23, 17, generator=g) * sc, torch.randn(7, 17, generator=g) * sc
+        if sc == 1.0:
+            x[0, :5] = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0])
+            x[1], w[0] = -0.0, -0.0
+        cases.append((x, w))
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    for x, w in cases:
+        ref = intrinsic_linear(x, w, None, spec=spec)
+        xq, wq = q(x), q(w)
+        got = _hw16_recipe(xq, wq, fmt, q.max_value, not inf)
+        same = torch.equal(ref.isnan(), got.isnan()) and torch.equal(ref[~ref.isnan()], got[~got.isnan()]) and \
+            torch.equal(torch.signbit(ref[~ref.isnan()]), torch.signbit(got[~got.isnan()]))
+        assert same, (name, (ref != got).sum().item(), ref[ref != got][:5], got[ref != got][:5])
+    # where the native path does not apply
+    for other in [Intrinsic(q, acc=q, accumulate="final"), Intrinsic(q, acc=q, inputs=False),
+                  Intrinsic(qlab.Float(E, M, "nearest", inf=inf), accumulate="sequential"),
+                  Intrinsic(q, acc=qlab.Float(8, 7) if E == 5 else qlab.Float(5, 10))]:
+        assert ti._hw16_kind(other) == 0, other
+    monkeypatch.setattr(ti, "_asm_ok", lambda: False)  # the interpreter: the general code
+    assert ti._hw16_kind(spec) == 0

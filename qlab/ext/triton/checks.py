@@ -428,6 +428,33 @@ FLOAT_INTRINSIC = COMMON + """
             if len(outs) == 2:
                 differ += not same(outs["sequential"], outs["final"])
     assert differ >= 3, differ
+    # binary16 / bfloat16, nearest even, sequential: on CUDA each MAC is native 16-bit
+    # arithmetic (a product and a sum rounded by the hardware, NaN-keeping clamps where the
+    # format saturates).  Overflow and saturation, subnormal products, NaN/inf, signed
+    # zeros, with and without inf; then ties of a product and of a sum.
+    for qf in [FP16, BF16, (5, 10, False, True)]:
+        spec = fspec(qf, qf, "even", "sequential")
+        for sc in [1.0, 300.0 if qf[0] == 5 else 1e20, 1e-3 if qf[0] == 5 else 1e-20]:
+            x = torch.randn(19, 13, generator=rng) * sc
+            w = torch.randn(6, 13, generator=rng) * sc
+            b = torch.randn(6, generator=rng) * sc
+            if sc == 1.0:
+                x[0, :5] = torch.tensor([math.nan, math.inf, -math.inf, -0.0, 0.0])
+                x[1], w[0] = -0.0, -0.0  # sums of signed zeros
+            assert lin_dispatched(x, w, b, spec), spec
+            n += 1
+            if not lin_same(x, w, b, spec=spec):
+                bad.append(("16-bit", str(spec), sc))
+    u16 = {FP16: 2.0 ** -10, BF16: 2.0 ** -7}
+    for qf, u in u16.items():
+        spec = fspec(qf, qf, "even", "sequential")
+        x = torch.tensor([[1.0, u / 2], [1.0 + u, u / 2], [-1.0, -u / 2], [1.0 + u, 0.0], [-1.0 - u, 0.0]])
+        w = torch.tensor([[1.0, 1.0], [1.5, 0.0]])  # sums 1 + u/2 (a tie: 1), products (1 + u) * 1.5 (a tie: up)
+        r, f = lin_pair(x, w, None, spec=spec)
+        assert r[0, 0].item() == 1.0 and r[1, 0].item() == 1.0 + 2 * u and r[3, 1].item() == 1.5 + 2 * u, (qf, r)
+        n += 1
+        if not same(r, f):
+            bad.append(("16-bit ties", str(spec)))
     # inputs=False (float input times Q(w), exact in float64), another accumulator mode, fp16/bf16 tensors
     for mode in FM:
         spec = fspec(E4M3, FP16, mode, ["sequential", "final"][FM.index(mode) % 2], inputs=False)

@@ -565,7 +565,10 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
 # Q and A are float(E, M) formats; the arithmetic and what is covered are described in
 # qlab.ext.float_intrinsic (shared with the CPU kernel).  Operands arrive as Q(x), Q(w),
 # Q(b) in float32; per k: exact product, Q, then A(s + p) by a two-sum rounded to odd
-# (sequential) or an exact int64 sum rounded once (final).
+# (sequential) or an exact int64 sum rounded once (final).  Sequential binary16/bfloat16
+# with nearest-even (fp16, bf16: Q = A) is what the hardware's 16-bit arithmetic does
+# itself, one rounding per operation: there each MAC is mul.rn + add.rn in the format
+# (``_hw16_step``; ptxas packs two per HMUL2/HADD2), clamped where the format saturates.
 @triton.jit
 def _two_sum_odd(a, b):
     """a + b rounded to odd in float32 (inf/NaN as float addition gives them)."""
@@ -589,6 +592,30 @@ def _i64_to_f32_odd(n):
     return tl.where(fix, (fb + step).to(tl.float32, bitcast=True), f)
 
 
+@triton.jit
+def _hw16(a, b, OP: tl.constexpr, HW: tl.constexpr):
+    """One IEEE binary16 (HW 1) or bfloat16 (HW 2) operation, rounded to nearest even by the
+    hardware, subnormals kept: OP "mul" and "add" (an explicit .rn never fuses into an
+    FMA); "min"/"max" propagate NaN (.NaN), as the saturating clamp needs."""
+    T: tl.constexpr = "f16" if HW == 1 else "bf16"
+    MOD: tl.constexpr = ".rn" if (OP == "mul") or (OP == "add") else ".NaN"
+    return tl.inline_asm_elementwise(OP + MOD + "." + T + " $0, $1, $2;", "=h,h,h", [a, b],
+                                     dtype=tl.float16 if HW == 1 else tl.bfloat16, is_pure=True, pack=1)
+
+
+@triton.jit
+def _hw16_step(acc, xh, wh, hmax, HW: tl.constexpr, SAT: tl.constexpr):
+    """A(acc + Q(x w)) for Q = A = binary16 or bfloat16, nearest even: the product and the
+    sum each rounded once by the hardware, saturated to +-hmax where the format saturates."""
+    p = _hw16(tl.broadcast_to(xh, acc.shape), tl.broadcast_to(wh, acc.shape), "mul", HW)
+    if SAT:
+        p = _hw16(_hw16(p, tl.broadcast_to(hmax, acc.shape), "min", HW), tl.broadcast_to(-hmax, acc.shape), "max", HW)
+    acc = _hw16(acc, p, "add", HW)
+    if SAT:
+        acc = _hw16(_hw16(acc, tl.broadcast_to(hmax, acc.shape), "min", HW), tl.broadcast_to(-hmax, acc.shape), "max", HW)
+    return acc
+
+
 @triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[4:])
 def _float_gemm_kernel(
     x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
@@ -598,7 +625,8 @@ def _float_gemm_kernel(
     CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
-    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
@@ -607,6 +635,10 @@ def _float_gemm_kernel(
     isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
     odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
+    HT: tl.constexpr = tl.float16 if HW == 1 else tl.bfloat16
+    if HW > 0:
+        acc16 = tl.zeros((BLOCK_M, BLOCK_N), dtype=HT)  # the running sum in the format itself (+0)
+        hmax = qmax.to(HT)  # the largest finite value, exact in the format
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -614,17 +646,22 @@ def _float_gemm_kernel(
                 xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
                 xk = tl.load(xp, mask=ok, other=0.0)
                 wk = tl.load(w_base + k * N, mask=n_mask, other=0.0)
-                if P64:
-                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
+                    acc16 = _hw16_step(acc16, xk.to(HT)[:, None], wk.to(HT)[None, :], hmax, HW, SAT)
                 else:
-                    p = xk[:, None] * wk[None, :]  # exact
-                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
-                if SEQ:
-                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
-                else:
-                    fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
-                    isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
-                    odd += tl.where(fin, 0.0, p)
+                    if P64:
+                        p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                    else:
+                        p = xk[:, None] * wk[None, :]  # exact
+                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                    if SEQ:
+                        acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
+                    else:
+                        fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
+                        isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
+                        odd += tl.where(fin, 0.0, p)
+    if HW > 0:
+        acc = acc16.to(tl.float32)  # exact
     if not SEQ:
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
@@ -637,7 +674,7 @@ def _float_gemm_kernel(
     tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
 
 
-def _float_plan(spec, K: int):
+def _float_plan(spec, K: int, device=None):
     """Constexprs and scalars for the float kernel, or None where it does not apply."""
     from qlab.ext.float_intrinsic import plan
 
@@ -645,8 +682,30 @@ def _float_plan(spec, K: int):
     if fp is None:
         return None
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
-    kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq)
+    kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
+              HW=_hw16_kind(spec, device), SAT=not spec.q.inf)
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
+
+
+FLOAT_HW16 = True  # False: binary16/bfloat16 sequential through the general float code (bench/gpu_check.py)
+
+
+def _hw16_kind(spec, device=None) -> int:
+    """1 (binary16) or 2 (bfloat16) where the float kernel may run each MAC as native 16-bit
+    arithmetic, else 0: sequential, inputs quantized, Q = A, that format with E, M = 5, 10
+    or 8, 7 (not FN) and nearest-even rounding -- every product and sum then is one IEEE
+    operation rounded to nearest even, plus the clamp where the format saturates.  Compiled
+    CUDA only (PTX; the interpreter runs the general code); bfloat16 arithmetic needs sm_90."""
+    q, A = spec.q, spec.A
+    if not (FLOAT_HW16 and _asm_ok() and spec.accumulate == "sequential" and spec.inputs and q == A):
+        return 0
+    if q.fn or q.rounding != "even":
+        return 0
+    kind = {(5, 10): 1, (8, 7): 2}.get((q.E, q.M), 0)
+    if kind == 2 and device is not None and torch.device(device).type == "cuda" \
+            and torch.cuda.get_device_capability(device) < (9, 0):
+        return 0
+    return kind
 
 
 def _float_accepts(x, w, bias, spec, K, quantize_w=True):
@@ -671,7 +730,7 @@ def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=No
 
 
 def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
-    plan, sc = _float_plan(spec, K)
+    plan, sc = _float_plan(spec, K, y.device)
     BM, BN = _block(M, N, tl.int32)
     C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
     seed = w3
