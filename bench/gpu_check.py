@@ -222,6 +222,12 @@ def bench_linear(sz: dict, reps: int):
             sec = timed(lambda: intrinsic_linear(x, w, None, spec="fixed(8,4)"), reps)
         rows.append([f"qlab intrinsic linear fixed(8,4), products saturate (clamping loop){label}", f"{n}^3",
                      f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+    # stochastic products (the deck's rounding experiment, intrinsic): Philox draws per MAC
+    for label, switch in [("", {}), (", one Philox call per product (SHARE_DRAWS off)", dict(SHARE_DRAWS=False))]:
+        with setting(ti, **switch):
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8,stochastic)"), max(1, reps // 2))
+        rows.append([f"qlab intrinsic linear fixed(16,8,stochastic) sequential{label}", f"{n}^3",
+                     f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
     x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
     # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
     for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",

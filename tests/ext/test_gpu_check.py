@@ -26,7 +26,8 @@ def test_gpu_check_dry_run_prints_every_table():
     for row in ["qlab fixed(8,4,stochastic)", "naive per-k torch loop", "qlab intrinsic linear bf16",
                 "qlab intrinsic conv fixed(16,8)", "every conv and fc intrinsic fp16", "128x32 tiles only",
                 "FUSED_GRID_INTS off", "products saturate (clamping loop), WIDE_STEP off",
-                "qlab grid integers fixed(16,8) + max|k|", "bf16, native 16-bit arithmetic off"]:
+                "qlab grid integers fixed(16,8) + max|k|", "bf16, native 16-bit arithmetic off",
+                "one Philox call per product (SHARE_DRAWS off)"]:
         assert row in out, (row, out[-3000:])
     for r_ in ("elementwise", "linear", "conv", "resnet"):
         assert f"({r_}: " in out

@@ -352,12 +352,17 @@ CONV = COMMON + """
 
 STOCH_INTRINSIC = COMMON + """
     rng = torch.Generator().manual_seed(3)
-    K, R = 8, 128
+    K, R = 11, 256
     # operands on fixed(8,4)'s grid (Q(x), Q(w) exact) and small (no saturation): only the products round
     xr = torch.randint(-12, 13, (1, K), generator=rng) / 16.0
     x = xr.repeat(R, 1)
     w = torch.randint(-12, 13, (3, K), generator=rng) / 16.0
     exact = (xr.double() @ w.double().t())[0]
+    # the variance of a sum of K independent one-step roundings: sum of p (1 - p) steps**2
+    # (draws shared or correlated across k, e.g. one Philox word for several products
+    # without fields of their own, would change it)
+    frac = ((xr.double().t() * w.double().t()) * 16) % 1.0  # [K, 3]: the products' rounding remainders
+    var_exact = (frac * (1 - frac)).sum(0) * 2.0 ** -8
     for acc in ["sequential", "final"]:
         spec = spec_of(8, 4, 16, 4, "stochastic", acc)
         assert lin_dispatched(x, w, None, spec), spec
@@ -374,6 +379,8 @@ STOCH_INTRINSIC = COMMON + """
         sigma = math.sqrt(K * 0.25 / R) * 2 ** -4
         err = (y1.double().mean(0) - exact).abs().max().item()
         assert err <= 5 * sigma, (acc, err, sigma)
+        var = y1.double().var(0)  # relative sd of a sample variance: about sqrt(2 / R) = 0.09
+        assert bool(((var - var_exact).abs() <= 0.45 * var_exact + 1e-12).all()), (acc, var, var_exact)
     # the conv kernel draws too (repeatable, between down and up)
     xc = torch.randint(-12, 13, (2, 2, 5, 5), generator=rng) / 16.0
     wc = torch.randint(-12, 13, (3, 2, 3, 3), generator=rng) / 16.0

@@ -194,14 +194,17 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr,
                   D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr, WA: tl.constexpr,
-                  WB: tl.constexpr, FUSE: tl.constexpr, ASM: tl.constexpr):
+                  WB: tl.constexpr, FUSE: tl.constexpr, SHARE: tl.constexpr, ASM: tl.constexpr):
     """The k loop: per k the exact products, rounded onto Q's grid, clamped to Q's range
     (PCLAMP; False where every product is known to round into it), accumulated.  WA > 0:
     product and rounding in one 64-bit multiply (``_wide_step``) where the operand bounds
     hold -- checked per call without PCLAMP, by the format with it (W <= 15) -- and with
-    FUSE and no PCLAMP the sum in the same multiply-add."""
+    FUSE and no PCLAMP the sum in the same multiply-add.  Stochastic products: one 32-bit
+    Philox word per output serves SHARE consecutive k, each taking its own 32 / SHARE-bit
+    field (SP <= 32 / SHARE: the draws stay independent and exactly uniform)."""
     WIDE: tl.constexpr = (WA > 0) & ((not PCLAMP) | (WA <= 15))
     ONE_MAD: tl.constexpr = WIDE & FUSE & (not PCLAMP)
+    word = tl.zeros(acc.shape, dtype=tl.uint32)  # stochastic products: the current Philox word
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
@@ -227,6 +230,12 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                     prod = xk[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
                     if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
                         p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
+                    elif (QMODE == 5) & (SHARE > 1) & (SP > 0):
+                        j = k % SHARE
+                        if j == 0:
+                            word = tl.randint(seed, rbase + k // SHARE)
+                        u = ((word >> (j * (32 // SHARE)).to(tl.uint32)) & ((1 << SP) - 1)).to(IDT)
+                        p = (prod >> SP) + (u < (prod & ((1 << SP) - 1))).to(IDT)
                     else:
                         p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
                     if PCLAMP:
@@ -256,7 +265,7 @@ def _fixed_gemm_kernel(
     SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
     HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, FUSE: tl.constexpr,
-    ASM: tl.constexpr,
+    SHARE: tl.constexpr, ASM: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
@@ -275,11 +284,11 @@ def _fixed_gemm_kernel(
     if skip:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, False, WA, WB, FUSE, ASM)
+                            D, LA, False, WA, WB, FUSE, SHARE, ASM)
     else:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, True, WA, WB, FUSE, ASM)
+                            D, LA, True, WA, WB, FUSE, SHARE, ASM)
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
             acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
@@ -367,9 +376,11 @@ def _plan(spec, K: int, has_bias: bool):
     if q.rounding == "nearest" and spec.inputs and SP >= 1 and W <= 16 and W + SP <= 32 and idt == tl.int32:
         WA, WB = W, 32 - SP - W
     FUSE = spec.accumulate == "final" or d == 0
+    # stochastic products: k per 32-bit Philox word, each drawing SP bits of its own field
+    SHARE = 1 if not SHARE_DRAWS or SP > 16 else 2 if SP > 8 else 4
     return dict(IDT=idt, X_FLOAT=not spec.inputs, QMODE=_MODES[q.rounding], AMODE=_MODES[A.rounding],
                 SEQ=spec.accumulate == "sequential", SP=SP, LP=LP, HQ=HQ, D=d, LA=LA, LT=LT, HA=HA, SO=SO, LO=LO,
-                WA=WA, WB=WB, FUSE=FUSE)
+                WA=WA, WB=WB, FUSE=FUSE, SHARE=SHARE)
 
 
 def _torch_int(idt):
@@ -447,6 +458,7 @@ NUM_WARPS = 4  # the fixed kernel's warps per program (bench/gpu_sweep.py varies
 SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.py times both)
 WIDE_STEP = True  # False: nearest without the 64-bit multiply step in any loop (ditto)
 FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
+SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
 
 
 # int32 tiles, largest first: 128x32 (4 warps) was the best of bench/gpu_sweep.py on an H200
