@@ -127,6 +127,26 @@ def loops(sass: str):
     return out
 
 
+def skipped_blocks(sass: str):
+    """For every loop (in the order of :func:`loops`): the instruction counts of the blocks
+    that a forward branch inside it can jump over (code run on some iterations only, e.g.
+    a Philox call every few k)."""
+    lines = [x for x in sass.splitlines() if re.search(r"/\*([0-9a-f]{4,})\*/", x)]
+    addrs = [int(re.search(r"/\*([0-9a-f]{4,})\*/", x).group(1), 16) for x in lines]
+    out = []
+    for i, line in enumerate(lines):
+        m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", line)
+        if m and int(m.group(1), 16) < addrs[i]:
+            start, end = int(m.group(1), 16), addrs[i]
+            blocks = []
+            for j in range(i):
+                f = re.search(r"\bBRA\s+(0x[0-9a-f]+)", lines[j])
+                if start <= addrs[j] < end and f and addrs[j] < int(f.group(1), 16) <= end:
+                    blocks.append(sum(1 for a in addrs if addrs[j] < a < int(f.group(1), 16)))
+            out.append(blocks)
+    return out
+
+
 _FMA = {"IMAD", "FFMA", "FMUL", "FADD", "HFMA2", "HMUL2", "HADD2"}  # the FMA pipes (IMAD: 16 lanes each)
 _OTHER = {"LDS", "LDG", "STS", "STG", "LDC", "LDSM", "BRA", "BAR", "EXIT", "NOP", "BSYNC", "BSSY", "WARPSYNC",
           "S2R", "S2UR", "R2UR", "DEPBAR", "MEMBAR"}  # memory, control, and the uniform datapath (U...)
@@ -173,9 +193,12 @@ def main(argv=None) -> int:
           f"{per_thread:g} MACs per thread per k")
     lin = None
     for conv in (False, True):
-        found = loops(compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide))
+        sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide)
+        found = loops(sass)
         lin = lin or min(n for n, _ in found)
-        for n, ops in found:
+        for (n, ops), blocks in zip(found, skipped_blocks(sass)):
+            if blocks:
+                print(f"  (the next loop holds blocks of {blocks} instructions behind forward branches)")
             ks = 3 if conv and n > 2 * lin else 1  # an unrolled conv loop body holds KW = 3 values of k
             _, alu, fma = pipes(ops)
             print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "

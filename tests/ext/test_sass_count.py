@@ -119,3 +119,26 @@ def test_philox4_halves_the_stochastic_kernel():
          for m, f in [("nearest", False), ("stochastic", True), ("stochastic", False)]}
     assert n["stochastic", True] < 0.65 * n["stochastic", False], n
     assert n["nearest", False] < n["stochastic", True], n
+
+
+def test_stochastic_products_draw_philox_one_k_in_four():
+    """fixed(16,8,stochastic): the Philox block (most of the loop's code) sits behind a
+    branch taken once per 4 k (SHARE = 4 for F <= 8), so about a quarter of it runs per MAC."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
+    import sass_count
+
+    from qlab.ext.triton import intrinsic as ti
+
+    per_thread = 128 * 32 / (32 * 4)
+    sass = sass_count.compile_sass("fixed(16,8,stochastic)", False, 128, 32, 4)
+    for (n, _), blocks in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)):
+        assert blocks and max(blocks) > 0.7 * n, (n, blocks)  # Philox: behind a branch
+        assert (n - 0.75 * max(blocks)) / per_thread < 30, (n, blocks)
+    ti.SHARE_DRAWS = False
+    try:
+        sass = sass_count.compile_sass("fixed(16,8,stochastic)", False, 128, 32, 4)
+    finally:
+        ti.SHARE_DRAWS = True
+    assert all(not b or max(b) < 0.3 * n for (n, _), b in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)))
