@@ -381,6 +381,19 @@ STOCH_INTRINSIC = COMMON + """
         assert err <= 5 * sigma, (acc, err, sigma)
         var = y1.double().var(0)  # relative sd of a sample variance: about sqrt(2 / R) = 0.09
         assert bool(((var - var_exact).abs() <= 0.45 * var_exact + 1e-12).all()), (acc, var, var_exact)
+    # inputs off the grid: their stochastic rounding (Philox in the operand pass) and the
+    # products' are unbiased, so the mean of R identical rows is x . w within 5 sigma
+    # (per output sum_k (w_k**2 + 1) / 4 steps**2 of variance at most); repeatable
+    xo = (torch.randint(-12, 13, (1, K), generator=rng) + torch.rand(1, K, generator=rng)) / 16.0
+    wo = torch.randint(1, 5, (3, K), generator=rng) / 16.0  # one sign: a biased input rounding would add up
+    spec = spec_of(8, 4, 16, 4, "stochastic", "sequential")
+    torch.manual_seed(5); o1 = fast(intrinsic_linear, xo.repeat(R, 1), wo, None, spec=spec)
+    torch.manual_seed(5); o2 = fast(intrinsic_linear, xo.repeat(R, 1), wo, None, spec=spec)
+    assert torch.equal(o1, o2)
+    exact_o = (xo.double() @ wo.double().t())[0]
+    sig_o = torch.sqrt(((wo.double() ** 2).sum(1) + K) * 0.25 / R) * 2 ** -4
+    assert bool(((o1.double().mean(0) - exact_o).abs() <= 5 * sig_o).all()), (o1.double().mean(0), exact_o, sig_o)
+    assert o1.unique(dim=0).shape[0] > 1, "the rows' draws differ"
     # the conv kernel draws too (repeatable, between down and up)
     xc = torch.randint(-12, 13, (2, 2, 5, 5), generator=rng) / 16.0
     wc = torch.randint(-12, 13, (3, 2, 3, 3), generator=rng) / 16.0

@@ -497,13 +497,14 @@ def _sm_count(device) -> int:
 
 def _grid_ints(t, q, generator, idt):
     """(k, max |k|) of t on q's grid: k in the kernel's integer type, max |k| a one-element
-    int64 tensor.  Deterministic modes take one fused pass (elementwise.fixed_grid_ints:
-    read t, write int32 k, reduce max |k| on the device); stochastic inputs draw from
-    torch's generator, as the reference does."""
-    if q.rounding != "stochastic" and FUSED_GRID_INTS:
+    int64 tensor, from one fused pass (elementwise.fixed_grid_ints: read t, write int32 k,
+    reduce max |k| on the device; stochastic rounding draws from Philox, seeded from
+    torch's generator like every Triton kernel: the reference's distribution, not its
+    draws).  FUSED_GRID_INTS off: the torch path's steps."""
+    if FUSED_GRID_INTS:
         from .elementwise import fixed_grid_ints
 
-        k, amax = fixed_grid_ints(t, q)
+        k, amax = fixed_grid_ints(t, q, generator)
         return (k if idt == tl.int32 else k.to(torch.int64)), amax
     from qlab.core.intrinsic import _grid_int
 
