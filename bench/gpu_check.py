@@ -26,6 +26,13 @@ else an equivalent ResNet-50 defined here).  Rows:
   the intrinsic linear at the same GEMM shape (equal MACs) for the ratio;
 * ResNet-50 (random weights), every conv and fc intrinsic fixed(16,8), batch 64:
   images/s, and the float model; the same with intrinsic fp16.
+
+Beside the defaults, rows with one module switch off time each change made without a
+GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
+``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``INT32_TILES`` (128x32 only),
+``FLOAT_HW16``, ``SHARE_DRAWS`` and ``elementwise.PHILOX4``; also fixed(8,4) with
+saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
+(grid integers + max |k|) beside copy.
 """
 from __future__ import annotations
 
