@@ -273,22 +273,28 @@ def _fixed_kernel(x_ptr, y_ptr, seed_ptr, n, W, F, scale, inv_scale, lo, hi, MOD
         store_from_float(y_ptr, offs, out, mask, DT)
 
 
-def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
+def _fixed_pass(x: torch.Tensor, q, generator, out: torch.Tensor, amax=None):
+    """One launch of _fixed_kernel over x into ``out``: Q(x) in x's dtype, or (amax given)
+    the grid integers k as int32 and max |k| into amax."""
     from qlab.core.formats import fixed_compute_dtype
 
     if not fixed_accepts(x, q, generator):
         raise ValueError(f"the Triton kernel covers fixed formats on {_DTYPES} tensors, not {q} on {x.dtype}")
-    xc = x.contiguous()
-    y = torch.empty_like(xc)
-    n = xc.numel()
+    n = x.numel()
     if n:
         ct64 = fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float64
         sc = (1.0, 1.0, 0.0, 0.0) if ct64 else (2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int))
-        seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
-        _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(xc), _bits(y), seed, n, q.W, q.F, *sc, MODE=_MODES[q.rounding],
-                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block(),
-                                               FOUR=PHILOX4 and q.rounding == "stochastic")
-    return y
+        seed = _seed_tensor(x, generator) if q.rounding == "stochastic" else x
+        _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(x), _bits(out), seed, n, q.W, q.F, *sc,
+                                               MODE=_MODES[q.rounding], NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype],
+                                               BLOCK=_block(), FOUR=PHILOX4 and q.rounding == "stochastic",
+                                               GRID=amax is not None, amax_ptr=amax)
+    return out
+
+
+def fixed_quantize(x: torch.Tensor, q, generator=None) -> torch.Tensor:
+    xc = x.contiguous()
+    return _fixed_pass(xc, q, generator, torch.empty_like(xc))
 
 
 def fixed_grid_ints(x: torch.Tensor, q, generator=None):
@@ -297,21 +303,9 @@ def fixed_grid_ints(x: torch.Tensor, q, generator=None):
     pass over x, no host synchronisation.  The same steps as :func:`fixed_quantize`, so k
     equals ``qlab.core.formats.fixed_to_grid(x, ...)`` exactly; a NaN gives k = 0 (its
     conversion to an integer is undefined in torch)."""
-    from qlab.core.formats import fixed_compute_dtype
-
-    if not fixed_accepts(x, q, generator):
-        raise ValueError(f"the Triton kernel covers fixed formats on {_DTYPES} tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
-    k = torch.empty(xc.shape, dtype=torch.int32, device=xc.device)
     amax = torch.zeros(1, dtype=torch.int64, device=xc.device)
-    n = xc.numel()
-    if n:
-        ct64 = fixed_compute_dtype(x.dtype, q.W, q.F) == torch.float64
-        sc = (1.0, 1.0, 0.0, 0.0) if ct64 else (2.0 ** q.F, 2.0 ** -q.F, float(q.min_int), float(q.max_int))
-        seed = _seed_tensor(xc, generator) if q.rounding == "stochastic" else xc
-        _fixed_kernel[(triton.cdiv(n, _block()),)](_bits(xc), k, seed, n, q.W, q.F, *sc, MODE=_MODES[q.rounding],
-                                               NEG_F=q.F < 0, CT64=ct64, DT=_DT[x.dtype], BLOCK=_block(),
-                                               FOUR=PHILOX4 and q.rounding == "stochastic", GRID=True, amax_ptr=amax)
+    k = _fixed_pass(xc, q, generator, torch.empty(xc.shape, dtype=torch.int32, device=xc.device), amax)
     return k, amax
 
 

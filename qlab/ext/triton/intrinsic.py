@@ -620,12 +620,13 @@ def _hw16(a, b, OP: tl.constexpr, HW: tl.constexpr):
 def _hw16_step(acc, xh, wh, hmax, HW: tl.constexpr, SAT: tl.constexpr):
     """A(acc + Q(x w)) for Q = A = binary16 or bfloat16, nearest even: the product and the
     sum each rounded once by the hardware, saturated to +-hmax where the format saturates."""
+    hi = tl.broadcast_to(hmax, acc.shape)
     p = _hw16(tl.broadcast_to(xh, acc.shape), tl.broadcast_to(wh, acc.shape), "mul", HW)
     if SAT:
-        p = _hw16(_hw16(p, tl.broadcast_to(hmax, acc.shape), "min", HW), tl.broadcast_to(-hmax, acc.shape), "max", HW)
+        p = _hw16(_hw16(p, hi, "min", HW), -hi, "max", HW)
     acc = _hw16(acc, p, "add", HW)
     if SAT:
-        acc = _hw16(_hw16(acc, tl.broadcast_to(hmax, acc.shape), "min", HW), tl.broadcast_to(-hmax, acc.shape), "max", HW)
+        acc = _hw16(_hw16(acc, hi, "min", HW), -hi, "max", HW)
     return acc
 
 
