@@ -9,12 +9,18 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 pytestmark = pytest.mark.skipif(not os.path.exists(os.path.join(BIN, "cuobjdump")), reason="no cuobjdump in triton")
 
 
-def test_skip_loop_is_shorter():
+@pytest.fixture(scope="module")
+def sass_count():
+    """bench/sass_count.py as a module."""
     import sys
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
     import sass_count
 
+    return sass_count
+
+
+def test_skip_loop_is_shorter(sass_count):
     per_thread = 128 * 32 / (32 * 4)
     lens = sorted(n for n, _ in sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4)))
     assert len(lens) == 2, lens  # one loop clamps each product, the other does not
@@ -25,30 +31,20 @@ def test_skip_loop_is_shorter():
     assert lens[0] / per_thread < 8, lens  # products, rounding, accumulate, clamp the sum: 6 + loads
 
 
-def test_float_even_rounding_is_the_short_path():
+def test_float_even_rounding_is_the_short_path(sass_count):
     """Nearest-even (the named formats' default) takes the short rounding code: the fp8e5m2
     k loop is well under the general code's (the same spec with ties away)."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     even = min(n for n, _ in sass_count.loops(sass_count.compile_sass("fp8e5m2", False, 128, 32, 4)))
     away = min(n for n, _ in sass_count.loops(
         sass_count.compile_sass("intrinsic(float(5,2,nearest),acc=float(5,2,nearest))", False, 128, 32, 4)))
     assert even < 0.7 * away, (even, away)
 
 
-def test_fp16_and_bf16_run_as_native_16bit_arithmetic():
+def test_fp16_and_bf16_run_as_native_16bit_arithmetic(sass_count):
     """Intrinsic fp16/bf16 sequential nearest-even: each MAC is one hardware product and one
     sum (packed two per instruction by ptxas) and the saturating clamps -- a few sm_90
     instructions per MAC instead of 50-70 of the general float code; every product is a
     multiply of its own (HMUL2), never fused with the sum."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     from qlab.ext.triton import intrinsic as ti
 
     per_thread = 128 * 32 / (32 * 4)
@@ -63,15 +59,10 @@ def test_fp16_and_bf16_run_as_native_16bit_arithmetic():
         assert 2 * ops["HMUL2"] >= per_thread, (spec, ops)  # every product multiplied on its own
 
 
-def test_wide_step_moves_work_off_the_integer_alu():
+def test_wide_step_moves_work_off_the_integer_alu(sass_count):
     """nearest with W <= 16 in range: product, rounding and sum are one 64-bit multiply-add
     (IMAD.WIDE, its carry, IMAD.X) and the sum's clamp -- the integer ALU, the binding pipe
     of the clamping loop, does about 3.3 operations per MAC instead of 5.2."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     per_thread = 128 * 32 / (32 * 4)
     for conv in (False, True):
         wide = min(sass_count.loops(sass_count.compile_sass("fixed(16,8)", conv, 128, 32, 4)), key=lambda t: t[0])
@@ -86,16 +77,11 @@ def test_wide_step_moves_work_off_the_integer_alu():
     assert min(sass_count.pipes(ops)[1] for _, ops in even) / per_thread > 4, even
 
 
-def test_wide_product_in_the_clamping_loop():
+def test_wide_product_in_the_clamping_loop(sass_count):
     """W <= 15: the clamping loop takes the 64-bit multiply step too (every grid integer
     meets its operand bounds), the product then clamped apart -- about 5.3 integer-ALU
     operations per MAC instead of 7.2; W = 16 keeps the plain clamping loop (a weight of
     -2**15 breaks the bound)."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     per_thread = 128 * 32 / (32 * 4)
 
     def clamp_alu(spec, **kw):
@@ -107,28 +93,18 @@ def test_wide_product_in_the_clamping_loop():
     assert abs(w16 - w8_plain) < 0.5, (w16, w8_plain)
 
 
-def test_philox4_halves_the_stochastic_kernel():
+def test_philox4_halves_the_stochastic_kernel(sass_count):
     """PHILOX4 (the default): one Philox call per four elements, about half the sm_90
     instructions per element of one call per element; nearest stays below both."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     n = {(m, f): sum(sass_count.opcodes(sass_count.compile_elementwise_sass(m, f)).values())
          for m, f in [("nearest", False), ("stochastic", True), ("stochastic", False)]}
     assert n["stochastic", True] < 0.65 * n["stochastic", False], n
     assert n["nearest", False] < n["stochastic", True], n
 
 
-def test_stochastic_products_draw_philox_one_k_in_four():
+def test_stochastic_products_draw_philox_one_k_in_four(sass_count):
     """fixed(16,8,stochastic): the Philox block (most of the loop's code) sits behind a
     branch taken once per 4 k (SHARE = 4 for F <= 8), so about a quarter of it runs per MAC."""
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "bench"))
-    import sass_count
-
     from qlab.ext.triton import intrinsic as ti
 
     per_thread = 128 * 32 / (32 * 4)
