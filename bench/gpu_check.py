@@ -30,7 +30,8 @@ else an equivalent ResNet-50 defined here).  Rows:
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``INT32_TILES`` (128x32 only),
-``FLOAT_HW16``, ``SHARE_DRAWS`` and ``elementwise.PHILOX4``; also fixed(8,4) with
+``FLOAT_HW16``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
+prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
 saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
 (grid integers + max |k|) beside copy.
 """
@@ -213,6 +214,8 @@ def bench_linear(sz: dict, reps: int):
     for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
                               ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
                               ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
+                              ("operands of k + 1 always prefetched (PREFETCH True)", dict(PREFETCH=True), sizes),
+                              ("operands never prefetched (PREFETCH False)", dict(PREFETCH=False), sizes),
                               ("operands to grid integers by torch ops (FUSED_GRID_INTS off)",
                                dict(FUSED_GRID_INTS=False), sizes)]:
         with setting(ti, **switch):
@@ -275,9 +278,17 @@ def bench_conv(sz: dict, reps: int):
 
     with setting(ti, WIDE_STEP=False):
         sec_w = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
+    sec_p = {}
+    for on in (True, False):
+        with setting(ti, PREFETCH=on):
+            sec_p[on] = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
     rows = [
         [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
         ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.3f}", fmt_rate(macs / sec_w, "QMAC/s"), ""],
+        ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.3f}",
+         fmt_rate(macs / sec_p[True], "QMAC/s"), ""],
+        ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.3f}",
+         fmt_rate(macs / sec_p[False], "QMAC/s"), ""],
         [f"qlab intrinsic linear {spec}, same GEMM ({B * S * S}x{C * 9}x{C})", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
         ["float conv2d (cuDNN)", f"{sec_f * 1e3:.3f}", fmt_rate(macs / sec_f, "MAC/s"), ""],
     ]
@@ -362,6 +373,10 @@ def bench_resnet(sz: dict, reps: int):
                 sec_w = timed(lambda: model(x), max(1, reps // 2))
             with setting(ti, FUSED_GRID_INTS=False), qlab.quantize(model, plan):
                 sec_g = timed(lambda: model(x), max(1, reps // 2))
+            sec_p = {}
+            for on in (True, False):
+                with setting(ti, PREFETCH=on), qlab.quantize(model, plan):
+                    sec_p[on] = timed(lambda: model(x), max(1, reps // 2))
     finally:
         os.environ.pop("QLAB_BACKEND", None)
     rows = [
@@ -370,6 +385,8 @@ def bench_resnet(sz: dict, reps: int):
         ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.1f}", f"{B / sec_w:.0f}"],
         ["  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{sec_c * 1e3:.1f}", f"{B / sec_c:.0f}"],
         ["  same, operands to grid integers by torch ops (FUSED_GRID_INTS off)", f"{sec_g * 1e3:.1f}", f"{B / sec_g:.0f}"],
+        ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.1f}", f"{B / sec_p[True]:.0f}"],
+        ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.1f}", f"{B / sec_p[False]:.0f}"],
         ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
     ]
     print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))

@@ -68,13 +68,18 @@ def main(argv=None) -> int:
     # bench/sass_count.py); 8 or 16 per thread load each operand from global (10-11)
     small = [(128, 32, 4), (64, 32, 4), (64, 32, 2), (32, 32, 4), (32, 32, 2), (32, 32, 1), (64, 16, 2),
              (32, 16, 1), (16, 32, 1)]
+    # each with the operands of k + 1 prefetched (intrinsic.PREFETCH; "auto" does below
+    # 4 programs per SM) and without
     rows = []
     for bm, bn, nw in small[:2] if a.dry_run else small:
-        with tile(bm, bn, nw):
-            sl = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
-        rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl * 1e3:.3f}",
-                     gc.fmt_rate(m ** 3 / sl, "QMAC/s")])
-    print(gc.table(f"fixed(16,8) sequential, linear {m}^3: tile sweep", ["tile, warps", "programs", "ms", "rate"], rows))
+        sl = {}
+        for on in (True, False):
+            with tile(bm, bn, nw), gc.setting(ti, PREFETCH=on):
+                sl[on] = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
+        rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl[True] * 1e3:.3f}",
+                     gc.fmt_rate(m ** 3 / sl[True], "QMAC/s"), f"{sl[False] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[False], "QMAC/s")])
+    print(gc.table(f"fixed(16,8) sequential, linear {m}^3: tile sweep",
+                   ["tile, warps", "programs", "prefetch ms", "rate", "no prefetch ms", "rate"], rows))
 
     model, name = gc.resnet50()
     model = model.to(dev).eval()

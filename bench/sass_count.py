@@ -36,9 +36,10 @@ BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"
 _FLOATS = ("out_scale", "qmax", "amax", "to_steps", "from_steps")  # float32 scalars of the two kernels
 
 
-def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True, wide: bool = True) -> str:
+def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True, wide: bool = True,
+                 prefetch: bool = True) -> str:
     """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec
-    (wide=False: as with ``intrinsic.WIDE_STEP`` off)."""
+    (wide=False: as with ``intrinsic.WIDE_STEP`` off; prefetch=False: ``intrinsic.PREFETCH`` off)."""
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
@@ -46,7 +47,7 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     if s.fixed:
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
-        const.update(INRANGE=inrange, ASM=True)
+        const.update(INRANGE=inrange, ASM=True, PREFETCH=prefetch)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
     if plan is None:
@@ -175,6 +176,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tile", default="128x32")
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--no-wide", action="store_true", help="as with intrinsic.WIDE_STEP off")
+    ap.add_argument("--no-prefetch", action="store_true", help="as with intrinsic.PREFETCH off")
     ap.add_argument("--elementwise", action="store_true", help="the elementwise fixed(8,4) kernels instead")
     a = ap.parse_args(argv)
     if a.elementwise:
@@ -193,7 +195,7 @@ def main(argv=None) -> int:
           f"{per_thread:g} MACs per thread per k")
     lin = None
     for conv in (False, True):
-        sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide)
+        sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide, prefetch=not a.no_prefetch)
         found = loops(sass)
         lin = lin or min(n for n, _ in found)
         for (n, ops), blocks in zip(found, skipped_blocks(sass)):

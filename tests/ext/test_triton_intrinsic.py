@@ -36,6 +36,35 @@ def test_intrinsic_float_formats_match_reference(results):
     assert results["float_intrinsic"] == "ok", results["float_intrinsic"]
 
 
+@pytest.mark.parametrize("name", ["linear_no_prefetch", "conv_no_prefetch", "intrinsic_stochastic_no_prefetch"])
+def test_the_loop_without_prefetch_matches_too(results, name):
+    """The sections above force the k loop's prefetch on; these run the same checks with it off
+    (intrinsic.PREFETCH "auto" picks either by the launch's size)."""
+    assert results[name] == "ok", results[name]
+
+
+def test_prefetch_auto_follows_programs_per_sm(monkeypatch):
+    from qlab.ext.triton import intrinsic as ti
+
+    monkeypatch.setattr(ti, "_sm_count", lambda device: 132)
+    assert ti.PREFETCH == "auto"
+    assert ti._prefetch(256) and ti._prefetch(4 * 132 - 1)  # a 512^3 GEMM in 32x32 tiles: few warps per SM
+    assert not ti._prefetch(4 * 132) and not ti._prefetch(1024)  # 2048^3 in 128x32 tiles
+    monkeypatch.setattr(ti, "PREFETCH", False)
+    assert not ti._prefetch(1)
+    monkeypatch.setattr(ti, "PREFETCH", "yes")
+    with pytest.raises(ValueError, match="'yes'"):
+        ti._prefetch(1)
+
+
+def test_section_results_do_not_mix_names_that_share_a_prefix():
+    """run_sections reads each section's verdict by its whole name: a failing "a" must not
+    pass because "a_b" passed."""
+    res = run_sections({"a": "assert False, 'a fails'", "a_b": "pass"}, "interpreter")
+    assert res["a_b"] == "ok"
+    assert res["a"] != "ok" and "a fails" in res["a"]
+
+
 def test_cpu_tensors_keep_the_torch_path():
     import torch
 

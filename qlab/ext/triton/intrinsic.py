@@ -189,12 +189,24 @@ _FORMAT_ARGS = ["qlo", "qhi", "alo", "ahi", "QEMIN", "QM", "AEMIN", "AM"]  # val
 
 
 @triton.jit
+def _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r, s, k, valid,
+                 DH, DW, CONV: tl.constexpr):
+    """The k-th operands: x of every row (zero where padded or masked) and w of every column;
+    zeros throughout where not ``valid`` (a prefetch past the last k)."""
+    xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
+    xv = tl.load(xp, mask=ok & valid, other=0)
+    wv = tl.load(w_base + k * N, mask=n_mask & valid, other=0)
+    return xv, wv
+
+
+@triton.jit
 def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi, alo, ahi,
                   seed, rbase, CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr,
                   D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr, WA: tl.constexpr,
-                  WB: tl.constexpr, FUSE: tl.constexpr, SHARE: tl.constexpr, ASM: tl.constexpr):
+                  WB: tl.constexpr, FUSE: tl.constexpr, SHARE: tl.constexpr, ASM: tl.constexpr,
+                  PREFETCH: tl.constexpr):
     """The k loop: per k the exact products, rounded onto Q's grid, clamped to Q's range
     (PCLAMP; False where every product is known to round into it), accumulated.  WA > 0:
     product and rounding in one 64-bit multiply (``_wide_step``) where the operand bounds
@@ -205,19 +217,36 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
     WIDE: tl.constexpr = (WA > 0) & ((not PCLAMP) | (WA <= 15))
     ONE_MAD: tl.constexpr = WIDE & FUSE & (not PCLAMP)
     word = tl.zeros(acc.shape, dtype=tl.uint32)  # stochastic products: the current Philox word
+    # PREFETCH: the operands of k + 1 are loaded before the products of k are formed, so
+    # their memory latency overlaps this k's arithmetic (a loop-carried pair)
+    zero = CG * 0  # c = k = 0 as tensors
+    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
+                          CG > 0, DH, DW, CONV)
     for c in range(0, CG):
         for r in range(KH):
             for s in range(KW):
                 k = (c * KH + r) * KW + s
-                xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
-                wk = tl.load(w_base + k * N, mask=n_mask, other=0)
+                if PREFETCH:
+                    xraw, wk = xn, wn
+                    if s + 1 < KW:
+                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                              c, r, s + 1, k + 1, True, DH, DW, CONV)
+                    elif r + 1 < KH:
+                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                              c, r + 1, 0, k + 1, True, DH, DW, CONV)
+                    else:
+                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                              c + 1, 0, 0, k + 1, c + 1 < CG, DH, DW, CONV)
+                else:
+                    xraw, wk = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                            c, r, s, k, True, DH, DW, CONV)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
-                    xk = tl.load(xp, mask=ok, other=0.0).to(tl.float64)
+                    xk = xraw.to(tl.float64)
                     pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
                     pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
                     p = pf.to(IDT)
                 elif WIDE:  # shifted right after the load: once per operand, not per product
-                    xs = tl.load(xp, mask=ok, other=0) << WB
+                    xs = xraw << WB
                     wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
                     if ONE_MAD:
                         p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
@@ -226,8 +255,7 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                         if PCLAMP:
                             p = tl.minimum(tl.maximum(p, qlo), qhi)
                 else:
-                    xk = tl.load(xp, mask=ok, other=0)
-                    prod = xk[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
+                    prod = xraw[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
                     if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
                         p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
                     elif (QMODE == 5) & (SHARE > 1) & (SP > 0):
@@ -265,7 +293,7 @@ def _fixed_gemm_kernel(
     SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
     HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, FUSE: tl.constexpr,
-    SHARE: tl.constexpr, ASM: tl.constexpr,
+    SHARE: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
@@ -284,11 +312,11 @@ def _fixed_gemm_kernel(
     if skip:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, False, WA, WB, FUSE, SHARE, ASM)
+                            D, LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH)
     else:
         acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
                             alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, True, WA, WB, FUSE, SHARE, ASM)
+                            D, LA, True, WA, WB, FUSE, SHARE, ASM, PREFETCH)
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
             acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
@@ -410,6 +438,7 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
     q, A = spec.q, spec.A
     BM, BN = block
     grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
+    prefetch = _prefetch(grid[0] * grid[1] * grid[2], y.device)
     C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
     seed = kw3
     if spec.q.stochastic or spec.A.stochastic:
@@ -426,7 +455,7 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         M, N, K, C_IN, H, W_IN, HO, WO, CG,
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=_asm_ok(), BLOCK_M=BM, BLOCK_N=BN,
+        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=_asm_ok(), PREFETCH=prefetch, BLOCK_M=BM, BLOCK_N=BN,
         num_warps=NUM_WARPS, **plan)
 
 
@@ -459,6 +488,22 @@ SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.p
 WIDE_STEP = True  # False: nearest without the 64-bit multiply step in any loop (ditto)
 FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
 SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
+# The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
+# arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32: 64 -> 78 per thread) and a
+# few instructions (6.0 -> 6.3 per MAC linear, 6.2 -> 7.1 per MAC 3x3 conv), and it pays
+# where an SM has few warps to switch to while one waits: "auto" prefetches launches of
+# fewer than PREFETCH_PROGRAMS_PER_SM programs per SM (a 512^3 GEMM, the 7x7 layers of a
+# ResNet at small batch).  True / False force it (bench/gpu_check.py times both).
+PREFETCH = "auto"
+PREFETCH_PROGRAMS_PER_SM = 4
+
+
+def _prefetch(programs: int, device=None) -> bool:
+    if PREFETCH == "auto":
+        return programs < PREFETCH_PROGRAMS_PER_SM * _sm_count(device)
+    if not isinstance(PREFETCH, bool):
+        raise ValueError(f"intrinsic.PREFETCH must be True, False or 'auto', not {PREFETCH!r}")
+    return PREFETCH
 
 
 # int32 tiles, largest first: 128x32 (4 warps) was the best of bench/gpu_sweep.py on an H200

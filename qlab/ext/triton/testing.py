@@ -93,11 +93,11 @@ def run_sections(sections: dict[str, str], device: str, timeout: float = 600) ->
                      f"    _tb.print_exc(file=sys.stdout)\n    print('@@END {name}', flush=True)")
     out = run_script("\n".join(parts), device, timeout)
     res = {}
-    for name in sections:
-        if f"@@OK {name}" in out:
+    for name in sections:  # whole lines: one section's name may begin another's
+        if f"@@OK {name}\n" in out:
             res[name] = "ok"
-        elif f"@@FAIL {name}" in out:
-            res[name] = out.split(f"@@FAIL {name}", 1)[1].split(f"@@END {name}", 1)[0]
+        elif f"@@FAIL {name}\n" in out:
+            res[name] = out.split(f"@@FAIL {name}\n", 1)[1].split(f"@@END {name}\n", 1)[0]
         else:
             res[name] = "section did not run:\n" + out[-3000:]
     return res
