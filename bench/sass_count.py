@@ -7,7 +7,7 @@ ptxas/cuobjdump it ships turn the result into SASS.
 
 Each backward branch in the SASS closes a loop; the script prints each loop's length, its
 instruction mix, instructions per MAC (loop length / MACs per thread per iteration; an
-unrolled convolution loop holds KW iterations of k), the integer-ALU and FMA-pipe shares,
+unrolled 3x3 convolution loop holds 9 values of k), the integer-ALU and FMA-pipe shares,
 and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
 and FMA pipe).  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
 0.88x (linear, 2048^3) and 0.90x (ResNet-50 conv layer) of this ceiling on an H200, where
@@ -43,11 +43,11 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
-                 BLOCK_M=bm, BLOCK_N=bn)
+                 PREFETCH=prefetch, BLOCK_M=bm, BLOCK_N=bn)
     if s.fixed:
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
-        const.update(INRANGE=inrange, ASM=True, PREFETCH=prefetch)
+        const.update(INRANGE=inrange, ASM=True)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
     if plan is None:
@@ -193,15 +193,13 @@ def main(argv=None) -> int:
     per_thread = bm * bn / (32 * a.warps)
     print(f"{a.spec}, tile {a.tile}, {a.warps} warps, sm_90, triton {triton.__version__}: "
           f"{per_thread:g} MACs per thread per k")
-    lin = None
     for conv in (False, True):
         sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide, prefetch=not a.no_prefetch)
         found = loops(sass)
-        lin = lin or min(n for n, _ in found)
         for (n, ops), blocks in zip(found, skipped_blocks(sass)):
             if blocks:
                 print(f"  (the next loop holds blocks of {blocks} instructions behind forward branches)")
-            ks = 3 if conv and n > 2 * lin else 1  # an unrolled conv loop body holds KW = 3 values of k
+            ks = 9 if conv else 1  # the 3x3 kernel's rows and columns are unrolled: 9 values of k per pass
             _, alu, fma = pipes(ops)
             print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "
                   f"{n / (per_thread * ks):5.2f} per MAC (ALU {alu / (per_thread * ks):4.2f}, "

@@ -36,7 +36,8 @@ def test_intrinsic_float_formats_match_reference(results):
     assert results["float_intrinsic"] == "ok", results["float_intrinsic"]
 
 
-@pytest.mark.parametrize("name", ["linear_no_prefetch", "conv_no_prefetch", "intrinsic_stochastic_no_prefetch"])
+@pytest.mark.parametrize("name", ["linear_no_prefetch", "conv_no_prefetch", "intrinsic_stochastic_no_prefetch",
+                                  "float_intrinsic_no_prefetch"])
 def test_the_loop_without_prefetch_matches_too(results, name):
     """The sections above force the k loop's prefetch on; these run the same checks with it off
     (intrinsic.PREFETCH "auto" picks either by the launch's size)."""

@@ -551,12 +551,13 @@ ELEMENTWISE = {"fixed": FIXED, "stochastic": STOCHASTIC, "float": FLOAT, "log": 
 
 
 def _prefetch(on: bool) -> str:
-    """Sections run in one process: each fixed-point one sets the k loop's prefetch itself."""
+    """Sections run in one process: each intrinsic one sets the k loop's prefetch itself."""
     return f"\n    from qlab.ext.triton import intrinsic as _ti\n    _ti.PREFETCH = {on}\n"
 
 
-# the fixed-point kernel's two k loops (operands of k + 1 prefetched or not) both checked
+# both kernels' two k loops (operands of k + 1 prefetched or not) are checked
 INTRINSIC = {"linear": _prefetch(True) + LINEAR, "conv": _prefetch(True) + CONV,
-             "intrinsic_stochastic": _prefetch(True) + STOCH_INTRINSIC, "float_intrinsic": FLOAT_INTRINSIC,
+             "intrinsic_stochastic": _prefetch(True) + STOCH_INTRINSIC, "float_intrinsic": _prefetch(True) + FLOAT_INTRINSIC,
              "linear_no_prefetch": _prefetch(False) + LINEAR, "conv_no_prefetch": _prefetch(False) + CONV,
-             "intrinsic_stochastic_no_prefetch": _prefetch(False) + STOCH_INTRINSIC}
+             "intrinsic_stochastic_no_prefetch": _prefetch(False) + STOCH_INTRINSIC,
+             "float_intrinsic_no_prefetch": _prefetch(False) + FLOAT_INTRINSIC}

@@ -200,6 +200,31 @@ def _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H
 
 
 @triton.jit
+def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, c, r: tl.constexpr,
+                s: tl.constexpr, k, xn, wn, KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr,
+                PREFETCH: tl.constexpr):
+    """(x, w) of k = (c, r, s), and the pair to carry to k + 1.  PREFETCH: (xn, wn) already
+    hold k's operands, loaded one step earlier; the operands of k + 1 (the next kernel column,
+    row, or the next channel's first, none past the last k) are loaded now, so their latency
+    overlaps k's arithmetic.  Otherwise k's own are loaded here and (xn, wn) pass through."""
+    if PREFETCH:
+        xk, wk = xn, wn
+        if s + 1 < KW:
+            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r, s + 1,
+                                  k + 1, True, DH, DW, CONV)
+        elif r + 1 < KH:
+            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r + 1, 0,
+                                  k + 1, True, DH, DW, CONV)
+        else:
+            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c + 1, 0, 0,
+                                  k + 1, c + 1 < CG, DH, DW, CONV)
+    else:
+        xk, wk = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r, s, k,
+                              True, DH, DW, CONV)
+    return xk, wk, xn, wn
+
+
+@triton.jit
 def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi, alo, ahi,
                   seed, rbase, CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
@@ -221,25 +246,13 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
     # their memory latency overlaps this k's arithmetic (a loop-carried pair)
     zero = CG * 0  # c = k = 0 as tensors
     xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
-                          CG > 0, DH, DW, CONV)
+                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
     for c in range(0, CG):
-        for r in range(KH):
-            for s in range(KW):
+        for r in tl.static_range(KH):  # unrolled: r, s are constants, k's successor known statically
+            for s in tl.static_range(KW):
                 k = (c * KH + r) * KW + s
-                if PREFETCH:
-                    xraw, wk = xn, wn
-                    if s + 1 < KW:
-                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                              c, r, s + 1, k + 1, True, DH, DW, CONV)
-                    elif r + 1 < KH:
-                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                              c, r + 1, 0, k + 1, True, DH, DW, CONV)
-                    else:
-                        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                              c + 1, 0, 0, k + 1, c + 1 < CG, DH, DW, CONV)
-                else:
-                    xraw, wk = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                            c, r, s, k, True, DH, DW, CONV)
+                xraw, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                               CG, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
                 if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                     xk = xraw.to(tl.float64)
                     pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
@@ -684,7 +697,7 @@ def _float_gemm_kernel(
     CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
-    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr,
+    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
@@ -698,13 +711,15 @@ def _float_gemm_kernel(
     if HW > 0:
         acc16 = tl.zeros((BLOCK_M, BLOCK_N), dtype=HT)  # the running sum in the format itself (+0)
         hmax = qmax.to(HT)  # the largest finite value, exact in the format
+    zero = CG * 0  # c = k = 0 as tensors
+    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
+                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
     for c in range(0, CG):
-        for r in range(KH):
-            for s in range(KW):
+        for r in tl.static_range(KH):
+            for s in tl.static_range(KW):
                 k = (c * KH + r) * KW + s
-                xp, ok = _x_at(x_ptr, x_row, offs_m, m_mask, ih0, iw0, M, H, W_IN, c, r, s, k, DH, DW, CONV)
-                xk = tl.load(xp, mask=ok, other=0.0)
-                wk = tl.load(w_base + k * N, mask=n_mask, other=0.0)
+                xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                             CG, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
                 if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
                     acc16 = _hw16_step(acc16, xk.to(HT)[:, None], wk.to(HT)[None, :], hmax, HW, SAT)
                 else:
@@ -800,7 +815,8 @@ def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
     _float_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN), G)](
         xin, w3, bq if bq is not None else w3, y, seed, M, N, K, C_IN, H, W_IN, HO, WO, CG, *sc,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=bq is not None, BLOCK_M=BM, BLOCK_N=BN, **plan)
+        HAS_BIAS=bq is not None, PREFETCH=_prefetch(triton.cdiv(M, BM) * triton.cdiv(N, BN) * G, y.device),
+        BLOCK_M=BM, BLOCK_N=BN, **plan)
 
 
 def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
