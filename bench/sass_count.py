@@ -7,7 +7,7 @@ ptxas/cuobjdump it ships turn the result into SASS.
 
 Each backward branch in the SASS closes a loop; the script prints each loop's length, its
 instruction mix, instructions per MAC (loop length / MACs per thread per iteration; an
-unrolled 3x3 convolution loop holds 9 values of k), the integer-ALU and FMA-pipe shares,
+unrolled 3x3 convolution loop holds the kernel's 3 columns, 3 values of k), the integer-ALU and FMA-pipe shares,
 and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
 and FMA pipe).  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
 0.88x (linear, 2048^3) and 0.90x (ResNet-50 conv layer) of this ceiling on an H200, where
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         for (n, ops), blocks in zip(found, skipped_blocks(sass)):
             if blocks:
                 print(f"  (the next loop holds blocks of {blocks} instructions behind forward branches)")
-            ks = 9 if conv else 1  # the 3x3 kernel's rows and columns are unrolled: 9 values of k per pass
+            ks = 3 if conv else 1  # the 3x3 kernel's columns are unrolled: 3 values of k per pass
             _, alu, fma = pipes(ops)
             print(f"  {'conv 3x3' if conv else 'linear  '} loop: {n:4d} instructions, "
                   f"{n / (per_thread * ks):5.2f} per MAC (ALU {alu / (per_thread * ks):4.2f}, "

@@ -68,7 +68,7 @@ def test_wide_step_moves_work_off_the_integer_alu(sass_count):
         wide = min(sass_count.loops(sass_count.compile_sass("fixed(16,8)", conv, 128, 32, 4)), key=lambda t: t[0])
         plain = min(sass_count.loops(sass_count.compile_sass("fixed(16,8)", conv, 128, 32, 4, wide=False)),
                     key=lambda t: t[0])
-        ks = [9 if conv else 1] * 2  # the conv loop unrolls the 3x3 kernel: 9 values of k per pass
+        ks = [3 if conv else 1] * 2  # the conv loop unrolls the 3x3 kernel's columns: 3 values of k per pass
         alu = [sass_count.pipes(ops)[1] / (per_thread * k) for (_, ops), k in zip((wide, plain), ks)]
         assert alu[0] < 3.8 and alu[0] < 0.75 * alu[1], (conv, alu)
         assert wide[1]["IMAD"] >= per_thread, wide  # one (wide) multiply-add per MAC at least

@@ -200,24 +200,22 @@ def _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H
 
 
 @triton.jit
-def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, c, r: tl.constexpr,
+def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, cr, c, r,
                 s: tl.constexpr, k, xn, wn, KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr,
                 PREFETCH: tl.constexpr):
-    """(x, w) of k = (c, r, s), and the pair to carry to k + 1.  PREFETCH: (xn, wn) already
-    hold k's operands, loaded one step earlier; the operands of k + 1 (the next kernel column,
-    row, or the next channel's first, none past the last k) are loaded now, so their latency
-    overlaps k's arithmetic.  Otherwise k's own are loaded here and (xn, wn) pass through."""
+    """(x, w) of k = (c, r, s) -- cr = c * KH + r counts the kernel rows of every channel --
+    and the pair to carry to k + 1.  PREFETCH: (xn, wn) already hold k's operands, loaded one
+    step earlier; the operands of k + 1 (the next kernel column, else the next row's first,
+    none past the last k) are loaded now, so their latency overlaps k's arithmetic.
+    Otherwise k's own are loaded here and (xn, wn) pass through."""
     if PREFETCH:
         xk, wk = xn, wn
         if s + 1 < KW:
             xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r, s + 1,
                                   k + 1, True, DH, DW, CONV)
-        elif r + 1 < KH:
-            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r + 1, 0,
-                                  k + 1, True, DH, DW, CONV)
         else:
-            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c + 1, 0, 0,
-                                  k + 1, c + 1 < CG, DH, DW, CONV)
+            xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                  (cr + 1) // KH, (cr + 1) % KH, 0, k + 1, cr + 1 < CG * KH, DH, DW, CONV)
     else:
         xk, wk = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, c, r, s, k,
                               True, DH, DW, CONV)
@@ -247,49 +245,50 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
     zero = CG * 0  # c = k = 0 as tensors
     xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
                           (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
-    for c in range(0, CG):
-        for r in tl.static_range(KH):  # unrolled: r, s are constants, k's successor known statically
-            for s in tl.static_range(KW):
-                k = (c * KH + r) * KW + s
-                xraw, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                               CG, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-                if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
-                    xk = xraw.to(tl.float64)
-                    pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
-                    pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
-                    p = pf.to(IDT)
-                elif WIDE:  # shifted right after the load: once per operand, not per product
-                    xs = xraw << WB
-                    wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
-                    if ONE_MAD:
-                        p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
-                    else:
-                        p = _wide_step(tl.zeros_like(acc), xs[:, None], wq[None, :], ASM)  # the product alone
-                        if PCLAMP:
-                            p = tl.minimum(tl.maximum(p, qlo), qhi)
+    for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
+        c = cr // KH
+        r = cr % KH
+        for s in tl.static_range(KW):
+            k = cr * KW + s
+            xraw, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                           CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
+            if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
+                xk = xraw.to(tl.float64)
+                pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
+                pf = tl.minimum(tl.maximum(pf, qlo.to(tl.float64)), qhi.to(tl.float64))
+                p = pf.to(IDT)
+            elif WIDE:  # shifted right after the load: once per operand, not per product
+                xs = xraw << WB
+                wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
+                if ONE_MAD:
+                    p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
                 else:
-                    prod = xraw[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
-                    if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
-                        p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
-                    elif (QMODE == 5) & (SHARE > 1) & (SP > 0):
-                        j = k % SHARE
-                        if j == 0:
-                            word = tl.randint(seed, rbase + k // SHARE)
-                        u = ((word >> (j * (32 // SHARE)).to(tl.uint32)) & ((1 << SP) - 1)).to(IDT)
-                        p = (prod >> SP) + (u < (prod & ((1 << SP) - 1))).to(IDT)
-                    else:
-                        p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
+                    p = _wide_step(tl.zeros_like(acc), xs[:, None], wq[None, :], ASM)  # the product alone
                     if PCLAMP:
                         p = tl.minimum(tl.maximum(p, qlo), qhi)
-                if ONE_MAD:  # p is already acc + the rounded product (sequential: D = 0)
-                    if SEQ:
-                        acc = tl.minimum(tl.maximum(p, alo), ahi)
-                    else:
-                        acc = p
-                elif SEQ:
-                    acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE, seed + 1, rbase + k)
+            else:
+                prod = xraw[:, None].to(IDT) * wk[None, :].to(IDT)  # exact, grid 2F
+                if LP > 0:  # F < 0: a left shift; beyond +-2**(W-1) it saturates anyway
+                    p = tl.minimum(tl.maximum(prod, -HQ), HQ) << LP
+                elif (QMODE == 5) & (SHARE > 1) & (SP > 0):
+                    j = k % SHARE
+                    if j == 0:
+                        word = tl.randint(seed, rbase + k // SHARE)
+                    u = ((word >> (j * (32 // SHARE)).to(tl.uint32)) & ((1 << SP) - 1)).to(IDT)
+                    p = (prod >> SP) + (u < (prod & ((1 << SP) - 1))).to(IDT)
                 else:
-                    acc += p
+                    p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
+                if PCLAMP:
+                    p = tl.minimum(tl.maximum(p, qlo), qhi)
+            if ONE_MAD:  # p is already acc + the rounded product (sequential: D = 0)
+                if SEQ:
+                    acc = tl.minimum(tl.maximum(p, alo), ahi)
+                else:
+                    acc = p
+            elif SEQ:
+                acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE, seed + 1, rbase + k)
+            else:
+                acc += p
     return acc
 
 
@@ -714,26 +713,27 @@ def _float_gemm_kernel(
     zero = CG * 0  # c = k = 0 as tensors
     xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
                           (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
-    for c in range(0, CG):
-        for r in tl.static_range(KH):
-            for s in tl.static_range(KW):
-                k = (c * KH + r) * KW + s
-                xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                             CG, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-                if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
-                    acc16 = _hw16_step(acc16, xk.to(HT)[:, None], wk.to(HT)[None, :], hmax, HW, SAT)
+    for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
+        c = cr // KH
+        r = cr % KH
+        for s in tl.static_range(KW):
+            k = cr * KW + s
+            xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                         CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
+            if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
+                acc16 = _hw16_step(acc16, xk.to(HT)[:, None], wk.to(HT)[None, :], hmax, HW, SAT)
+            else:
+                if P64:
+                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
                 else:
-                    if P64:
-                        p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
-                    else:
-                        p = xk[:, None] * wk[None, :]  # exact
-                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
-                    if SEQ:
-                        acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
-                    else:
-                        fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
-                        isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
-                        odd += tl.where(fin, 0.0, p)
+                    p = xk[:, None] * wk[None, :]  # exact
+                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                if SEQ:
+                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
+                else:
+                    fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
+                    isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
+                    odd += tl.where(fin, 0.0, p)
     if HW > 0:
         acc = acc16.to(tl.float32)  # exact
     if not SEQ:
