@@ -30,7 +30,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``INT32_TILES`` (128x32 only),
-``FLOAT_HW16``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
+``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows), ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
 prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
 saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
 (grid integers + max |k|) beside copy.
@@ -250,6 +250,15 @@ def bench_linear(sz: dict, reps: int):
             sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
             rows.append([f"  {fspec}, native 16-bit arithmetic off (FLOAT_HW16 off)", f"{n}^3", f"{sec * 1e3:.3f}",
                          fmt_rate(n ** 3 / sec, "QMAC/s")])
+    with setting(ti, HW16_RETRY=False):  # every MAC clamped, as before 2026-11-30
+        for fspec in ["fp16", "bf16"]:
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
+            rows.append([f"  {fspec}, clamps at every MAC (HW16_RETRY off)", f"{n}^3", f"{sec * 1e3:.3f}",
+                         fmt_rate(n ** 3 / sec, "QMAC/s")])
+    xo = x * 400.0  # products beyond fp16's 65504 in every tile: both loops run (the worst case)
+    sec = timed(lambda: intrinsic_linear(xo, w * 400.0, None, spec="fp16"), max(1, reps // 2))
+    rows.append(["  fp16, every tile overflows (unclamped loop, then the clamped one)", f"{n}^3", f"{sec * 1e3:.3f}",
+                 fmt_rate(n ** 3 / sec, "QMAC/s")])
     a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
     tf32 = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = False

@@ -49,14 +49,35 @@ def test_fp16_and_bf16_run_as_native_16bit_arithmetic(sass_count):
 
     per_thread = 128 * 32 / (32 * 4)
     for spec in ["fp16", "bf16"]:
-        (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        found = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        assert len(found) == 2, found  # without the clamps, and with them (HW16_RETRY)
+        for n, ops in found:
+            assert 2 * ops["HMUL2"] >= per_thread, (spec, ops)  # every product multiplied on its own
+        n = max(n for n, _ in found)
         ti.FLOAT_HW16 = False
         try:
             (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
         finally:
             ti.FLOAT_HW16 = True
-        assert n / per_thread < 6 and n < 0.15 * n_gen, (spec, n, n_gen)
-        assert 2 * ops["HMUL2"] >= per_thread, (spec, ops)  # every product multiplied on its own
+        assert n / per_thread < 6.5 and n < 0.15 * n_gen, (spec, n, n_gen)
+
+
+def test_saturating_fp16_runs_its_loop_without_clamps_first(sass_count):
+    """HW16_RETRY: the saturating fp16/bf16 k loop runs without its clamps (no HMNMX2, under
+    0.6x the clamped loop's length) and the clamped loop only behind the overflow branch;
+    with the switch off only the clamped loop is compiled."""
+    from qlab.ext.triton import intrinsic as ti
+
+    for spec in ["fp16", "bf16"]:
+        (short, s_ops), (full, f_ops) = sorted(sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4)),
+                                               key=lambda t: t[0])
+        assert "HMNMX2" not in s_ops and f_ops["HMNMX2"] > 0 and short < 0.6 * full, (spec, short, full)
+        ti.HW16_RETRY = False
+        try:
+            (only, o_ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        finally:
+            ti.HW16_RETRY = True
+        assert o_ops["HMNMX2"] > 0, (spec, o_ops)
 
 
 def test_wide_step_moves_work_off_the_integer_alu(sass_count):

@@ -465,6 +465,18 @@ FLOAT_INTRINSIC = COMMON + """
             n += 1
             if not lin_same(x, w, b, spec=spec):
                 bad.append(("16-bit", str(spec), sc))
+    # a partial sum that saturates and comes back: 6e4 + 6e4 -> 65504, - 6e4 -> 5504 (bf16
+    # alike at 3e38).  Without clamps the second sum is inf and stays so: the tile must be
+    # redone with them (intrinsic.HW16_RETRY); the other row never leaves the range
+    for qf, big in [(FP16, 6e4), (BF16, 3e38)]:
+        spec = fspec(qf, qf, "even", "sequential")
+        x = torch.tensor([[big, big, -big], [1.0, 2.0, 3.0]])
+        w = torch.tensor([[1.0, 1.0, 1.0]])
+        r, f = lin_pair(x, w, None, spec=spec)
+        assert 0 < r[0, 0].item() < big, (qf, r)
+        n += 1
+        if not same(r, f):
+            bad.append(("16-bit saturating sum", str(spec)))
     u16 = {FP16: 2.0 ** -10, BF16: 2.0 ** -7}
     for qf, u in u16.items():
         spec = fspec(qf, qf, "even", "sequential")
