@@ -30,7 +30,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``INT32_TILES`` (128x32 only),
-``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows), ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
+``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows), ``FLOAT_FP8``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
 prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
 saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
 (grid integers + max |k|) beside copy.
@@ -255,6 +255,11 @@ def bench_linear(sz: dict, reps: int):
             sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
             rows.append([f"  {fspec}, clamps at every MAC (HW16_RETRY off)", f"{n}^3", f"{sec * 1e3:.3f}",
                          fmt_rate(n ** 3 / sec, "QMAC/s")])
+    with setting(ti, FLOAT_FP8=False):  # e4m3 products rounded by the general float code, int64 sums
+        fspec = "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"
+        sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
+        rows.append([f"  {fspec}, general float code (FLOAT_FP8 off)", f"{n}^3", f"{sec * 1e3:.3f}",
+                     fmt_rate(n ** 3 / sec, "QMAC/s")])
     xo = x * 400.0  # products beyond fp16's 65504 in every tile: both loops run (the worst case)
     sec = timed(lambda: intrinsic_linear(xo, w * 400.0, None, spec="fp16"), max(1, reps // 2))
     rows.append(["  fp16, every tile overflows (unclamped loop, then the clamped one)", f"{n}^3", f"{sec * 1e3:.3f}",

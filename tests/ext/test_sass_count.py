@@ -139,3 +139,20 @@ def test_stochastic_products_draw_philox_one_k_in_four(sass_count):
     finally:
         ti.SHARE_DRAWS = True
     assert all(not b or max(b) < 0.3 * n for (n, _), b in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)))
+
+
+def test_fp8_final_rounds_products_with_the_hardware(sass_count):
+    """intrinsic(fp8e4m3, acc=fp16, final): each product rounded by the fp8 conversion (F2FP)
+    and summed in int32 -- under 10 sm_90 instructions per MAC, against the general float
+    code's bit arithmetic and int64 sums (FLOAT_FP8 off, over 20)."""
+    from qlab.ext.triton import intrinsic as ti
+
+    per_thread = 128 * 32 / (32 * 4)
+    spec = "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"
+    (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+    ti.FLOAT_FP8 = False
+    try:
+        (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+    finally:
+        ti.FLOAT_FP8 = True
+    assert ops["F2FP"] >= per_thread / 2 and n / per_thread < 10 and n_gen / per_thread > 20, (n, n_gen, ops)

@@ -190,3 +190,68 @@ def test_native_16bit_recipe_equals_the_reference(monkeypatch, name, E, M, inf, 
         assert ti._hw16_kind(other) == 0, other
     monkeypatch.setattr(ti, "_asm_ok", lambda: False)  # the interpreter: the general code
     assert ti._hw16_kind(spec) == 0
+
+
+def _fp8_final_recipe(xq, wq):
+    """The CUDA float kernel's fp8 e4m3 ``final`` path in torch CPU arithmetic: each product
+    exact in float32, rounded by the hardware's satfinite conversion (nearest even, +-448,
+    NaN kept: here a clamp and torch's own e4m3 cast), then summed as the int32 bits of
+    v * 2**9 + 1.5 * 2**23 (wrapping), K copies of that constant's bits taken off at the end;
+    returns the exact sum (float64) and whether each output saw a NaN product."""
+    import torch
+
+    p = xq[:, None, :] * wq[None, :, :]  # [M, N, K] float32, exact for e4m3 operands
+    v = p.clamp(-448.0, 448.0).to(torch.float8_e4m3fn).float()
+    bits = (v * 512.0 + 12582912.0).view(torch.int32).to(torch.int64)
+    k = xq.shape[1]
+    wrapped = (bits.sum(-1) - k * 0x4B400000 + 2 ** 31) % 2 ** 32 - 2 ** 31  # int32 arithmetic
+    return wrapped.double() / 512.0, v.isnan().any(-1)
+
+
+def test_fp8_final_recipe_equals_the_reference(monkeypatch):
+    """intrinsic(fp8e4m3, acc=..., final) on CUDA (sm_89+): the hardware rounds each product
+    to e4m3 and the exact sum runs in int32 (``_fp8_final``).  The same recipe in torch CPU
+    arithmetic gives the reference's exact sum: random operands with saturating, subnormal
+    and tied products, NaN, and K = 9362 products of 448 (a sum just below 2**31 steps)."""
+    import math
+
+    import torch
+
+    import qlab
+    from qlab.core.intrinsic import Intrinsic, as_intrinsic, intrinsic_linear
+    from qlab.ext.float_intrinsic import plan
+    from qlab.ext.triton import intrinsic as ti
+
+    spec = as_intrinsic("intrinsic(fp8e4m3,acc=fp16,accumulate=final)")
+    q, A = spec.q, spec.A
+    g = torch.Generator().manual_seed(8)
+    cases = []
+    for sc, K in [(1.0, 37), (30.0, 41), (0.02, 29), (6.0, 300)]:
+        x, w = torch.randn(9, K, generator=g) * sc, torch.randn(5, K, generator=g) * sc
+        if sc == 1.0:
+            x[0, 3], w[2, 5] = math.nan, math.nan
+            x[1, :4] = torch.tensor([1.125, 1.0625, 2 ** -9, 3 * 2 ** -10])  # ties on e4m3's grid
+        cases.append((x, w))
+    big = torch.full((2, 9362), 22.0)
+    big[1] = -22.0  # 22 * 22 = 484 saturates to 448
+    cases.append((big, torch.full((1, 9362), 22.0)))
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    for x, w in cases:
+        ref = intrinsic_linear(x, w, None, spec=spec)
+        exact, nan = _fp8_final_recipe(q(x), q(w))
+        got = torch.where(nan, torch.full_like(exact, math.nan), exact)
+        got = q.quantize(A.quantize(got)).float()  # A(exact sum), then back onto Q, as the kernel ends
+        assert torch.equal(ref.isnan(), got.isnan()), (ref, got)
+        assert torch.equal(ref[~ref.isnan()], got[~got.isnan()]), (x.shape, (ref != got).sum())
+    assert abs(exact).max().item() * 512 > 2 ** 31 - 2 ** 17  # the last case nearly fills int32
+    # where the path applies (compiled CUDA: _asm_ok), and where not
+    monkeypatch.setattr(ti, "_asm_ok", lambda: True)
+    assert ti._fp8_final(spec, plan(spec, 9362), 9362)
+    assert not ti._fp8_final(spec, plan(spec, 9363), 9363)  # 448 * 2**9 * 9363 >= 2**31
+    for other in ["intrinsic(fp8e4m3,acc=fp16)", "intrinsic(fp8e5m2,acc=fp16,accumulate=final)",
+                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final,inputs=false)",
+                  Intrinsic(qlab.Float(4, 3, "nearest", fn=True), acc=qlab.Float(5, 10), accumulate="final")]:
+        o = as_intrinsic(other)
+        assert not ti._fp8_final(o, plan(o, 64), 64), other
+    monkeypatch.setattr(ti, "_asm_ok", lambda: False)
+    assert not ti._fp8_final(spec, plan(spec, 64), 64)

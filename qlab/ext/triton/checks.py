@@ -465,6 +465,26 @@ FLOAT_INTRINSIC = COMMON + """
             n += 1
             if not lin_same(x, w, b, spec=spec):
                 bad.append(("16-bit", str(spec), sc))
+    # fp8 e4m3 products with an exact final sum: on CUDA (sm_89+) the hardware's e4m3
+    # conversion and an int32 sum (intrinsic._fp8_final).  Saturating, tied, subnormal and
+    # NaN products; on CUDA also K = 9362 products of 448 (the sum just below 2**31 steps)
+    spec = as_intrinsic("intrinsic(fp8e4m3,acc=fp16,accumulate=final)")
+    fp8 = []
+    for sc, K in [(1.0, 37), (30.0, 41), (0.02, 29), (6.0, 300)]:
+        x, w = torch.randn(19, K, generator=rng) * sc, torch.randn(5, K, generator=rng) * sc
+        if sc == 1.0:
+            x[0, 3], w[2, 5] = math.nan, math.nan
+            x[1, :4] = torch.tensor([1.125, 1.0625, 2 ** -9, 3 * 2 ** -10])
+        fp8.append((x, w))
+    if DEV == "cuda":
+        big = torch.full((2, 9362), 22.0)
+        big[1] = -22.0
+        fp8.append((big, torch.full((3, 9362), 22.0)))
+    for x, w in fp8:
+        assert lin_dispatched(x, w, None, spec), spec
+        n += 1
+        if not lin_same(x, w, None, spec=spec):
+            bad.append(("fp8 final", x.shape[1]))
     # a partial sum that saturates and comes back: 6e4 + 6e4 -> 65504, - 6e4 -> 5504 (bf16
     # alike at 3e38).  Without clamps the second sum is inf and stays so: the tile must be
     # redone with them (intrinsic.HW16_RETRY); the other row never leaves the range

@@ -688,6 +688,17 @@ def _hw16_step(acc, xh, wh, hmax, HW: tl.constexpr, SAT: tl.constexpr):
 
 
 @triton.jit
+def _e4m3_round(p):
+    """float32 values rounded to fp8 e4m3 (FN: max 448, no inf) to nearest even, saturating
+    to +-448, NaN kept -- the hardware's cvt.rn.satfinite (sm_89+), two at a time -- and
+    back to float32 exactly (via binary16)."""
+    return tl.inline_asm_elementwise(
+        "{ .reg .b16 h, lo, hi; .reg .b32 r; cvt.rn.satfinite.e4m3x2.f32 h, $3, $2; cvt.rn.f16x2.e4m3x2 r, h; "
+        "mov.b32 {lo, hi}, r; cvt.f32.f16 $0, lo; cvt.f32.f16 $1, hi; }",
+        "=f,=f,f,f", [p], dtype=tl.float32, is_pure=True, pack=2)
+
+
+@triton.jit
 def _hw16_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, hmax,
                KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
                HW: tl.constexpr, SAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -717,7 +728,7 @@ def _float_gemm_kernel(
     CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
-    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, RETRY: tl.constexpr,
+    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, RETRY: tl.constexpr, FP8: tl.constexpr,
     PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
@@ -725,6 +736,7 @@ def _float_gemm_kernel(
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sequential: the running sum (+0)
     isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
+    isum32 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # FP8: the same, as float bits (see below)
     odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
     if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
@@ -754,18 +766,28 @@ def _float_gemm_kernel(
                 k = cr * KW + s
                 xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
                                              CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-                if P64:
-                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                if FP8:  # fp8 e4m3 products, final: exact product, hardware rounding, exact int32 sum
+                    v = _e4m3_round(xk[:, None] * wk[None, :])
+                    # v * 2**9 is an integer below 2**18 in magnitude, so v * 2**9 + 1.5 * 2**23 is
+                    # exact and its bits are those of 1.5 * 2**23 plus that integer: summed in
+                    # int32 (wrapping), the constant's K copies come off after the loop
+                    isum32 += (v * to_steps + 12582912.0).to(tl.int32, bitcast=True)
+                    odd += v * 0.0  # NaN where a product is NaN (e4m3 has no inf), else zero
                 else:
-                    p = xk[:, None] * wk[None, :]  # exact
-                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
-                if SEQ:
-                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
-                else:
-                    fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
-                    isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
-                    odd += tl.where(fin, 0.0, p)
+                    if P64:
+                        p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                    else:
+                        p = xk[:, None] * wk[None, :]  # exact
+                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                    if SEQ:
+                        acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
+                    else:
+                        fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
+                        isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
+                        odd += tl.where(fin, 0.0, p)
     if not SEQ:
+        if FP8:
+            isum = (isum32 - K_total * 0x4B400000).to(tl.int64)  # exact: |sum| < 2**31 (the plan's K bound)
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
         acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, uniform(seed + 2, rbase + K_total, AMODE))
@@ -786,7 +808,7 @@ def _float_plan(spec, K: int, device=None):
         return None
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
-              HW=_hw16_kind(spec, device), SAT=not spec.q.inf, RETRY=HW16_RETRY)
+              HW=_hw16_kind(spec, device), SAT=not spec.q.inf, RETRY=HW16_RETRY, FP8=_fp8_final(spec, fp, K, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -794,6 +816,27 @@ FLOAT_HW16 = True  # False: binary16/bfloat16 sequential through the general flo
 # saturating fp16/bf16 on that path: the k loop without its clamps (sm_90: 3.7 -> 1.7
 # instructions per MAC), again with them only in a tile that overflowed (ditto)
 HW16_RETRY = True
+
+
+FLOAT_FP8 = True  # False: fp8 e4m3 final sums through the general float code (bench/gpu_check.py)
+
+
+def _fp8_final(spec, fp, K: int, device=None) -> bool:
+    """Whether the float kernel may round each product with the hardware's fp8 e4m3
+    conversion and sum in int32: Q = fp8 e4m3 (FN, nearest even), ``final``, products exact
+    in float32 (inputs quantized), every sum of K products below 2**31 of Q's smallest
+    step (448 * 2**9 * K; K <= 9362), compiled CUDA on sm_89 or newer (the interpreter and
+    older GPUs run the general code)."""
+    q = spec.q
+    if not (FLOAT_FP8 and _asm_ok() and not fp.seq and fp.p32):
+        return False
+    if (q.E, q.M, q.fn, q.inf, q.rounding) != (4, 3, True, False, "even"):
+        return False
+    if K * fp.q[2] * fp.to_steps >= 2 ** 31:
+        return False
+    if device is not None and torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
+        return False
+    return True
 
 
 def _hw16_kind(spec, device=None) -> int:
