@@ -25,7 +25,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 * intrinsic conv, ResNet-50 layer (batch 32, 256->256, 14x14, 3x3, pad 1): QMAC/s, and
   the intrinsic linear at the same GEMM shape (equal MACs) for the ratio;
 * ResNet-50 (random weights), every conv and fc intrinsic fixed(16,8), batch 64:
-  images/s, and the float model; the same with intrinsic fp16.
+  images/s, and the float model; the same with intrinsic fp16 and fp8e4m3.
 
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
@@ -255,11 +255,15 @@ def bench_linear(sz: dict, reps: int):
             sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
             rows.append([f"  {fspec}, clamps at every MAC (HW16_RETRY off)", f"{n}^3", f"{sec * 1e3:.3f}",
                          fmt_rate(n ** 3 / sec, "QMAC/s")])
-    with setting(ti, FLOAT_FP8=False):  # e4m3 products rounded by the general float code, int64 sums
-        fspec = "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"
+    for fspec in ["fp8e4m3", "fp8e5m2"]:  # sequential, Q = A: the hardware's fp8 conversions
         sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-        rows.append([f"  {fspec}, general float code (FLOAT_FP8 off)", f"{n}^3", f"{sec * 1e3:.3f}",
+        rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
                      fmt_rate(n ** 3 / sec, "QMAC/s")])
+    with setting(ti, FLOAT_FP8=False):  # fp8 through the general float code (bit arithmetic, int64 final sums)
+        for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
+            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
+            rows.append([f"  {fspec}, general float code (FLOAT_FP8 off)", f"{n}^3", f"{sec * 1e3:.3f}",
+                         fmt_rate(n ** 3 / sec, "QMAC/s")])
     xo = x * 400.0  # products beyond fp16's 65504 in every tile: both loops run (the worst case)
     sec = timed(lambda: intrinsic_linear(xo, w * 400.0, None, spec="fp16"), max(1, reps // 2))
     rows.append(["  fp16, every tile overflows (unclamped loop, then the clamped one)", f"{n}^3", f"{sec * 1e3:.3f}",
@@ -370,6 +374,7 @@ def bench_resnet(sz: dict, reps: int):
     x = torch.randn(B, 3, S, S, device=DEV)
     plan = qlab.Plan(intrinsic={"type:Conv2d": "fixed(16,8)", "type:Linear": "fixed(16,8)"})
     plan16 = qlab.Plan(intrinsic={"type:Conv2d": "fp16", "type:Linear": "fp16"})
+    plan8 = qlab.Plan(intrinsic={"type:Conv2d": "fp8e4m3", "type:Linear": "fp8e4m3"})
     if DEV == "cpu":  # dry run: the interpreter is far too slow for 53 layers; the C kernel runs them
         os.environ["QLAB_BACKEND"] = "cpu"
     try:
@@ -379,6 +384,8 @@ def bench_resnet(sz: dict, reps: int):
                 sec_q = timed(lambda: model(x), max(1, reps // 2))
             with qlab.quantize(model, plan16):
                 sec_h = timed(lambda: model(x), max(1, reps // 2))
+            with qlab.quantize(model, plan8):
+                sec_8 = timed(lambda: model(x), max(1, reps // 2))
             from qlab.ext.triton import intrinsic as ti
 
             with setting(ti, SKIP_PRODUCT_CLAMP=False), qlab.quantize(model, plan):
@@ -402,6 +409,7 @@ def bench_resnet(sz: dict, reps: int):
         ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.1f}", f"{B / sec_p[True]:.0f}"],
         ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.1f}", f"{B / sec_p[False]:.0f}"],
         ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
+        ["every conv and fc intrinsic fp8e4m3, sequential (Triton float kernel)", f"{sec_8 * 1e3:.1f}", f"{B / sec_8:.0f}"],
     ]
     print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))
 

@@ -141,6 +141,23 @@ def test_stochastic_products_draw_philox_one_k_in_four(sass_count):
     assert all(not b or max(b) < 0.3 * n for (n, _), b in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)))
 
 
+def test_fp8_sequential_rounds_with_the_hardware(sass_count):
+    """fp8e4m3 / fp8e5m2 presets (sequential, Q = A): every product and sum rounded by the
+    hardware's fp8 conversion (F2FP) -- under 8 sm_90 instructions per MAC against over 40
+    for the general float code (FLOAT_FP8 off)."""
+    from qlab.ext.triton import intrinsic as ti
+
+    per_thread = 128 * 32 / (32 * 4)
+    for spec in ["fp8e4m3", "fp8e5m2"]:
+        (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        ti.FLOAT_FP8 = False
+        try:
+            (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        finally:
+            ti.FLOAT_FP8 = True
+        assert ops["F2FP"] >= per_thread and n / per_thread < 8 and n_gen / per_thread > 40, (spec, n, n_gen)
+
+
 def test_fp8_final_rounds_products_with_the_hardware(sass_count):
     """intrinsic(fp8e4m3, acc=fp16, final): each product rounded by the fp8 conversion (F2FP)
     and summed in int32 -- under 10 sm_90 instructions per MAC, against the general float

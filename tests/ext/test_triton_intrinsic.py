@@ -255,3 +255,54 @@ def test_fp8_final_recipe_equals_the_reference(monkeypatch):
         assert not ti._fp8_final(o, plan(o, 64), 64), other
     monkeypatch.setattr(ti, "_asm_ok", lambda: False)
     assert not ti._fp8_final(spec, plan(spec, 64), 64)
+
+
+@pytest.mark.parametrize("name, fmt_name, maxv", [("fp8e4m3", "float8_e4m3fn", 448.0), ("fp8e5m2", "float8_e5m2", 57344.0)])
+def test_fp8_sequential_recipe_equals_the_reference(monkeypatch, name, fmt_name, maxv):
+    """Intrinsic fp8e4m3 / fp8e5m2 (sequential, nearest even, Q = A) on CUDA (sm_89+): each
+    product exact in float32 and rounded by the hardware's satfinite conversion, each sum
+    s + p in float32 and rounded the same way (_f8_loop).  The same recipe in torch CPU
+    arithmetic (a clamp and torch's fp8 cast) equals the reference: saturating, subnormal
+    and tied products, NaN, and e5m2 sums whose float32 addition is inexact (exponents 31
+    apart: one rounding or two give the same)."""
+    import math
+
+    import torch
+
+    from qlab.core.intrinsic import as_intrinsic, intrinsic_linear
+    from qlab.ext.triton import intrinsic as ti
+
+    spec = as_intrinsic(name)
+    q = spec.q
+    fmt = getattr(torch, fmt_name)
+
+    def rnd(t):
+        return t.clamp(-maxv, maxv).to(fmt).float()  # clamp keeps NaN
+
+    def recipe(xq, wq):
+        s = torch.zeros(xq.shape[0], wq.shape[0])
+        for k in range(xq.shape[1]):
+            s = rnd(s + rnd(xq[:, k, None] * wq[None, :, k]))
+        return s
+
+    g = torch.Generator().manual_seed(9)
+    cases = []
+    for sc in [1.0, 40.0 if name == "fp8e4m3" else 600.0, 0.05 if name == "fp8e4m3" else 2e-3, 8.0]:
+        x, w = torch.randn(13, 29, generator=g) * sc, torch.randn(6, 29, generator=g) * sc
+        if sc == 1.0:
+            x[0, 3], w[2, 5] = math.nan, math.nan
+            x[1, :3] = torch.tensor([1.125, 1.0625, 1.1875])  # ties on e4m3's grid (e5m2: off-grid inputs)
+        cases.append((x, w))
+    # e5m2: 2**15 + 2**-16 is inexact in float32; -2**15 brings the sum back
+    cases.append((torch.tensor([[2.0 ** 8, 2.0 ** -8, -2.0 ** 8, 2.0 ** -8]]),
+                  torch.tensor([[2.0 ** 7, 2.0 ** -8, 2.0 ** 7, 2.0 ** -8]])))
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    for x, w in cases:
+        ref = intrinsic_linear(x, w, None, spec=spec)
+        got = recipe(q(x), q(w))
+        assert torch.equal(ref.isnan(), got.isnan()), (ref, got)
+        assert torch.equal(ref[~ref.isnan()], got[~got.isnan()]), (name, x.shape, (ref != got).sum())
+    monkeypatch.setattr(ti, "_asm_ok", lambda: True)
+    assert ti._hw16_kind(spec) == (3 if name == "fp8e4m3" else 4)
+    monkeypatch.setattr(ti, "FLOAT_FP8", False)
+    assert ti._hw16_kind(spec) == 0

@@ -485,6 +485,25 @@ FLOAT_INTRINSIC = COMMON + """
         n += 1
         if not lin_same(x, w, None, spec=spec):
             bad.append(("fp8 final", x.shape[1]))
+    # fp8 sequential presets (Q = A, nearest even): on CUDA (sm_89+) the hardware's fp8
+    # conversion rounds each product and each float32 sum (intrinsic._f8_loop).  Saturating,
+    # subnormal, tied and NaN products; e5m2 sums inexact in float32 (2**15 + 2**-16)
+    for name, big, tiny in [("fp8e4m3", 40.0, 0.05), ("fp8e5m2", 600.0, 2e-3)]:
+        spec = as_intrinsic(name)
+        f8 = []
+        for sc in [1.0, big, tiny, 8.0]:
+            x, w = torch.randn(19, 23, generator=rng) * sc, torch.randn(6, 23, generator=rng) * sc
+            if sc == 1.0:
+                x[0, 3], w[2, 5] = math.nan, math.nan
+                x[1, :3] = torch.tensor([1.125, 1.0625, 1.1875])
+            f8.append((x, w))
+        f8.append((torch.tensor([[2.0 ** 8, 2.0 ** -8, -2.0 ** 8, 2.0 ** -8]]),
+                   torch.tensor([[2.0 ** 7, 2.0 ** -8, 2.0 ** 7, 2.0 ** -8]])))
+        for x, w in f8:
+            assert lin_dispatched(x, w, None, spec), spec
+            n += 1
+            if not lin_same(x, w, None, spec=spec):
+                bad.append(("fp8 sequential", name, tuple(x.shape)))
     # a partial sum that saturates and comes back: 6e4 + 6e4 -> 65504, - 6e4 -> 5504 (bf16
     # alike at 3e38).  Without clamps the second sum is inf and stays so: the tile must be
     # redone with them (intrinsic.HW16_RETRY); the other row never leaves the range

@@ -688,14 +688,43 @@ def _hw16_step(acc, xh, wh, hmax, HW: tl.constexpr, SAT: tl.constexpr):
 
 
 @triton.jit
-def _e4m3_round(p):
-    """float32 values rounded to fp8 e4m3 (FN: max 448, no inf) to nearest even, saturating
-    to +-448, NaN kept -- the hardware's cvt.rn.satfinite (sm_89+), two at a time -- and
-    back to float32 exactly (via binary16)."""
+def _f8_round(p, KIND: tl.constexpr):
+    """float32 values rounded to fp8 -- KIND 3: e4m3 (FN: max 448, no inf), 4: e5m2 (max
+    57344) -- to nearest even, saturating to the largest finite value, NaN kept (the
+    hardware's cvt.rn.satfinite, sm_89+, two at a time), and back to float32 exactly (via
+    binary16, which holds every fp8 value)."""
+    T: tl.constexpr = "e4m3x2" if KIND == 3 else "e5m2x2"
     return tl.inline_asm_elementwise(
-        "{ .reg .b16 h, lo, hi; .reg .b32 r; cvt.rn.satfinite.e4m3x2.f32 h, $3, $2; cvt.rn.f16x2.e4m3x2 r, h; "
-        "mov.b32 {lo, hi}, r; cvt.f32.f16 $0, lo; cvt.f32.f16 $1, hi; }",
+        "{ .reg .b16 h, lo, hi; .reg .b32 r; cvt.rn.satfinite." + T + ".f32 h, $3, $2; cvt.rn.f16x2." + T +
+        " r, h; mov.b32 {lo, hi}, r; cvt.f32.f16 $0, lo; cvt.f32.f16 $1, hi; }",
         "=f,=f,f,f", [p], dtype=tl.float32, is_pure=True, pack=2)
+
+
+@triton.jit
+def _f8_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
+             KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
+             KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The k loop of fp8 (KIND 3: e4m3, 4: e5m2) sequential nearest-even with Q = A,
+    saturating: each product exact in float32 (at most 8 significant bits) and rounded by
+    the hardware's conversion; then s + p in float32 and rounded the same way.  That sum is
+    exact for e4m3 (multiples of 2**-9 below 2**10); for e5m2 it is inexact only where the
+    operands' exponents lie 22 or more apart, and then both the exact and the float32 sum
+    are within 2**-20 of the larger operand, an e5m2 value, far from any e5m2 midpoint: one
+    rounding or two give the same (double rounding is innocuous for 24 >= 2 p + 2 bits).
+    The running sum starts at +0."""
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    zero = CG * 0  # c = k = 0 as tensors
+    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
+                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
+    for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
+        c = cr // KH
+        r = cr % KH
+        for s in tl.static_range(KW):
+            k = cr * KW + s
+            xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
+                                         CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
+            acc = _f8_round(acc + _f8_round(xk[:, None] * wk[None, :], KIND), KIND)
+    return acc
 
 
 @triton.jit
@@ -739,7 +768,10 @@ def _float_gemm_kernel(
     isum32 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # FP8: the same, as float bits (see below)
     odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
-    if HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
+    if HW >= 3:  # fp8 with the hardware's conversions
+        acc = _f8_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
+                       KH, KW, DH, DW, CONV, PREFETCH, HW, BLOCK_M, BLOCK_N)
+    elif HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
         HT: tl.constexpr = tl.float16 if HW == 1 else tl.bfloat16
         hmax = qmax.to(HT)  # the largest finite value, exact in the format
         # saturating formats: first without the clamps, then -- only in a tile where a value
@@ -767,7 +799,7 @@ def _float_gemm_kernel(
                 xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
                                              CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
                 if FP8:  # fp8 e4m3 products, final: exact product, hardware rounding, exact int32 sum
-                    v = _e4m3_round(xk[:, None] * wk[None, :])
+                    v = _f8_round(xk[:, None] * wk[None, :], 3)
                     # v * 2**9 is an integer below 2**18 in magnitude, so v * 2**9 + 1.5 * 2**23 is
                     # exact and its bits are those of 1.5 * 2**23 plus that integer: summed in
                     # int32 (wrapping), the constant's K copies come off after the loop
@@ -818,7 +850,7 @@ FLOAT_HW16 = True  # False: binary16/bfloat16 sequential through the general flo
 HW16_RETRY = True
 
 
-FLOAT_FP8 = True  # False: fp8 e4m3 final sums through the general float code (bench/gpu_check.py)
+FLOAT_FP8 = True  # False: fp8 (sequential e4m3/e5m2, e4m3 final sums) through the general float code (gpu_check)
 
 
 def _fp8_final(spec, fp, K: int, device=None) -> bool:
@@ -840,19 +872,24 @@ def _fp8_final(spec, fp, K: int, device=None) -> bool:
 
 
 def _hw16_kind(spec, device=None) -> int:
-    """1 (binary16) or 2 (bfloat16) where the float kernel may run each MAC as native 16-bit
-    arithmetic, else 0: sequential, inputs quantized, Q = A, that format with E, M = 5, 10
-    or 8, 7 (not FN) and nearest-even rounding -- every product and sum then is one IEEE
-    operation rounded to nearest even, plus the clamp where the format saturates.  Compiled
-    CUDA only (PTX; the interpreter runs the general code); bfloat16 arithmetic needs sm_90."""
+    """Where the float kernel may run each MAC with the hardware's own arithmetic, else 0:
+    sequential, inputs quantized, Q = A, nearest-even rounding, and Q one of 1: binary16,
+    2: bfloat16 (E, M = 5, 10 or 8, 7, not FN; every product and sum one IEEE operation
+    rounded to nearest even, plus the clamp where the format saturates; bfloat16 needs
+    sm_90), 3: fp8 e4m3 (FN), 4: fp8 e5m2 (saturating) -- exact float32 products and sums
+    rounded by the hardware's conversion (sm_89+).  Compiled CUDA only (PTX; the
+    interpreter runs the general code)."""
     q, A = spec.q, spec.A
     if not (FLOAT_HW16 and _asm_ok() and spec.accumulate == "sequential" and spec.inputs and q == A):
         return 0
-    if q.fn or q.rounding != "even":
+    if q.rounding != "even":
         return 0
-    kind = {(5, 10): 1, (8, 7): 2}.get((q.E, q.M), 0)
-    if kind == 2 and device is not None and torch.device(device).type == "cuda" \
-            and torch.cuda.get_device_capability(device) < (9, 0):
+    kind = {(5, 10, False): 1, (8, 7, False): 2, (4, 3, True): 3, (5, 2, False): 4}.get((q.E, q.M, q.fn), 0)
+    if kind >= 3 and (q.inf or not FLOAT_FP8):  # the conversion saturates
+        return 0
+    need = {2: (9, 0), 3: (8, 9), 4: (8, 9)}.get(kind)
+    if need and device is not None and torch.device(device).type == "cuda" \
+            and torch.cuda.get_device_capability(device) < need:
         return 0
     return kind
 
