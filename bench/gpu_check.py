@@ -6,8 +6,10 @@ the speed tables.
     PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
 
 Every kernel variant compiles on first use (constexpr specialisations: the checks
-compile about 240); with ``--jobs 8`` the checks took 92 s on an H200 (2026-11-28,
-compiles included) and the rows about a minute, so checks and rows fit one call.  Output is line-buffered and the checks
+compile at most about 370, counted under the interpreter as distinct constexpr and
+argument-type signatures on 2026-11-30); with ``--jobs 8`` the checks took 92 s on an
+H200 (2026-11-28, fewer variants then, compiles included) and the rows about a minute,
+so checks and rows should fit one call of 10 minutes.  Output is line-buffered and the checks
 print section by section, so a run stopped by a time limit still shows what finished.
 
 ``--dry-run`` runs every row's code on tiny CPU tensors under ``TRITON_INTERPRET=1`` (the
