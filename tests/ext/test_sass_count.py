@@ -20,6 +20,21 @@ def sass_count():
     return sass_count
 
 
+def _sass_with(sass_count, spec, **switches):
+    """SASS of ``spec`` (linear, 128x32 tile, 4 warps) compiled with the given module switches
+    of qlab.ext.triton.intrinsic set, restored afterwards."""
+    from qlab.ext.triton import intrinsic as ti
+
+    old = {k: getattr(ti, k) for k in switches}
+    for k, v in switches.items():
+        setattr(ti, k, v)
+    try:
+        return sass_count.compile_sass(spec, False, 128, 32, 4)
+    finally:
+        for k, v in old.items():
+            setattr(ti, k, v)
+
+
 def test_skip_loop_is_shorter(sass_count):
     per_thread = 128 * 32 / (32 * 4)
     lens = sorted(n for n, _ in sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4)))
@@ -45,8 +60,6 @@ def test_fp16_and_bf16_run_as_native_16bit_arithmetic(sass_count):
     sum (packed two per instruction by ptxas) and the saturating clamps -- a few sm_90
     instructions per MAC instead of 50-70 of the general float code; every product is a
     multiply of its own (HMUL2), never fused with the sum."""
-    from qlab.ext.triton import intrinsic as ti
-
     per_thread = 128 * 32 / (32 * 4)
     for spec in ["fp16", "bf16"]:
         found = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
@@ -54,11 +67,7 @@ def test_fp16_and_bf16_run_as_native_16bit_arithmetic(sass_count):
         for n, ops in found:
             assert 2 * ops["HMUL2"] >= per_thread, (spec, ops)  # every product multiplied on its own
         n = max(n for n, _ in found)
-        ti.FLOAT_HW16 = False
-        try:
-            (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-        finally:
-            ti.FLOAT_HW16 = True
+        (n_gen, _), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_HW16=False))
         assert n / per_thread < 6.5 and n < 0.15 * n_gen, (spec, n, n_gen)
 
 
@@ -66,17 +75,11 @@ def test_saturating_fp16_runs_its_loop_without_clamps_first(sass_count):
     """HW16_RETRY: the saturating fp16/bf16 k loop runs without its clamps (no HMNMX2, under
     0.6x the clamped loop's length) and the clamped loop only behind the overflow branch;
     with the switch off only the clamped loop is compiled."""
-    from qlab.ext.triton import intrinsic as ti
-
     for spec in ["fp16", "bf16"]:
         (short, s_ops), (full, f_ops) = sorted(sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4)),
                                                key=lambda t: t[0])
         assert "HMNMX2" not in s_ops and f_ops["HMNMX2"] > 0 and short < 0.6 * full, (spec, short, full)
-        ti.HW16_RETRY = False
-        try:
-            (only, o_ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-        finally:
-            ti.HW16_RETRY = True
+        (only, o_ops), = sass_count.loops(_sass_with(sass_count, spec, HW16_RETRY=False))
         assert o_ops["HMNMX2"] > 0, (spec, o_ops)
 
 
@@ -126,18 +129,12 @@ def test_philox4_halves_the_stochastic_kernel(sass_count):
 def test_stochastic_products_draw_philox_one_k_in_four(sass_count):
     """fixed(16,8,stochastic): the Philox block (most of the loop's code) sits behind a
     branch taken once per 4 k (SHARE = 4 for F <= 8), so about a quarter of it runs per MAC."""
-    from qlab.ext.triton import intrinsic as ti
-
     per_thread = 128 * 32 / (32 * 4)
     sass = sass_count.compile_sass("fixed(16,8,stochastic)", False, 128, 32, 4)
     for (n, _), blocks in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)):
         assert blocks and max(blocks) > 0.7 * n, (n, blocks)  # Philox: behind a branch
         assert (n - 0.75 * max(blocks)) / per_thread < 30, (n, blocks)
-    ti.SHARE_DRAWS = False
-    try:
-        sass = sass_count.compile_sass("fixed(16,8,stochastic)", False, 128, 32, 4)
-    finally:
-        ti.SHARE_DRAWS = True
+    sass = _sass_with(sass_count, "fixed(16,8,stochastic)", SHARE_DRAWS=False)
     assert all(not b or max(b) < 0.3 * n for (n, _), b in zip(sass_count.loops(sass), sass_count.skipped_blocks(sass)))
 
 
@@ -145,16 +142,10 @@ def test_fp8_sequential_rounds_with_the_hardware(sass_count):
     """fp8e4m3 / fp8e5m2 presets (sequential, Q = A): every product and sum rounded by the
     hardware's fp8 conversion (F2FP) -- under 8 sm_90 instructions per MAC against over 40
     for the general float code (FLOAT_FP8 off)."""
-    from qlab.ext.triton import intrinsic as ti
-
     per_thread = 128 * 32 / (32 * 4)
     for spec in ["fp8e4m3", "fp8e5m2"]:
         (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-        ti.FLOAT_FP8 = False
-        try:
-            (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-        finally:
-            ti.FLOAT_FP8 = True
+        (n_gen, _), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_FP8=False))
         assert ops["F2FP"] >= per_thread and n / per_thread < 8 and n_gen / per_thread > 40, (spec, n, n_gen)
 
 
@@ -162,14 +153,8 @@ def test_fp8_final_rounds_products_with_the_hardware(sass_count):
     """intrinsic(fp8e4m3, acc=fp16, final): each product rounded by the fp8 conversion (F2FP)
     and summed in int32 -- under 10 sm_90 instructions per MAC, against the general float
     code's bit arithmetic and int64 sums (FLOAT_FP8 off, over 20)."""
-    from qlab.ext.triton import intrinsic as ti
-
     per_thread = 128 * 32 / (32 * 4)
     spec = "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"
     (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-    ti.FLOAT_FP8 = False
-    try:
-        (n_gen, _), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
-    finally:
-        ti.FLOAT_FP8 = True
+    (n_gen, _), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_FP8=False))
     assert ops["F2FP"] >= per_thread / 2 and n / per_thread < 10 and n_gen / per_thread > 20, (n, n_gen, ops)

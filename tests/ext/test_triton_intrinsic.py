@@ -154,7 +154,7 @@ def test_native_16bit_recipe_equals_the_reference(monkeypatch, name, E, M, inf, 
     q = qlab.Float(E, M, "even", inf=inf)
     spec = Intrinsic(q, acc=q, accumulate="sequential")
     monkeypatch.setattr(ti, "_asm_ok", lambda: True)
-    assert ti._hw16_kind(spec) == (1 if E == 5 else 2)
+    assert ti._native_kind(spec) == (1 if E == 5 else 2)
     fmt = torch.float16 if E == 5 else torch.bfloat16
     g = torch.Generator().manual_seed(E * 100 + inf)
     u = 2.0 ** -M
@@ -185,9 +185,9 @@ def test_native_16bit_recipe_equals_the_reference(monkeypatch, name, E, M, inf, 
     for other in [Intrinsic(q, acc=q, accumulate="final"), Intrinsic(q, acc=q, inputs=False),
                   Intrinsic(qlab.Float(E, M, "nearest", inf=inf), accumulate="sequential"),
                   Intrinsic(q, acc=qlab.Float(8, 7) if E == 5 else qlab.Float(5, 10))]:
-        assert ti._hw16_kind(other) == 0, other
+        assert ti._native_kind(other) == 0, other
     monkeypatch.setattr(ti, "_asm_ok", lambda: False)  # the interpreter: the general code
-    assert ti._hw16_kind(spec) == 0
+    assert ti._native_kind(spec) == 0
 
 
 def _fp8_final_recipe(xq, wq):
@@ -301,6 +301,6 @@ def test_fp8_sequential_recipe_equals_the_reference(monkeypatch, name, fmt_name,
         assert torch.equal(ref.isnan(), got.isnan()), (ref, got)
         assert torch.equal(ref[~ref.isnan()], got[~got.isnan()]), (name, x.shape, (ref != got).sum())
     monkeypatch.setattr(ti, "_asm_ok", lambda: True)
-    assert ti._hw16_kind(spec) == (3 if name == "fp8e4m3" else 4)
+    assert ti._native_kind(spec) == (3 if name == "fp8e4m3" else 4)
     monkeypatch.setattr(ti, "FLOAT_FP8", False)
-    assert ti._hw16_kind(spec) == 0
+    assert ti._native_kind(spec) == 0

@@ -200,14 +200,26 @@ def _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H
 
 
 @triton.jit
-def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, cr, c, r,
+def _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW,
+                    CONV: tl.constexpr, PREFETCH: tl.constexpr):
+    """The pair the k loop starts with: the operands of k = 0 (PREFETCH; else nothing loads)."""
+    zero = CG * 0  # c = k = 0 as tensors
+    return _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
+                        (CG > 0) & PREFETCH, DH, DW, CONV)
+
+
+@triton.jit
+def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, cr,
                 s: tl.constexpr, k, xn, wn, KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr,
                 PREFETCH: tl.constexpr):
     """(x, w) of k = (c, r, s) -- cr = c * KH + r counts the kernel rows of every channel --
-    and the pair to carry to k + 1.  PREFETCH: (xn, wn) already hold k's operands, loaded one
-    step earlier; the operands of k + 1 (the next kernel column, else the next row's first,
-    none past the last k) are loaded now, so their latency overlaps k's arithmetic.
-    Otherwise k's own are loaded here and (xn, wn) pass through."""
+    and the pair to carry to k + 1 (the loop over cr starts with ``_operands_first``).
+    PREFETCH: (xn, wn) already hold k's operands, loaded one step earlier; the operands of
+    k + 1 (the next kernel column, else the next row's first, none past the last k) are
+    loaded now, so their latency overlaps k's arithmetic.  Otherwise k's own are loaded
+    here and (xn, wn) pass through."""
+    c = cr // KH
+    r = cr % KH
     if PREFETCH:
         xk, wk = xn, wn
         if s + 1 < KW:
@@ -242,16 +254,13 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
     word = tl.zeros(acc.shape, dtype=tl.uint32)  # stochastic products: the current Philox word
     # PREFETCH: the operands of k + 1 are loaded before the products of k are formed, so
     # their memory latency overlaps this k's arithmetic (a loop-carried pair)
-    zero = CG * 0  # c = k = 0 as tensors
-    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
-                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
+    xn, wn = _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW, CONV,
+                             PREFETCH)
     for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
-        c = cr // KH
-        r = cr % KH
         for s in tl.static_range(KW):
             k = cr * KW + s
             xraw, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                           CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
+                                           CG, cr, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
             if X_FLOAT:  # inputs=False: x * kw exact in float64, rounded onto Q's grid
                 xk = xraw.to(tl.float64)
                 pf = round_float(xk[:, None] * wk.to(tl.float64)[None, :], QMODE, uniform(seed, rbase + k, QMODE))
@@ -502,7 +511,7 @@ FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's s
 SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
 # The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
 # arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32: 64 -> 78 per thread) and a
-# few instructions (6.0 -> 6.3 per MAC linear, 6.2 -> 7.1 per MAC 3x3 conv), and it pays
+# few instructions (6.0 -> 6.3 per MAC, linear and 3x3 conv alike), and it pays
 # where an SM has few warps to switch to while one waits: "auto" prefetches launches of
 # fewer than PREFETCH_PROGRAMS_PER_SM programs per SM (a 512^3 GEMM, the 7x7 layers of a
 # ResNet at small batch).  True / False force it (bench/gpu_check.py times both).
@@ -701,51 +710,67 @@ def _f8_round(p, KIND: tl.constexpr):
 
 
 @triton.jit
-def _f8_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
-             KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
-             KIND: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The k loop of fp8 (KIND 3: e4m3, 4: e5m2) sequential nearest-even with Q = A,
-    saturating: each product exact in float32 (at most 8 significant bits) and rounded by
-    the hardware's conversion; then s + p in float32 and rounded the same way.  That sum is
-    exact for e4m3 (multiples of 2**-9 below 2**10); for e5m2 it is inexact only where the
-    operands' exponents lie 22 or more apart, and then both the exact and the float32 sum
-    are within 2**-20 of the larger operand, an e5m2 value, far from any e5m2 midpoint: one
-    rounding or two give the same (double rounding is innocuous for 24 >= 2 p + 2 bits).
-    The running sum starts at +0."""
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    zero = CG * 0  # c = k = 0 as tensors
-    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
-                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
+def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
+                  QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase,
+                  KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
+                  P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr,
+                  AMODE: tl.constexpr, SEQ: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, FP8: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The float kernel's k loop; returns (sequential sum, final: exact sum of the finite
+    products in Q's smallest steps, final: sum of the non-finite ones).  Each k by one of:
+
+    HW 1, 2 -- binary16 / bfloat16 sequential nearest-even, Q = A: the running sum in the
+    format itself, each MAC one hardware product and sum (``_hw16_step``), clamped with SAT.
+    HW 3, 4 -- fp8 e4m3 / e5m2 likewise: each product exact in float32 (at most 8
+    significant bits) and rounded by the hardware's conversion, then s + p in float32,
+    rounded the same way.  That sum is exact for e4m3 (multiples of 2**-9 below 2**10); for
+    e5m2 it is inexact only where the operands' exponents lie 22 or more apart, and then
+    both the exact and the float32 sum are within 2**-20 of the larger operand, an e5m2
+    value, far from any e5m2 midpoint: one rounding or two give the same (double rounding
+    is innocuous for 24 >= 2 p + 2 bits).
+    FP8 -- e4m3 products, final: v * 2**9 is an integer below 2**18 in magnitude, so
+    v * 2**9 + 1.5 * 2**23 is exact and its bits are those of 1.5 * 2**23 plus that
+    integer: summed in int32 (wrapping), the K copies of the constant come off at the end.
+    Otherwise the general code: exact product, Q, then A(s + p) by a two-sum rounded to odd
+    (sequential) or an exact int64 sum (final)."""
+    ADT: tl.constexpr = tl.float16 if HW == 1 else (tl.bfloat16 if HW == 2 else tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ADT)  # sequential: the running sum (+0)
+    isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
+    isum32 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # FP8: the same, as float bits
+    odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
+    hmax = qmax
+    if (HW == 1) | (HW == 2):
+        hmax = qmax.to(ADT)  # the largest finite value, exact in the format
+    xn, wn = _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW, CONV,
+                             PREFETCH)
     for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
-        c = cr // KH
-        r = cr % KH
         for s in tl.static_range(KW):
             k = cr * KW + s
             xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                         CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-            acc = _f8_round(acc + _f8_round(xk[:, None] * wk[None, :], KIND), KIND)
-    return acc
-
-
-@triton.jit
-def _hw16_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, hmax,
-               KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
-               HW: tl.constexpr, SAT: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """The k loop of binary16/bfloat16 (HW 1/2) sequential nearest-even: the running sum in
-    the format itself (from +0), each MAC one hardware product and sum, clamped with SAT."""
-    acc16 = tl.zeros((BLOCK_M, BLOCK_N), dtype=hmax.dtype)
-    zero = CG * 0  # c = k = 0 as tensors
-    xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
-                          (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
-    for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
-        c = cr // KH
-        r = cr % KH
-        for s in tl.static_range(KW):
-            k = cr * KW + s
-            xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                         CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-            acc16 = _hw16_step(acc16, xk.to(hmax.dtype)[:, None], wk.to(hmax.dtype)[None, :], hmax, HW, SAT)
-    return acc16
+                                         CG, cr, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
+            if HW >= 3:
+                acc = _f8_round(acc + _f8_round(xk[:, None] * wk[None, :], HW), HW)
+            elif HW > 0:  # Q(x), Q(w) are exact in the format
+                acc = _hw16_step(acc, xk.to(ADT)[:, None], wk.to(ADT)[None, :], hmax, HW, SAT)
+            elif FP8:
+                v = _f8_round(xk[:, None] * wk[None, :], 3)
+                isum32 += (v * to_steps + 12582912.0).to(tl.int32, bitcast=True)
+                odd += v * 0.0  # NaN where a product is NaN (e4m3 has no inf), else zero
+            else:
+                if P64:
+                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                else:
+                    p = xk[:, None] * wk[None, :]  # exact
+                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                if SEQ:
+                    acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
+                else:
+                    fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
+                    isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
+                    odd += tl.where(fin, 0.0, p)
+    if FP8:
+        isum = (isum32 - K_total * 0x4B400000).to(tl.int64)  # exact: |sum| < 2**31 steps (_fp8_final's K bound)
+    return acc.to(tl.float32), isum, odd  # exact
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[4:])
@@ -763,63 +788,24 @@ def _float_gemm_kernel(
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # sequential: the running sum (+0)
-    isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
-    isum32 = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int32)  # FP8: the same, as float bits (see below)
-    odd = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)  # final: the sum of non-finite products
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
-    if HW >= 3:  # fp8 with the hardware's conversions
-        acc = _f8_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
-                       KH, KW, DH, DW, CONV, PREFETCH, HW, BLOCK_M, BLOCK_N)
-    elif HW > 0:  # Q(x), Q(w) are exact in the format: native 16-bit arithmetic
-        HT: tl.constexpr = tl.float16 if HW == 1 else tl.bfloat16
-        hmax = qmax.to(HT)  # the largest finite value, exact in the format
-        # saturating formats: first without the clamps, then -- only in a tile where a value
-        # came out inf or NaN -- again with them.  The clamps act only on a product or sum
-        # that rounded to +-inf (IEEE rounding gives +-hmax or +-inf beyond the range), and
-        # from +-inf no later sum or product is finite again, so a finite result is the
-        # clamped one bit for bit.
-        acc16 = _hw16_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, hmax,
-                           KH, KW, DH, DW, CONV, PREFETCH, HW, SAT & (not RETRY), BLOCK_M, BLOCK_N)
-        if SAT & RETRY:
-            a = acc16.to(tl.float32)
-            if tl.max(tl.max(tl.where(tl.abs(a) <= qmax, 0, 1), 1), 0) > 0:  # inf or NaN in this tile
-                acc16 = _hw16_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, hmax,
-                                   KH, KW, DH, DW, CONV, PREFETCH, HW, True, BLOCK_M, BLOCK_N)
-        acc = acc16.to(tl.float32)  # exact
-    else:
-        zero = CG * 0  # c = k = 0 as tensors
-        xn, wn = _operands_at(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, zero, 0, 0, zero,
-                              (CG > 0) & PREFETCH, DH, DW, CONV)  # k = 0 (PREFETCH; else nothing loads)
-        for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
-            c = cr // KH
-            r = cr % KH
-            for s in tl.static_range(KW):
-                k = cr * KW + s
-                xk, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
-                                             CG, cr, c, r, s, k, xn, wn, KH, KW, DH, DW, CONV, PREFETCH)
-                if FP8:  # fp8 e4m3 products, final: exact product, hardware rounding, exact int32 sum
-                    v = _f8_round(xk[:, None] * wk[None, :], 3)
-                    # v * 2**9 is an integer below 2**18 in magnitude, so v * 2**9 + 1.5 * 2**23 is
-                    # exact and its bits are those of 1.5 * 2**23 plus that integer: summed in
-                    # int32 (wrapping), the constant's K copies come off after the loop
-                    isum32 += (v * to_steps + 12582912.0).to(tl.int32, bitcast=True)
-                    odd += v * 0.0  # NaN where a product is NaN (e4m3 has no inf), else zero
-                else:
-                    if P64:
-                        p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
-                    else:
-                        p = xk[:, None] * wk[None, :]  # exact
-                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
-                    if SEQ:
-                        acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
-                    else:
-                        fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
-                        isum += tl.where(fin, p * to_steps, 0.0).to(tl.int64)  # exact integers
-                        odd += tl.where(fin, 0.0, p)
+    # binary16/bfloat16 where the format saturates (RETRY): first without the clamps, then --
+    # only in a tile where a value came out inf or NaN -- again with them.  A clamp acts only
+    # on a product or sum that rounded to +-inf (IEEE rounding gives +-hmax or +-inf beyond
+    # the range), and from +-inf no later sum is finite again, so a finite result is the
+    # clamped one bit for bit.
+    TWICE: tl.constexpr = ((HW == 1) | (HW == 2)) & SAT & RETRY
+    acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
+                                   QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
+                                   PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (not TWICE), FP8,
+                                   BLOCK_M, BLOCK_N)
+    if TWICE:
+        if tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0) > 0:  # inf or NaN in this tile
+            acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
+                                           K_total, QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW,
+                                           DH, DW, CONV, PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, True, FP8,
+                                           BLOCK_M, BLOCK_N)
     if not SEQ:
-        if FP8:
-            isum = (isum32 - K_total * 0x4B400000).to(tl.int64)  # exact: |sum| < 2**31 (the plan's K bound)
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
         acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, uniform(seed + 2, rbase + K_total, AMODE))
@@ -840,7 +826,7 @@ def _float_plan(spec, K: int, device=None):
         return None
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
-              HW=_hw16_kind(spec, device), SAT=not spec.q.inf, RETRY=HW16_RETRY, FP8=_fp8_final(spec, fp, K, device))
+              HW=_native_kind(spec, device), SAT=not spec.q.inf, RETRY=HW16_RETRY, FP8=_fp8_final(spec, fp, K, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -871,7 +857,7 @@ def _fp8_final(spec, fp, K: int, device=None) -> bool:
     return True
 
 
-def _hw16_kind(spec, device=None) -> int:
+def _native_kind(spec, device=None) -> int:
     """Where the float kernel may run each MAC with the hardware's own arithmetic, else 0:
     sequential, inputs quantized, Q = A, nearest-even rounding, and Q one of 1: binary16,
     2: bfloat16 (E, M = 5, 10 or 8, 7, not FN; every product and sum one IEEE operation
