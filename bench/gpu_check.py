@@ -31,7 +31,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
-``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``INT32_TILES`` (128x32 only),
+``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form), ``INT32_TILES`` (128x32 only),
 ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows), ``FLOAT_FP8``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
 prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
 saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
@@ -216,6 +216,7 @@ def bench_linear(sz: dict, reps: int):
     for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
                               ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
                               ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
+                              ("64-bit step as one mad.wide.s32 (WIDE_ASM 1)", dict(WIDE_ASM=1), sizes),
                               ("operands of k + 1 always prefetched (PREFETCH True)", dict(PREFETCH=True), sizes),
                               ("operands never prefetched (PREFETCH False)", dict(PREFETCH=False), sizes),
                               ("operands to grid integers by torch ops (FUSED_GRID_INTS off)",
@@ -298,6 +299,8 @@ def bench_conv(sz: dict, reps: int):
 
     with setting(ti, WIDE_STEP=False):
         sec_w = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
+    with setting(ti, WIDE_ASM=1):
+        sec_a = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
     sec_p = {}
     for on in (True, False):
         with setting(ti, PREFETCH=on):
@@ -305,6 +308,7 @@ def bench_conv(sz: dict, reps: int):
     rows = [
         [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
         ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.3f}", fmt_rate(macs / sec_w, "QMAC/s"), ""],
+        ["  same, 64-bit step as one mad.wide.s32 (WIDE_ASM 1)", f"{sec_a * 1e3:.3f}", fmt_rate(macs / sec_a, "QMAC/s"), ""],
         ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.3f}",
          fmt_rate(macs / sec_p[True], "QMAC/s"), ""],
         ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.3f}",

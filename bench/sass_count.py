@@ -47,7 +47,7 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     if s.fixed:
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
-        const.update(INRANGE=inrange, ASM=True)
+        const.update(INRANGE=inrange, ASM=ti.WIDE_ASM)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
     if plan is None:

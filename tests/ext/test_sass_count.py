@@ -101,6 +101,16 @@ def test_wide_step_moves_work_off_the_integer_alu(sass_count):
     assert min(sass_count.pipes(ops)[1] for _, ops in even) / per_thread > 4, even
 
 
+def test_wide_step_carry_folds_into_one_multiply(sass_count):
+    """WIDE_ASM 2: the rounding's 2**31 enters through the low word's carry (mad.lo.cc +
+    madc.hi), which ptxas folds into one IMAD.HI with a 64-bit addend -- no IADD3 per MAC
+    as with one mad.wide.s32 (WIDE_ASM 1), and a shorter in-range loop."""
+    per_thread = 128 * 32 / (32 * 4)
+    n2, ops2 = min(sass_count.loops(_sass_with(sass_count, "fixed(16,8)", WIDE_ASM=2)), key=lambda t: t[0])
+    n1, ops1 = min(sass_count.loops(_sass_with(sass_count, "fixed(16,8)", WIDE_ASM=1)), key=lambda t: t[0])
+    assert ops1["IADD3"] >= per_thread and ops2["IADD3"] < per_thread / 4 and n2 < 0.92 * n1, (n2, n1, ops1, ops2)
+
+
 def test_wide_product_in_the_clamping_loop(sass_count):
     """W <= 15: the clamping loop takes the 64-bit multiply step too (every grid integer
     meets its operand bounds), the product then clamped apart -- about 5.3 integer-ALU

@@ -634,6 +634,19 @@ NO_PREFETCH = COMMON + """
         n += 1
         if not same(ref(intrinsic_conv, x, w, None, **kw_), fast(intrinsic_conv, x, w, None, **kw_)):
             bad.append(("conv", str(spec), kh, kw))
+    # the 64-bit multiply step's other PTX form (WIDE_ASM 1; compiled CUDA only): exact ties,
+    # both loops (fixed(8,4) on N(0, 10**2) saturates its products)
+    _ti.WIDE_ASM = 1
+    try:
+        for W, F_, sc in [(16, 8, 4.0), (8, 4, 10.0)]:
+            x = torch.randint(-64, 65, (21, 9), generator=rng) * (sc / 64)
+            w = torch.randint(-64, 65, (5, 9), generator=rng) * (sc / 64)
+            spec = spec_of(W, F_, W, F_, "nearest", "sequential")
+            n += 1
+            if not lin_same(x, w, None, spec=spec):
+                bad.append(("WIDE_ASM 1", str(spec)))
+    finally:
+        _ti.WIDE_ASM = 2
     x = torch.randint(-12, 13, (64, 9), generator=rng) / 16.0
     w = torch.randint(-12, 13, (3, 9), generator=rng) / 16.0
     spec = spec_of(8, 4, 16, 4, "stochastic", "sequential")

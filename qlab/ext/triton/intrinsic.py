@@ -98,9 +98,17 @@ def _wide_step(acc, xs, wq, ASM: tl.constexpr):
     sign(kw) (WA, WB of ``_plan``).  Divided by 2**32 that is acc + (kx kw + 2**(SP-1) +
     theta) / 2**SP with theta = sign(kw) kx / 2**A: |theta| < 1 and its sign is the
     product's, so the floor breaks ties away from zero and leaves every other value as it
-    is.  ASM: one PTX mad.wide.s32 (IMAD.WIDE and a carry on sm_90); the same integer
-    arithmetic written out otherwise (the interpreter runs no PTX)."""
-    if ASM:
+    is.  ASM 2 (PTX, the default): the low word's sum lo(xs wq) + 2**31 only for its carry
+    (mad.lo.cc), the high word hi(xs wq) + acc + carry (madc.hi) -- ptxas makes one IMAD.HI
+    with a 64-bit addend of it (sm_90); ASM 1: one mad.wide.s32 (IMAD.WIDE, then IADD3 and
+    IMAD.X for the carry); 0: the same integer arithmetic written out (the interpreter runs
+    no PTX)."""
+    if ASM == 2:
+        r = tl.inline_asm_elementwise(
+            "{ .reg .b32 lo; mad.lo.cc.u32 lo, $1, $2, 0x80000000; madc.hi.s32 $0, $1, $2, $3; }", "=r,r,r,r",
+            [tl.broadcast_to(xs, acc.shape), tl.broadcast_to(wq, acc.shape), acc],
+            dtype=tl.int32, is_pure=True, pack=1)
+    elif ASM == 1:
         r = tl.inline_asm_elementwise(
             "{ .reg .b64 t; .reg .b32 lo; mov.b32 lo, 0x80000000; mov.b64 t, {lo, $3}; "
             "mad.wide.s32 t, $1, $2, t; mov.b64 {lo, $0}, t; }", "=r,r,r,r",
@@ -476,7 +484,8 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         M, N, K, C_IN, H, W_IN, HO, WO, CG,
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=_asm_ok(), PREFETCH=prefetch, BLOCK_M=BM, BLOCK_N=BN,
+        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=WIDE_ASM if _asm_ok() else 0, PREFETCH=prefetch,
+        BLOCK_M=BM, BLOCK_N=BN,
         num_warps=NUM_WARPS, **plan)
 
 
@@ -509,6 +518,9 @@ SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.p
 WIDE_STEP = True  # False: nearest without the 64-bit multiply step in any loop (ditto)
 FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
 SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
+# the 64-bit multiply step's PTX (_wide_step): 2 = mad.lo.cc + madc.hi (sm_90: fixed(16,8)
+# 6.0 -> 5.4 instructions per MAC), 1 = mad.wide.s32 as before 2026-11-30 (ditto)
+WIDE_ASM = 2
 # The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
 # arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32: 64 -> 78 per thread) and a
 # few instructions (6.0 -> 6.3 per MAC, linear and 3x3 conv alike), and it pays
