@@ -2,7 +2,15 @@
 
 * :mod:`.elementwise`: fixed(W,F) in every rounding mode (stochastic via Philox),
   float(E,M) and log(W,E) -- one read and one write per element;
-* :mod:`.intrinsic`: intrinsic fixed-point linear and implicit-GEMM convolution.
+* :mod:`.intrinsic`: intrinsic linear and implicit-GEMM convolution, fixed-point and
+  float(E,M) formats; on CUDA the named float formats run in the hardware's own
+  arithmetic where that is exact (fp16/bf16 sequential, fp8 e4m3/e5m2 via its conversions).
+
+Module switches in :mod:`.intrinsic` (each with a side-by-side row in bench/gpu_check.py;
+all on by default): ``SKIP_PRODUCT_CLAMP``, ``WIDE_STEP`` and ``WIDE_ASM`` (the 64-bit
+multiply step and its PTX form), ``FUSED_GRID_INTS``, ``SHARE_DRAWS``, ``PREFETCH``
+("auto": operands of k + 1 loaded ahead in small launches), ``FLOAT_HW16``,
+``HW16_RETRY``, ``FLOAT_FP8``; in :mod:`.elementwise`: ``PHILOX4``.
 
 Bit-identical with the torch reference for deterministic modes; tested on the CPU under
 ``TRITON_INTERPRET=1`` (:mod:`.checks`, :mod:`.testing`) and on a GPU by
