@@ -664,6 +664,26 @@ NO_PREFETCH = COMMON + """
         n += 1
         if not lin_same(x, w, None, spec=fs):
             bad.append(("float", fs))
+    # the large launches' tile (128x32, 4 warps: operands staged through shared memory; the
+    # small shapes above take 32x32 on a GPU), without prefetch as "auto" runs it there
+    _block = _ti._block
+    _ti._block = lambda *a, **k: (128, 32)
+    try:
+        for fs in ["fixed(16,8)", "fixed(8,4)", "intrinsic(fixed(8,4),accumulate=final)", "fp16", "bf16", "fp8e4m3",
+                   "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"]:
+            x = torch.randn(150, 21, generator=rng) * 12
+            w = torch.randn(37, 21, generator=rng) * 12
+            n += 1
+            if not lin_same(x, w, None, spec=fs):
+                bad.append(("128x32", fs))
+        xc, wc = torch.randn(2, 5, 9, 8, generator=rng) * 3, torch.randn(33, 5, 3, 3, generator=rng)
+        for fs in ["fixed(16,8)", "fp16"]:
+            n += 1
+            if not same(ref(intrinsic_conv, xc, wc, None, padding=1, spec=fs),
+                        fast(intrinsic_conv, xc, wc, None, padding=1, spec=fs)):
+                bad.append(("128x32 conv", fs))
+    finally:
+        _ti._block = _block
     print("CASES", n, "BAD", bad)
     assert not bad, bad
 """

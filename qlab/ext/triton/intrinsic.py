@@ -915,7 +915,7 @@ def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=No
 
 def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
     plan, sc = _float_plan(spec, K, y.device)
-    BM, BN = _block(M, N, tl.int32)
+    BM, BN = _block(M, N, tl.int32, G, y.device)
     C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
     seed = w3
     if spec.q.stochastic or spec.A.stochastic:
