@@ -30,10 +30,11 @@ else an equivalent ResNet-50 defined here).  Rows:
   images/s, and the float model; the same with intrinsic fp16 and fp8e4m3.
 
 Beside the defaults, rows with one module switch off time each change made without a
-GPU (docs/benchmarks.md, sessions 5 and 6): ``intrinsic.WIDE_STEP``,
-``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form), ``INT32_TILES`` (128x32 only),
-``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows), ``FLOAT_FP8``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default "auto"
-prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
+GPU (docs/benchmarks.md, sessions 5 to 7): ``intrinsic.WIDE_STEP``,
+``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form),
+``INT32_TILES`` (128x32 only), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile
+overflows), ``FLOAT_FP8``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default
+"auto" prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
 saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
 (grid integers + max |k|) beside copy.
 """

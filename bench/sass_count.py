@@ -6,9 +6,9 @@ ptxas/cuobjdump it ships turn the result into SASS.
     PYTHONPATH=. python bench/sass_count.py --elementwise
 
 Each backward branch in the SASS closes a loop; the script prints each loop's length, its
-instruction mix, instructions per MAC (loop length / MACs per thread per iteration; an
-unrolled 3x3 convolution loop holds the kernel's 3 columns, 3 values of k), the integer-ALU and FMA-pipe shares,
-and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
+instruction mix, instructions per MAC (loop length / MACs per thread per iteration; a 3x3
+convolution loop unrolls the kernel's 3 columns: 3 values of k), the integer-ALU and
+FMA-pipe shares, and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
 and FMA pipe).  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
 0.88x (linear, 2048^3) and 0.90x (ResNet-50 conv layer) of this ceiling on an H200, where
 the integer ALU was the binding limit.
