@@ -37,9 +37,11 @@ _FLOATS = ("out_scale", "qmax", "amax", "to_steps", "from_steps")  # float32 sca
 
 
 def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True, wide: bool = True,
-                 prefetch: bool = True) -> str:
+                 prefetch: bool = True, float_pass: int | None = None) -> str:
     """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec
-    (wide=False: as with ``intrinsic.WIDE_STEP`` off; prefetch=False: ``intrinsic.PREFETCH`` off)."""
+    (wide=False: as with ``intrinsic.WIDE_STEP`` off; prefetch=False: ``intrinsic.PREFETCH`` off;
+    float_pass: the float kernel's PASS, by default 1 -- the unclamped pass -- where
+    saturating fp16/bf16 take two launches (``intrinsic.HW16_RETRY``), else 0)."""
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
@@ -50,12 +52,16 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
         const.update(INRANGE=inrange, ASM=ti.WIDE_ASM)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
+        if float_pass is None:
+            float_pass = 1 if plan is not None and plan["HW"] in (1, 2) and plan["SAT"] and ti.HW16_RETRY else 0
+        const.update(PASS=float_pass)
     if plan is None:
         raise SystemExit(f"the kernel does not cover {spec}")
     const.update(plan)
     if s.fixed and not wide:
         const.update(WA=0, WB=0)
-    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "ax_ptr": "*i64", "aw_ptr": "*i64"}
+    ptrs = {"x_ptr": ptr, "w_ptr": ptr, "b_ptr": ptr, "y_ptr": "*fp32", "seed_ptr": "*i64", "ax_ptr": "*i64", "aw_ptr": "*i64",
+            "flag_ptr": "*i32"}
     sig = {n: ptrs.get(n, "fp32" if n in _FLOATS else ("constexpr" if n in const else "i32")) for n in fn.arg_names}
     kern = triton.compile(ASTSource(fn, sig, {n: v for n, v in const.items() if n in fn.arg_names}),
                           target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
@@ -195,6 +201,7 @@ def main(argv=None) -> int:
           f"{per_thread:g} MACs per thread per k")
     for conv in (False, True):
         sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide, prefetch=not a.no_prefetch)
+        print(f"  {'conv 3x3' if conv else 'linear  '} kernel: {compile_sass.n_regs} registers per thread")
         found = loops(sass)
         for (n, ops), blocks in zip(found, skipped_blocks(sass)):
             if blocks:

@@ -787,36 +787,37 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[4:])
 def _float_gemm_kernel(
-    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr,
+    x_ptr, w_ptr, b_ptr, y_ptr, seed_ptr, flag_ptr,
     M, N, K_total,
     C_IN, H, W_IN, HO, WO, CG,
     QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, from_steps,
     CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr,
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
-    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, RETRY: tl.constexpr, FP8: tl.constexpr,
-    PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, PASS: tl.constexpr,
+    FP8: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    # binary16/bfloat16 where the format saturates (HW16_RETRY): PASS 1 runs the k loop
+    # without the clamps and flags each tile where a value came out inf or NaN; PASS 2 (a
+    # second launch) redoes only the flagged tiles with the clamps.  A clamp acts only on a
+    # product or sum that rounded to +-inf (IEEE rounding gives +-hmax or +-inf beyond the
+    # range), and from +-inf no later sum is finite again, so a finite result is the clamped
+    # one bit for bit.  Two launches, not two loops in one kernel: the two loops together
+    # took 254 registers per thread in the 3x3 conv (sm_90), one loop 162.  PASS 0: one pass.
+    pid = tl.program_id(0) + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
+    if PASS == 2:
+        if tl.load(flag_ptr + pid) == 0:
+            return
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     w_base = w_ptr + g.to(tl.int64) * K_total * N + offs_n
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
-    # binary16/bfloat16 where the format saturates (RETRY): first without the clamps, then --
-    # only in a tile where a value came out inf or NaN -- again with them.  A clamp acts only
-    # on a product or sum that rounded to +-inf (IEEE rounding gives +-hmax or +-inf beyond
-    # the range), and from +-inf no later sum is finite again, so a finite result is the
-    # clamped one bit for bit.
-    TWICE: tl.constexpr = ((HW == 1) | (HW == 2)) & SAT & RETRY
     acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                                    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
-                                   PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (not TWICE), FP8,
+                                   PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (PASS != 1), FP8,
                                    BLOCK_M, BLOCK_N)
-    if TWICE:
-        if tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0) > 0:  # inf or NaN in this tile
-            acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
-                                           K_total, QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW,
-                                           DH, DW, CONV, PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, True, FP8,
-                                           BLOCK_M, BLOCK_N)
+    if PASS == 1:  # inf or NaN in this tile: PASS 2 redoes it
+        tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0))
     if not SEQ:
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
@@ -838,7 +839,7 @@ def _float_plan(spec, K: int, device=None):
         return None
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
-              HW=_native_kind(spec, device), SAT=not spec.q.inf, RETRY=HW16_RETRY, FP8=_fp8_final(spec, fp, K, device))
+              HW=_native_kind(spec, device), SAT=not spec.q.inf, FP8=_fp8_final(spec, fp, K, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -922,11 +923,17 @@ def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
         from .elementwise import _seed_tensor
 
         seed = _seed_tensor(y, generator)
-    _float_gemm_kernel[(triton.cdiv(M, BM), triton.cdiv(N, BN), G)](
-        xin, w3, bq if bq is not None else w3, y, seed, M, N, K, C_IN, H, W_IN, HO, WO, CG, *sc,
-        CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=bq is not None, PREFETCH=_prefetch(triton.cdiv(M, BM) * triton.cdiv(N, BN) * G, y.device),
-        BLOCK_M=BM, BLOCK_N=BN, **plan)
+    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
+    programs = grid[0] * grid[1] * grid[2]
+    flags = w3  # PASS 0: not read
+    passes = (0,)
+    if plan["HW"] in (1, 2) and plan["SAT"] and HW16_RETRY:  # see _float_gemm_kernel
+        flags, passes = torch.empty(programs, dtype=torch.int32, device=y.device), (1, 2)
+    for p in passes:
+        _float_gemm_kernel[grid](
+            xin, w3, bq if bq is not None else w3, y, seed, flags, M, N, K, C_IN, H, W_IN, HO, WO, CG, *sc,
+            CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW, HAS_BIAS=bq is not None, PASS=p,
+            PREFETCH=_prefetch(programs, y.device), BLOCK_M=BM, BLOCK_N=BN, **plan)
 
 
 def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
