@@ -522,7 +522,7 @@ SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
 # 6.0 -> 5.4 instructions per MAC), 1 = mad.wide.s32 as before 2026-11-30 (ditto)
 WIDE_ASM = 2
 # The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
-# arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32: 64 -> 78 per thread) and a
+# arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32 linear: 64 -> 74 per thread) and a
 # few instructions (6.0 -> 6.3 per MAC, linear and 3x3 conv alike), and it pays
 # where an SM has few warps to switch to while one waits: "auto" prefetches launches of
 # fewer than PREFETCH_PROGRAMS_PER_SM programs per SM (a 512^3 GEMM, the 7x7 layers of a
@@ -845,7 +845,7 @@ def _float_plan(spec, K: int, device=None):
 
 FLOAT_HW16 = True  # False: binary16/bfloat16 sequential through the general float code (bench/gpu_check.py)
 # saturating fp16/bf16 on that path: the k loop without its clamps (sm_90: 3.7 -> 1.9
-# instructions per MAC), again with them only in a tile that overflowed (ditto)
+# instructions per MAC), a second launch with them only for tiles that overflowed (ditto)
 HW16_RETRY = True
 
 
