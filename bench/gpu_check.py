@@ -217,6 +217,8 @@ def bench_linear(sz: dict, reps: int):
     for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
                               ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
                               ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
+                              ("4 warps in every tile (8 outputs per thread at 32x32; NUM_WARPS 4)",
+                               dict(NUM_WARPS=4), sizes[:1]),
                               ("64-bit step as one mad.wide.s32 (WIDE_ASM 1)", dict(WIDE_ASM=1), sizes),
                               ("operands of k + 1 always prefetched (PREFETCH True)", dict(PREFETCH=True), sizes),
                               ("operands never prefetched (PREFETCH False)", dict(PREFETCH=False), sizes),

@@ -42,6 +42,19 @@ def test_the_loops_without_prefetch_match_too(results):
     assert results["no_prefetch"] == "ok", results["no_prefetch"]
 
 
+def test_warps_keep_32_outputs_per_thread(monkeypatch):
+    """Warps per program follow the tile (32 outputs per thread), the int64 tile keeps 4,
+    and NUM_WARPS overrides both."""
+    import triton.language as tl
+
+    from qlab.ext.triton import intrinsic as ti
+
+    assert [ti._warps(bm, bn) for bm, bn in ti.INT32_TILES] == [4, 2, 1]
+    assert ti._warps(32, 64, tl.int64) == 4
+    monkeypatch.setattr(ti, "NUM_WARPS", 8)
+    assert ti._warps(32, 32) == 8 and ti._warps(32, 64, tl.int64) == 8
+
+
 def test_prefetch_auto_follows_programs_per_sm(monkeypatch):
     from qlab.ext.triton import intrinsic as ti
 

@@ -486,7 +486,7 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
         HAS_BIAS=kb is not None, INRANGE=inrange, ASM=WIDE_ASM if _asm_ok() else 0, PREFETCH=prefetch,
         BLOCK_M=BM, BLOCK_N=BN,
-        num_warps=NUM_WARPS, **plan)
+        num_warps=_warps(BM, BN, plan["IDT"]), **plan)
 
 
 def _asm_ok() -> bool:
@@ -513,7 +513,22 @@ def _products_in_range(ax, aw, qhi, SP: tl.constexpr, WA: tl.constexpr):
     return ok
 
 
-NUM_WARPS = 4  # the fixed kernel's warps per program (bench/gpu_sweep.py varies it with _block)
+# Warps per program: None = 32 outputs per thread (128x32 -> 4 warps, 64x32 -> 2, 32x32 ->
+# 1; the int64 tile 32x64 keeps 4).  Fewer outputs per thread cost a lot in sm_90 code
+# (bench/sass_count.py, 2026-11-30): with 4 warps a 32x32 tile loads every operand from
+# global memory for each thread instead of staging it in shared memory, fixed(16,8) 13.0
+# instructions per MAC (1 warp: 5.7) and in the 3x3 conv 21 (1 warp: 5.0, at 168 rather
+# than 180 registers); a 64x32 conv with 4 warps 22 at 255 registers.  An int overrides it
+# (bench/gpu_sweep.py varies it with _block).
+NUM_WARPS = None
+
+
+def _warps(bm: int, bn: int, idt=tl.int32) -> int:
+    if NUM_WARPS is not None:
+        return NUM_WARPS
+    if idt == tl.int64:
+        return 4
+    return max(1, bm * bn // 1024)
 SKIP_PRODUCT_CLAMP = True  # False: always clamp each product (bench/gpu_check.py times both)
 WIDE_STEP = True  # False: nearest without the 64-bit multiply step in any loop (ditto)
 FUSED_GRID_INTS = True  # False: operands to grid integers by the torch path's steps (ditto)
@@ -933,7 +948,7 @@ def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
         _float_gemm_kernel[grid](
             xin, w3, bq if bq is not None else w3, y, seed, flags, M, N, K, C_IN, H, W_IN, HO, WO, CG, *sc,
             CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW, HAS_BIAS=bq is not None, PASS=p,
-            PREFETCH=_prefetch(programs, y.device), BLOCK_M=BM, BLOCK_N=BN, **plan)
+            PREFETCH=_prefetch(programs, y.device), BLOCK_M=BM, BLOCK_N=BN, num_warps=_warps(BM, BN), **plan)
 
 
 def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
