@@ -538,7 +538,7 @@ SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
 WIDE_ASM = 2
 # The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
 # arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32 linear: 64 -> 74 per thread) and a
-# few instructions (6.0 -> 6.3 per MAC, linear and 3x3 conv alike), and it pays
+# few instructions (5.4 -> 5.6 per MAC linear, 4.9 -> 5.0 3x3 conv), and it pays
 # where an SM has few warps to switch to while one waits: "auto" prefetches launches of
 # fewer than PREFETCH_PROGRAMS_PER_SM programs per SM (a 512^3 GEMM, the 7x7 layers of a
 # ResNet at small batch).  True / False force it (bench/gpu_check.py times both).
