@@ -1,16 +1,23 @@
-"""One script for a lent GPU (issue 3): first the CUDA exactness checks (the same checks
-as tests/ext/test_triton_*.py: CPU torch path vs CUDA Triton path, bit for bit), then
-the speed tables.
+"""One script for a lent GPU (issue 3): the issue's speed rows, the CUDA exactness checks
+(the same checks as tests/ext/test_triton_*.py: CPU torch path vs CUDA Triton path, bit
+for bit), then more rows (other formats; each change made without a GPU, switched off).
 
-    PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS] [--jobs N]
+    PYTHONPATH=. python bench/gpu_check.py [--quick] [--skip-checks] [--only ROWS] [--jobs N] [--budget S]
     PYTHONPATH=. python bench/gpu_check.py --dry-run   # CPU, Triton interpreter, tiny sizes
+
+Device minutes are scarce (15 per session, machine start included), so the order is chosen
+for a run stopped by its time limit: the issue's rows first (about a minute), then the
+checks, then the optional rows, which are skipped once ``--budget`` seconds have passed.
+Every row is printed as soon as it is measured (line-buffered), a row that raises prints
+its error and the run goes on, and a check section that fails is run again with each
+module switch back at its state before the changes made without a GPU (``triage``: the
+variants that pass name the change to suspect, so one call both finds and isolates a
+failure).  Save the whole log: ``... 2>&1 | tee $OUT/gpu_check.log``.
 
 Every kernel variant compiles on first use (constexpr specialisations: the checks
 compile at most about 370, counted under the interpreter as distinct constexpr and
 argument-type signatures on 2026-11-30); with ``--jobs 8`` the checks took 92 s on an
-H200 (2026-11-28, fewer variants then, compiles included) and the rows about a minute,
-so checks and rows should fit one call of 10 minutes.  Output is line-buffered and the checks
-print section by section, so a run stopped by a time limit still shows what finished.
+H200 (2026-11-28, fewer variants then, compiles included) and the rows about a minute.
 
 ``--dry-run`` runs every row's code on tiny CPU tensors under ``TRITON_INTERPRET=1`` (the
 numbers mean nothing) so a mistake in the script shows here, not in scarce GPU minutes;
@@ -66,6 +73,11 @@ def parse_args(argv=None):
     ap.add_argument("--jobs", type=int, default=1, help="check sections run at once (each compiles its kernels)")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions per row")
     ap.add_argument("--dry-run", action="store_true", help="CPU + Triton interpreter, tiny sizes (script check)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds after which the optional rows are skipped (the issue's rows and the checks always run)")
+    ap.add_argument("--check-timeout", type=float, default=600, help="seconds for one check section")
+    ap.add_argument("--no-triage", dest="triage", action="store_false",
+                    help="do not rerun a failed check section with each switch off")
     a = ap.parse_args(argv)
     a.only = [r.strip() for r in a.only.split(",") if r.strip()]
     bad = [r for r in a.only if r not in ROWS]
@@ -119,60 +131,136 @@ def timed(fn, reps: int) -> float:
     return s.elapsed_time(e) / reps / 1e3
 
 
+class Rows:
+    """A markdown table printed row by row, so a run stopped by a time limit keeps every row
+    it measured.  ``add(label, fn)`` prints [label, *fn()]; a row whose fn raises prints
+    the error and the table goes on; an optional table's rows past the deadline are
+    listed as skipped instead of run."""
+
+    def __init__(self, title: str, header: list[str], optional: bool = False):
+        self.title, self.header, self.optional, self.shown = title, header, optional, False
+
+    def add(self, label: str, fn) -> None:
+        if not self.shown:
+            print(table(self.title, self.header, []))
+            self.shown = True
+        if self.optional and past_deadline():
+            cells = ["skipped: past --budget"]
+        else:
+            try:
+                cells = list(fn())
+            except Exception as e:  # a compile error or a failed assertion: the other rows still run
+                msg = str(e).strip().splitlines()
+                cells = [f"ERROR {type(e).__name__}: {msg[0][:200] if msg else ''}"]
+        print("| " + " | ".join(str(c) for c in [label, *cells]) + " |")
+
+
+START = time.time()
+BUDGET = None  # seconds from START after which optional rows are skipped (--budget)
+
+
+def past_deadline() -> bool:
+    return BUDGET is not None and time.time() - START > BUDGET
+
+
 # --------------------------------------------------------------------------- exactness
-def check_exact(device: str = "cuda", jobs: int = 1) -> bool:
-    """Each check section in its own subprocess, printed as it ends (a run cut short by a
-    time limit still shows the sections that finished).  ``jobs`` > 1 runs that many
-    sections at once: the checks are mostly kernel compiles, which are CPU work."""
+def _in_pool(jobs: int, items: dict, work, timeout: float):
+    """work(label, body) for each item, ``jobs`` at once; yields (label, result, seconds) as each ends."""
     from concurrent.futures import ThreadPoolExecutor, as_completed
 
-    from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
+    def one(label, body):
+        t = time.time()
+        return label, work(label, body, timeout), time.time() - t
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for f in as_completed([pool.submit(one, k, v) for k, v in items.items()]):
+            yield f.result()
+
+
+def _section(device: str):
     from qlab.ext.triton.testing import run_sections
 
-    def one(name, body):
-        t = time.time()
-        return name, run_sections({name: body}, device)[name], time.time() - t
+    def work(label, body, timeout):
+        try:
+            return run_sections({"s": body}, device, timeout)["s"]
+        except Exception as e:  # subprocess.TimeoutExpired: a hung kernel
+            return f"{type(e).__name__}: {e}"
+    return work
 
-    ok = True
-    t0 = time.time()
-    with ThreadPoolExecutor(max(1, jobs)) as pool:
-        futs = [pool.submit(one, n, b) for n, b in {**ELEMENTWISE, **INTRINSIC}.items()]
-        for f in as_completed(futs):
-            name, res, sec = f.result()
-            good = res == "ok"
-            ok &= good
-            print(f"exactness {name}: {'ok' if good else 'FAILED'}  ({sec:.0f} s, compiles included)")
-            if not good:
-                print(res)
-    print(f"{device} (Triton) == CPU (torch) bit for bit: {ok}  ({time.time() - t0:.0f} s)")
-    return ok
+
+def check_exact(device: str = "cuda", jobs: int = 1, timeout: float = 600, sections: dict | None = None) -> list[str]:
+    """Each check section in its own subprocess, printed as it ends (a run cut short by a
+    time limit still shows the sections that finished).  ``jobs`` > 1 runs that many
+    sections at once: the checks are mostly kernel compiles, which are CPU work.
+    Returns the names of the sections that failed."""
+    if sections is None:
+        from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
+
+        sections = {**ELEMENTWISE, **INTRINSIC}
+    failed, t0 = [], time.time()
+    for name, res, sec in _in_pool(jobs, sections, _section(device), timeout):
+        print(f"exactness {name}: {'ok' if res == 'ok' else 'FAILED'}  ({sec:.0f} s, compiles included)")
+        if res != "ok":
+            failed.append(name)
+            print(res[-6000:])
+    print(f"{device} (Triton) == CPU (torch) bit for bit: {not failed}  ({time.time() - t0:.0f} s)")
+    return failed
+
+
+def triage(failed: list[str], device: str = "cuda", jobs: int = 1, timeout: float = 600, only=None,
+           variants=None) -> dict[str, list[str]]:
+    """Each failed section again with one switch back at its state before the changes made
+    without a GPU (and with all of them): {section: labels of the variants that pass}."""
+    if variants is None:
+        from qlab.ext.triton.checks import variants
+    items = {(name, label): body for name in failed for label, body in variants(name, only).items()}
+    passing = {name: [] for name in failed}
+    work = _section(device)
+    for (name, label), res, sec in _in_pool(jobs, items, work, timeout):
+        print(f"triage {name} with {label}: {'passes' if res == 'ok' else 'fails'}  ({sec:.0f} s)")
+        if res == "ok":
+            passing[name].append(label)
+    for name, labels in passing.items():
+        print(f"TRIAGE {name}: passes with " + ("; ".join(sorted(labels)) if labels else "none of the switches"))
+    return passing
 
 
 # --------------------------------------------------------------------------- rows
-def bench_elementwise(sz: dict, reps: int):
+# Each bench has two parts: "goals" (the issue's rows, run first) and "more" (other formats
+# and each change's switch, optional: skipped past --budget).
+_COPY_SEC = {}
+
+
+def bench_elementwise(sz: dict, reps: int, part: str):
     import qlab
+    from qlab.ext.triton import elementwise as ew
 
     n = sz["elem"]
     x = torch.randn(n, device=DEV)
     y = torch.empty_like(x)
     qn, qs = qlab.FixedPoint(8, 4), qlab.FixedPoint(8, 4, "stochastic")
-    rows = [
-        ("device-to-device copy", timed(lambda: y.copy_(x), reps)),
-        ("torch.fake_quantize_per_tensor_affine", timed(lambda: torch.fake_quantize_per_tensor_affine(x, 1 / 16, 0, -128, 127), reps)),
-        ("qlab fixed(8,4,nearest)", timed(lambda: qn(x), reps)),
-        ("qlab fixed(8,4,stochastic)", timed(lambda: qs(x), reps)),
-    ]
-    from qlab.ext.triton import elementwise as ew
+    if n not in _COPY_SEC:
+        _COPY_SEC[n] = timed(lambda: y.copy_(x), reps)
 
-    with setting(ew, PHILOX4=False):  # one Philox call per element (the default before 2026-11-28)
-        rows.append(("qlab fixed(8,4,stochastic), PHILOX4 off", timed(lambda: qs(x), reps)))
+    def cells(fn, **switch):
+        with setting(ew, **switch):
+            sec = timed(fn, reps)
+        return [f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{_COPY_SEC[n] / sec * 100:.0f}%"]
+
+    t = Rows(f"elementwise, {n} float32 elements, read + write" + ("" if part == "goals" else " (more)"),
+             ["op", "ms", "GB/s", "of copy"], optional=part != "goals")
+    if part == "goals":
+        t.add("device-to-device copy", lambda: cells(lambda: y.copy_(x)))
+        t.add("torch.fake_quantize_per_tensor_affine",
+              lambda: cells(lambda: torch.fake_quantize_per_tensor_affine(x, 1 / 16, 0, -128, 127)))
+        t.add("qlab fixed(8,4,nearest)", lambda: cells(lambda: qn(x)))
+        t.add("qlab fixed(8,4,stochastic)", lambda: cells(lambda: qs(x)))
+        return
+    # one Philox call per element (the default before 2026-11-28)
+    t.add("qlab fixed(8,4,stochastic), PHILOX4 off", lambda: cells(lambda: qs(x), PHILOX4=False))
     # the intrinsic kernels' operand pass: int32 grid integers and max |k| (4 + 4 bytes per element)
-    rows.append(("qlab grid integers fixed(16,8) + max|k| (intrinsic operands)",
-                 timed(lambda: ew.fixed_grid_ints(x, qlab.FixedPoint(16, 8)), reps)))
-    copy_bw = 2 * 4 * n / rows[0][1]
-    out = [[name, f"{sec * 1e3:.3f}", f"{2 * 4 * n / sec / 1e9:.0f}", f"{2 * 4 * n / sec / copy_bw * 100:.0f}%"]
-           for name, sec in rows]
-    print(table(f"elementwise, {n} float32 elements, read + write", ["op", "ms", "GB/s", "of copy"], out))
+    t.add("qlab grid integers fixed(16,8) + max|k| (intrinsic operands)",
+          lambda: cells(lambda: ew.fixed_grid_ints(x, qlab.FixedPoint(16, 8))))
 
 
 def naive_loop(kx, kw, q):
@@ -187,33 +275,71 @@ def naive_loop(kx, kw, q):
     return s
 
 
-def bench_linear(sz: dict, reps: int):
+def _rate(macs: float, fn, reps: int, unit: str = "QMAC/s", module=None, **switch):
+    """[ms, rate] of fn() with ``module``'s switches set."""
+    if module is None:
+        from qlab.ext.triton import intrinsic as module
+    with setting(module, **switch):
+        sec = timed(fn, reps)
+    return [f"{sec * 1e3:.3f}", fmt_rate(macs / sec, unit)]
+
+
+def bench_linear(sz: dict, reps: int, part: str):
+    import qlab
     from qlab.core.intrinsic import _grid_int, intrinsic_linear
 
-    spec = "fixed(16,8)"
-    import qlab
+    spec, q, sizes = "fixed(16,8)", qlab.FixedPoint(16, 8), sz["linear"]
+    t = Rows("intrinsic linear" + ("" if part == "goals" else " (more)"), ["op", "size", "ms", "rate"],
+             optional=part != "goals")
 
-    q = qlab.FixedPoint(16, 8)
-    rows = []
-    sizes = sz["linear"]
-    for n in sizes:
-        x = torch.randn(n, n, device=DEV)
-        w = torch.randn(n, n, device=DEV)
-        sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
-        rows.append([f"qlab intrinsic linear {spec} sequential (Triton)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
-        if n == sizes[0]:
-            kx, kw = _grid_int(x, q), _grid_int(w.t().contiguous(), q)
-            sec = timed(lambda: naive_loop(kx, kw, q), max(1, reps // 5))
-            rows.append(["naive per-k torch loop (int64)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
+    def lin(n, s=spec, r=reps, scale=1.0, wscale=1.0, **switch):
+        x, w = torch.randn(n, n, device=DEV) * scale, torch.randn(n, n, device=DEV) * wscale
+        return [f"{n}^3", *_rate(n ** 3, lambda: intrinsic_linear(x, w, None, spec=s), r, **switch)]
+
+    if part == "goals":
+        for n in sizes:
+            t.add(f"qlab intrinsic linear {spec} sequential (Triton)", lambda: lin(n))
+        n = sizes[0]
+        x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+        kx, kw = _grid_int(x, q), _grid_int(w.t().contiguous(), q)
+        t.add("naive per-k torch loop (int64)", lambda: [f"{n}^3", *_rate(n ** 3, lambda: naive_loop(kx, kw, q),
+                                                                            max(1, reps // 5))])
+
+        def torch_path():
             os.environ["QLAB_BACKEND"] = "torch"
             try:
-                sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), max(1, reps // 5))
+                return [f"{n}^3", *_rate(n ** 3, lambda: intrinsic_linear(x, w, None, spec=spec), max(1, reps // 5))]
             finally:
                 os.environ.pop("QLAB_BACKEND")
-            rows.append(["qlab torch reference path on CUDA", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
-    # the same kernel clamping every product (as before the in-range skip), for the ratio
-    from qlab.ext.triton import intrinsic as ti
+        t.add("qlab torch reference path on CUDA", torch_path)
 
+        def cublas():
+            n = sizes[-1]
+            a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
+            tf32 = torch.backends.cuda.matmul.allow_tf32
+            torch.backends.cuda.matmul.allow_tf32 = False
+            try:
+                return [f"{n}^3", *_rate(n ** 3, lambda: a @ b, reps, "MAC/s")]
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = tf32
+        t.add("cuBLAS fp32 matmul (TF32 off)", cublas)
+        return
+    n, r2 = sizes[-1], max(1, reps // 2)
+    # the float formats (w small enough that fp16 sums stay finite); ties-away takes the
+    # general rounding code, nearest-even (fp16's default) the short one
+    for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
+                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2"]:
+        t.add(f"qlab intrinsic linear {fspec} (Triton float kernel)", lambda: lin(n, fspec, r2, wscale=0.05))
+    # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
+    # (with the 64-bit multiply step for W <= 15, and without it)
+    for label, switch in [("", {}), (", WIDE_STEP off", dict(WIDE_STEP=False))]:
+        t.add(f"qlab intrinsic linear fixed(8,4), products saturate (clamping loop){label}",
+              lambda: lin(n, "fixed(8,4)", **switch))
+    # stochastic products (the deck's rounding experiment, intrinsic): Philox draws per MAC
+    for label, switch in [("", {}), (", one Philox call per product (SHARE_DRAWS off)", dict(SHARE_DRAWS=False))]:
+        t.add(f"qlab intrinsic linear fixed(16,8,stochastic) sequential{label}",
+              lambda: lin(n, "fixed(16,8,stochastic)", r2, **switch))
+    # each change made without a GPU, switched off (or forced), beside the default rows above
     for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
                               ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
                               ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
@@ -224,68 +350,22 @@ def bench_linear(sz: dict, reps: int):
                               ("operands never prefetched (PREFETCH False)", dict(PREFETCH=False), sizes),
                               ("operands to grid integers by torch ops (FUSED_GRID_INTS off)",
                                dict(FUSED_GRID_INTS=False), sizes)]:
-        with setting(ti, **switch):
-            for n in ns:
-                x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
-                sec = timed(lambda: intrinsic_linear(x, w, None, spec=spec), reps)
-                rows.append([f"  same, {label}", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
-    # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
-    # (with the 64-bit multiply step for W <= 15, and without it)
-    n = sizes[-1]
-    x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
-    for label, switch in [("", {}), (", WIDE_STEP off", dict(WIDE_STEP=False))]:
-        with setting(ti, **switch):
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec="fixed(8,4)"), reps)
-        rows.append([f"qlab intrinsic linear fixed(8,4), products saturate (clamping loop){label}", f"{n}^3",
-                     f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
-    # stochastic products (the deck's rounding experiment, intrinsic): Philox draws per MAC
-    for label, switch in [("", {}), (", one Philox call per product (SHARE_DRAWS off)", dict(SHARE_DRAWS=False))]:
-        with setting(ti, **switch):
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8,stochastic)"), max(1, reps // 2))
-        rows.append([f"qlab intrinsic linear fixed(16,8,stochastic) sequential{label}", f"{n}^3",
-                     f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "QMAC/s")])
-    x, w = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV) * 0.05
-    # ties-away takes the general rounding code; nearest-even (fp16's default) the short one
-    for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
-                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16"]:
-        sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-        rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
-                     fmt_rate(n ** 3 / sec, "QMAC/s")])
-    with setting(ti, FLOAT_HW16=False):  # fp16/bf16 through the general float code, as before 2026-11-28
-        for fspec in ["fp16", "bf16"]:
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-            rows.append([f"  {fspec}, native 16-bit arithmetic off (FLOAT_HW16 off)", f"{n}^3", f"{sec * 1e3:.3f}",
-                         fmt_rate(n ** 3 / sec, "QMAC/s")])
-    with setting(ti, HW16_RETRY=False):  # every MAC clamped, as before 2026-11-30
-        for fspec in ["fp16", "bf16"]:
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-            rows.append([f"  {fspec}, clamps at every MAC (HW16_RETRY off)", f"{n}^3", f"{sec * 1e3:.3f}",
-                         fmt_rate(n ** 3 / sec, "QMAC/s")])
-    for fspec in ["fp8e4m3", "fp8e5m2"]:  # sequential, Q = A: the hardware's fp8 conversions
-        sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-        rows.append([f"qlab intrinsic linear {fspec} (Triton float kernel)", f"{n}^3", f"{sec * 1e3:.3f}",
-                     fmt_rate(n ** 3 / sec, "QMAC/s")])
-    with setting(ti, FLOAT_FP8=False):  # fp8 through the general float code (bit arithmetic, int64 final sums)
-        for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
-            sec = timed(lambda: intrinsic_linear(x, w, None, spec=fspec), max(1, reps // 2))
-            rows.append([f"  {fspec}, general float code (FLOAT_FP8 off)", f"{n}^3", f"{sec * 1e3:.3f}",
-                         fmt_rate(n ** 3 / sec, "QMAC/s")])
-    xo = x * 400.0  # products beyond fp16's 65504 in every tile: both loops run (the worst case)
-    sec = timed(lambda: intrinsic_linear(xo, w * 400.0, None, spec="fp16"), max(1, reps // 2))
-    rows.append(["  fp16, every tile overflows (unclamped loop, then the clamped one)", f"{n}^3", f"{sec * 1e3:.3f}",
-                 fmt_rate(n ** 3 / sec, "QMAC/s")])
-    a, b = torch.randn(n, n, device=DEV), torch.randn(n, n, device=DEV)
-    tf32 = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        sec = timed(lambda: a @ b, reps)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-    rows.append(["cuBLAS fp32 matmul (TF32 off)", f"{n}^3", f"{sec * 1e3:.3f}", fmt_rate(n ** 3 / sec, "MAC/s")])
-    print(table("intrinsic linear", ["op", "size", "ms", "rate"], rows))
+        for m in ns:
+            t.add(f"  {spec}, {label}", lambda: lin(m, **switch))
+    for fspec in ["fp16", "bf16"]:  # through the general float code, as before 2026-11-28
+        t.add(f"  {fspec}, native 16-bit arithmetic off (FLOAT_HW16 off)",
+              lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_HW16=False))
+    for fspec in ["fp16", "bf16"]:  # every MAC clamped, as before 2026-11-30
+        t.add(f"  {fspec}, clamps at every MAC (HW16_RETRY off)", lambda: lin(n, fspec, r2, wscale=0.05, HW16_RETRY=False))
+    # fp8 through the general float code (bit arithmetic, int64 final sums)
+    for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
+        t.add(f"  {fspec}, general float code (FLOAT_FP8 off)", lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_FP8=False))
+    # products beyond fp16's 65504 in every tile: both loops run (the worst case)
+    t.add("  fp16, every tile overflows (unclamped loop, then the clamped one)",
+          lambda: lin(n, "fp16", r2, scale=400.0, wscale=20.0))
 
 
-def bench_conv(sz: dict, reps: int):
+def bench_conv(sz: dict, reps: int, part: str):
     from qlab.core.intrinsic import intrinsic_conv, intrinsic_linear
 
     spec = "fixed(16,8)"
@@ -293,34 +373,34 @@ def bench_conv(sz: dict, reps: int):
     x = torch.randn(B, C, S, S, device=DEV)
     w = torch.randn(C, C, 3, 3, device=DEV) * 0.05
     macs = B * S * S * C * C * 9
-    sec_c = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
-    xl = torch.randn(B * S * S, C * 9, device=DEV)
-    wl = torch.randn(C, C * 9, device=DEV) * 0.05
-    sec_l = timed(lambda: intrinsic_linear(xl, wl, None, spec=spec), reps)
-    sec_f = timed(lambda: torch.nn.functional.conv2d(x, w, None, padding=1), reps)
-    from qlab.ext.triton import intrinsic as ti
+    t = Rows(f"ResNet-50 layer: batch {B}, {C}->{C}, {S}x{S}, 3x3, pad 1 ({macs / 1e9:.2f} GMAC)"
+             + ("" if part == "goals" else " (more)"), ["op", "ms", "rate"], optional=part != "goals")
 
-    with setting(ti, WIDE_STEP=False):
-        sec_w = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
-    with setting(ti, WIDE_ASM=1):
-        sec_a = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
-    sec_p = {}
-    for on in (True, False):
-        with setting(ti, PREFETCH=on):
-            sec_p[on] = timed(lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps)
-    rows = [
-        [f"qlab intrinsic conv {spec} (implicit GEMM)", f"{sec_c * 1e3:.3f}", fmt_rate(macs / sec_c, "QMAC/s"), f"{sec_c / sec_l:.2f}"],
-        ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.3f}", fmt_rate(macs / sec_w, "QMAC/s"), ""],
-        ["  same, 64-bit step as one mad.wide.s32 (WIDE_ASM 1)", f"{sec_a * 1e3:.3f}", fmt_rate(macs / sec_a, "QMAC/s"), ""],
-        ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.3f}",
-         fmt_rate(macs / sec_p[True], "QMAC/s"), ""],
-        ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.3f}",
-         fmt_rate(macs / sec_p[False], "QMAC/s"), ""],
-        [f"qlab intrinsic linear {spec}, same GEMM ({B * S * S}x{C * 9}x{C})", f"{sec_l * 1e3:.3f}", fmt_rate(macs / sec_l, "QMAC/s"), "1.00"],
-        ["float conv2d (cuDNN)", f"{sec_f * 1e3:.3f}", fmt_rate(macs / sec_f, "MAC/s"), ""],
-    ]
-    print(table(f"ResNet-50 layer: batch {B}, {C}->{C}, {S}x{S}, 3x3, pad 1 ({macs / 1e9:.2f} GMAC)",
-                ["op", "ms", "rate", "time / linear"], rows))
+    def conv(**switch):
+        return _rate(macs, lambda: intrinsic_conv(x, w, None, padding=1, spec=spec), reps, **switch)
+
+    if part == "goals":
+        secs = {}
+
+        def row(key, fn, unit="QMAC/s"):
+            secs[key] = timed(fn, reps)
+            ratio = f"{secs['conv'] / secs[key]:.2f}" if key != "conv" and "conv" in secs else ""
+            return [f"{secs[key] * 1e3:.3f}", fmt_rate(macs / secs[key], unit), ratio]
+
+        t.header = ["op", "ms", "rate", "conv time / this"]
+        t.add(f"qlab intrinsic conv {spec} (implicit GEMM)", lambda: row("conv", lambda: intrinsic_conv(
+            x, w, None, padding=1, spec=spec)))
+        xl = torch.randn(B * S * S, C * 9, device=DEV)
+        wl = torch.randn(C, C * 9, device=DEV) * 0.05
+        t.add(f"qlab intrinsic linear {spec}, same GEMM ({B * S * S}x{C * 9}x{C})",
+              lambda: row("linear", lambda: intrinsic_linear(xl, wl, None, spec=spec)))
+        t.add("float conv2d (cuDNN)", lambda: row("cudnn", lambda: torch.nn.functional.conv2d(x, w, None, padding=1),
+                                                  "MAC/s"))
+        return
+    t.add("  same, without the one-multiply-add step (WIDE_STEP off)", lambda: conv(WIDE_STEP=False))
+    t.add("  same, 64-bit step as one mad.wide.s32 (WIDE_ASM 1)", lambda: conv(WIDE_ASM=1))
+    t.add("  same, operands of k + 1 always prefetched (PREFETCH True)", lambda: conv(PREFETCH=True))
+    t.add("  same, operands never prefetched (PREFETCH False)", lambda: conv(PREFETCH=False))
 
 
 def resnet50():
@@ -374,58 +454,52 @@ class _ResNet50(torch.nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-def bench_resnet(sz: dict, reps: int):
+def bench_resnet(sz: dict, reps: int, part: str):
     import qlab
+    from qlab.ext.triton import intrinsic as ti
 
     model, name = resnet50()
     model = model.to(DEV).eval()
     B, S = sz["resnet"]
     x = torch.randn(B, 3, S, S, device=DEV)
-    plan = qlab.Plan(intrinsic={"type:Conv2d": "fixed(16,8)", "type:Linear": "fixed(16,8)"})
-    plan16 = qlab.Plan(intrinsic={"type:Conv2d": "fp16", "type:Linear": "fp16"})
-    plan8 = qlab.Plan(intrinsic={"type:Conv2d": "fp8e4m3", "type:Linear": "fp8e4m3"})
+
+    def plan(spec):
+        return qlab.Plan(intrinsic={"type:Conv2d": spec, "type:Linear": spec})
+
+    def run(p=None, r=max(1, reps // 2), **switch):
+        with setting(ti, **switch), (qlab.quantize(model, p) if p else contextlib.nullcontext()):
+            sec = timed(lambda: model(x), r)
+        return [f"{sec * 1e3:.1f}", f"{B / sec:.0f}"]
+
+    t = Rows(f"{name}, random weights, batch {B}, {S}x{S}" + ("" if part == "goals" else " (more)"),
+             ["model", "ms / batch", "images/s"], optional=part != "goals")
+    fixed = plan("fixed(16,8)")
     if DEV == "cpu":  # dry run: the interpreter is far too slow for 53 layers; the C kernel runs them
         os.environ["QLAB_BACKEND"] = "cpu"
     try:
         with torch.no_grad():
-            sec_f = timed(lambda: model(x), reps)
-            with qlab.quantize(model, plan):
-                sec_q = timed(lambda: model(x), max(1, reps // 2))
-            with qlab.quantize(model, plan16):
-                sec_h = timed(lambda: model(x), max(1, reps // 2))
-            with qlab.quantize(model, plan8):
-                sec_8 = timed(lambda: model(x), max(1, reps // 2))
-            from qlab.ext.triton import intrinsic as ti
-
-            with setting(ti, SKIP_PRODUCT_CLAMP=False), qlab.quantize(model, plan):
-                sec_c = timed(lambda: model(x), max(1, reps // 2))
-            with setting(ti, WIDE_STEP=False), qlab.quantize(model, plan):
-                sec_w = timed(lambda: model(x), max(1, reps // 2))
-            with setting(ti, FUSED_GRID_INTS=False), qlab.quantize(model, plan):
-                sec_g = timed(lambda: model(x), max(1, reps // 2))
-            sec_p = {}
-            for on in (True, False):
-                with setting(ti, PREFETCH=on), qlab.quantize(model, plan):
-                    sec_p[on] = timed(lambda: model(x), max(1, reps // 2))
+            if part == "goals":
+                t.add("float32 (cuDNN)", lambda: run(r=reps))
+                t.add("every conv and fc intrinsic fixed(16,8), sequential (Triton)", lambda: run(fixed))
+                return
+            for spec in ("fp16", "fp8e4m3"):
+                t.add(f"every conv and fc intrinsic {spec}, sequential (Triton float kernel)", lambda: run(plan(spec)))
+            for label, switch in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False)),
+                                  ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False)),
+                                  ("operands to grid integers by torch ops (FUSED_GRID_INTS off)",
+                                   dict(FUSED_GRID_INTS=False)),
+                                  ("operands of k + 1 always prefetched (PREFETCH True)", dict(PREFETCH=True)),
+                                  ("operands never prefetched (PREFETCH False)", dict(PREFETCH=False)),
+                                  ("64-bit step as one mad.wide.s32 (WIDE_ASM 1)", dict(WIDE_ASM=1))]:
+                t.add(f"  fixed(16,8), {label}", lambda: run(fixed, **switch))
     finally:
         os.environ.pop("QLAB_BACKEND", None)
-    rows = [
-        ["float32 (cuDNN)", f"{sec_f * 1e3:.1f}", f"{B / sec_f:.0f}"],
-        ["every conv and fc intrinsic fixed(16,8), sequential (Triton)", f"{sec_q * 1e3:.1f}", f"{B / sec_q:.0f}"],
-        ["  same, without the one-multiply-add step (WIDE_STEP off)", f"{sec_w * 1e3:.1f}", f"{B / sec_w:.0f}"],
-        ["  same, every product clamped (SKIP_PRODUCT_CLAMP off)", f"{sec_c * 1e3:.1f}", f"{B / sec_c:.0f}"],
-        ["  same, operands to grid integers by torch ops (FUSED_GRID_INTS off)", f"{sec_g * 1e3:.1f}", f"{B / sec_g:.0f}"],
-        ["  same, operands of k + 1 always prefetched (PREFETCH True)", f"{sec_p[True] * 1e3:.1f}", f"{B / sec_p[True]:.0f}"],
-        ["  same, operands never prefetched (PREFETCH False)", f"{sec_p[False] * 1e3:.1f}", f"{B / sec_p[False]:.0f}"],
-        ["every conv and fc intrinsic fp16, sequential (Triton float kernel)", f"{sec_h * 1e3:.1f}", f"{B / sec_h:.0f}"],
-        ["every conv and fc intrinsic fp8e4m3, sequential (Triton float kernel)", f"{sec_8 * 1e3:.1f}", f"{B / sec_8:.0f}"],
-    ]
-    print(table(f"{name}, random weights, batch {B}, {S}x{S}", ["model", "ms / batch", "images/s"], rows))
 
 
 def main(argv=None) -> int:
-    global DEV
+    global DEV, BUDGET
     a = parse_args(argv)
+    BUDGET = a.budget
     sys.stdout.reconfigure(line_buffering=True)  # every line out at once: a cut-short run keeps what it printed
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"  # before triton is imported
@@ -444,17 +518,31 @@ def main(argv=None) -> int:
         print(f"DRY RUN (CPU, Triton interpreter; numbers mean nothing), triton {triton.__version__}")
     else:
         print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}, "
-              f"{time.strftime('%Y-%m-%d')}")
-    good = True
-    if not a.skip_checks:
-        good = check_exact("interpreter" if a.dry_run else "cuda", a.jobs)
+              f"{time.strftime('%Y-%m-%d %H:%M')}")
     fns = {"elementwise": bench_elementwise, "linear": bench_linear, "conv": bench_conv, "resnet": bench_resnet}
     sz = SIZES["dry" if a.dry_run else "quick" if a.quick else "full"]
-    for r in a.only:
-        t = time.time()
-        fns[r](sz, 1 if a.dry_run else a.reps)
-        print(f"({r}: {time.time() - t:.0f} s)", flush=True)
-    return 0 if good else 1
+    reps = 1 if a.dry_run else a.reps
+    device = "interpreter" if a.dry_run else "cuda"
+
+    def rows(part):
+        for r in a.only:
+            t = time.time()
+            try:
+                fns[r](sz, reps, part)
+            except Exception as e:  # set-up of a bench (a model, a tensor) failed: the others still run
+                print(f"{r} ({part}): ERROR {type(e).__name__}: {e}")
+            print(f"({r}, {part}: {time.time() - t:.0f} s; {time.time() - START:.0f} s in all)", flush=True)
+
+    # the issue's rows first, then the exactness checks (and triage of any failure), then
+    # the optional rows: a run stopped by its time limit loses the least important part
+    rows("goals")
+    failed = []
+    if not a.skip_checks:
+        failed = check_exact(device, a.jobs, a.check_timeout)
+        if failed and a.triage:
+            triage(failed, device, a.jobs, a.check_timeout)
+    rows("more")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

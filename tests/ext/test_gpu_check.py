@@ -32,7 +32,8 @@ def test_gpu_check_dry_run_prints_every_table():
                 "qlab intrinsic linear fp8e5m2", "every conv and fc intrinsic fp8e4m3", "(WIDE_ASM 1)", "NUM_WARPS 4"]:
         assert row in out, (row, out[-3000:])
     for r_ in ("elementwise", "linear", "conv", "resnet"):
-        assert f"({r_}: " in out
+        assert f"({r_}, goals: " in out and f"({r_}, more: " in out
+    assert "ERROR" not in out and "skipped" not in out
 
 
 def test_gpu_sweep_dry_run_prints_its_tables():
@@ -44,3 +45,90 @@ def test_gpu_sweep_dry_run_prints_its_tables():
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for title in ["tile sweep (linear 16^3", "linear 16^3: tile sweep", "kernels by device time"]:
         assert title in r.stdout, (title, r.stdout[-3000:])
+
+
+def _gpu_check():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_gpu_check_budget_skips_only_the_optional_rows():
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    env.pop("QLAB_BACKEND", None)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--skip-checks",
+                        "--only", "elementwise,conv", "--budget", "0"], env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lines = r.stdout.splitlines()
+    row = {ln.split(" | ")[0][2:].strip(): ln for ln in lines if ln.startswith("| ")}
+    for goal in ["qlab fixed(8,4,stochastic)", "qlab intrinsic conv fixed(16,8) (implicit GEMM)", "float conv2d (cuDNN)"]:
+        assert "skipped" not in row[goal] and "ERROR" not in row[goal], row[goal]
+    for extra in ["qlab fixed(8,4,stochastic), PHILOX4 off", "same, operands never prefetched (PREFETCH False)"]:
+        assert row[extra].endswith("| skipped: past --budget |"), row[extra]
+    # the issue's rows come before the optional ones
+    assert lines.index(row["float conv2d (cuDNN)"]) < lines.index(row["qlab fixed(8,4,stochastic), PHILOX4 off"])
+
+
+def test_rows_print_an_error_and_go_on(capsys):
+    gc = _gpu_check()
+    t = gc.Rows("demo", ["op", "ms"])
+    t.add("first", lambda: 1 / 0)
+    t.add("second", lambda: ["1.5"])
+    out = capsys.readouterr().out
+    assert "| first | ERROR ZeroDivisionError: division by zero |" in out
+    assert "| second | 1.5 |" in out
+
+
+def test_triage_names_the_switch_that_makes_a_failing_section_pass(capsys):
+    """A section that fails with the defaults is run again with each switch: the report names
+    the variants that pass (here a section that needs WIDE_ASM 1, under the interpreter)."""
+    from qlab.ext.triton.checks import _switches
+
+    gc = _gpu_check()
+    body = "\n    from qlab.ext.triton import intrinsic as _ti\n    assert _ti.WIDE_ASM == 1, 'needs the mad.wide form'\n"
+    failed = gc.check_exact("interpreter", 2, 300, sections={"demo": body})
+    assert failed == ["demo"]
+    out = capsys.readouterr().out
+    assert "exactness demo: FAILED" in out and "needs the mad.wide form" in out
+
+    def variants(name, only):
+        return {"WIDE_ASM=1": _switches(WIDE_ASM=1) + body, "PREFETCH=False": _switches(PREFETCH=False) + body}
+    assert gc.triage(failed, "interpreter", 2, 300, variants=variants) == {"demo": ["WIDE_ASM=1"]}
+    assert "TRIAGE demo: passes with WIDE_ASM=1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["linear", "no_prefetch", "float_intrinsic", "stochastic"])
+def test_triage_variants_set_the_switch_they_name(name):
+    """Each variant's script, run line by line, leaves the module switches as its label says
+    (its own line after the section's PREFETCH line, which it may override)."""
+    import importlib
+    import re
+
+    from qlab.ext.triton import checks
+
+    vs = checks.variants(name)
+    assert vs and all(b.endswith((checks.ELEMENTWISE.get(name) or checks._INTRINSIC[name][1])) for b in vs.values())
+    for label, body in vs.items():
+        state = {}
+        mod = None
+        for ln in body.splitlines():
+            m = re.match(r"\s*from qlab\.ext\.triton import (\w+) as _sw$", ln)
+            if m:
+                mod = m.group(1)
+            m = re.match(r"\s*_sw\.(\w+) = (.+)$", ln)
+            if m:
+                assert hasattr(importlib.import_module(f"qlab.ext.triton.{mod}"), m.group(1)), ln
+                state[f"{mod}.{m.group(1)}"] = eval(m.group(2))
+        if label.startswith("all of them"):
+            assert state["intrinsic.WIDE_ASM"] == 0 and state["intrinsic.PREFETCH"] is False
+            assert state["intrinsic.FLOAT_FP8"] is False and state["intrinsic.NUM_WARPS"] == 4
+            continue
+        key, val = label.split("=")
+        key = key if "." in key else f"intrinsic.{key}"
+        assert state[key] == eval(val), (label, state)
+    if name == "no_prefetch":
+        assert "PREFETCH=True" in vs

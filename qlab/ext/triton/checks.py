@@ -608,7 +608,6 @@ ELEMENTWISE = {"fixed": FIXED, "stochastic": STOCHASTIC, "float": FLOAT, "log": 
 # bounds; float formats sequential and final with NaN/inf.  Few specs, few compiles.
 NO_PREFETCH = COMMON + """
     from qlab.ext.triton import intrinsic as _ti
-    _ti.PREFETCH = False
     rng = torch.Generator().manual_seed(11)
     bad, n = [], 0
     for W, F_, Wa, Fa, sc, mode, acc, inputs in [
@@ -636,7 +635,7 @@ NO_PREFETCH = COMMON + """
             bad.append(("conv", str(spec), kh, kw))
     # the 64-bit multiply step's other PTX form (WIDE_ASM 1; compiled CUDA only): exact ties,
     # both loops (fixed(8,4) on N(0, 10**2) saturates its products)
-    _ti.WIDE_ASM = 1
+    _asm, _ti.WIDE_ASM = _ti.WIDE_ASM, 1
     try:
         for W, F_, sc in [(16, 8, 4.0), (8, 4, 10.0)]:
             x = torch.randint(-64, 65, (21, 9), generator=rng) * (sc / 64)
@@ -646,7 +645,7 @@ NO_PREFETCH = COMMON + """
             if not lin_same(x, w, None, spec=spec):
                 bad.append(("WIDE_ASM 1", str(spec)))
     finally:
-        _ti.WIDE_ASM = 2
+        _ti.WIDE_ASM = _asm
     x = torch.randint(-12, 13, (64, 9), generator=rng) / 16.0
     w = torch.randint(-12, 13, (3, 9), generator=rng) / 16.0
     spec = spec_of(8, 4, 16, 4, "stochastic", "sequential")
@@ -695,11 +694,34 @@ NO_PREFETCH = COMMON + """
 """
 
 
-def _prefetch(on: bool) -> str:
-    """Sections run in one process: each intrinsic one sets the k loop's prefetch itself."""
-    return f"\n    from qlab.ext.triton import intrinsic as _ti\n    _ti.PREFETCH = {on}\n"
+def _switches(module: str = "intrinsic", **values) -> str:
+    """Script lines setting qlab.ext.triton.<module>'s switches (sections run in one process)."""
+    lines = [f"\n    from qlab.ext.triton import {module} as _sw"] + [f"    _sw.{k} = {v!r}" for k, v in values.items()]
+    return "\n".join(lines) + "\n"
 
 
-INTRINSIC = {"linear": _prefetch(True) + LINEAR, "conv": _prefetch(True) + CONV,
-             "intrinsic_stochastic": _prefetch(True) + STOCH_INTRINSIC, "float_intrinsic": _prefetch(True) + FLOAT_INTRINSIC,
-             "no_prefetch": NO_PREFETCH}
+# (prefetch, body): each intrinsic section sets the k loop's prefetch itself
+_INTRINSIC = {"linear": (True, LINEAR), "conv": (True, CONV), "intrinsic_stochastic": (True, STOCH_INTRINSIC),
+              "float_intrinsic": (True, FLOAT_INTRINSIC), "no_prefetch": (False, NO_PREFETCH)}
+INTRINSIC = {name: _switches(PREFETCH=on) + body for name, (on, body) in _INTRINSIC.items()}
+
+# Triage of a section that fails on a GPU (bench/gpu_check.py): the section again with one
+# switch back at its state before a change made without a GPU (sessions 5-7), and with all
+# of them at once; the variants that pass name the change to suspect.
+_OLD_INTRINSIC = dict(WIDE_ASM=1, NUM_WARPS=4, WIDE_STEP=False, SKIP_PRODUCT_CLAMP=False, FUSED_GRID_INTS=False,
+                      SHARE_DRAWS=False, FLOAT_HW16=False, HW16_RETRY=False, FLOAT_FP8=False)
+
+
+def variants(name: str, only: tuple[str, ...] | None = None) -> dict[str, str]:
+    """{label: section body} for triage of check section ``name`` (ELEMENTWISE or
+    INTRINSIC); ``only`` keeps the labels that start with one of its strings."""
+    if name in ELEMENTWISE:
+        out = {"elementwise.PHILOX4=False": _switches("elementwise", PHILOX4=False) + ELEMENTWISE[name]}
+    else:
+        on, body = _INTRINSIC[name]
+        sw = {f"WIDE_ASM={v}": dict(WIDE_ASM=v) for v in (1, 0)}
+        sw[f"PREFETCH={not on}"] = dict(PREFETCH=not on)
+        sw.update({f"{k}={v}": {k: v} for k, v in _OLD_INTRINSIC.items() if k != "WIDE_ASM"})
+        sw["all of them (WIDE_ASM=0, no prefetch, 4 warps, ...)"] = dict(_OLD_INTRINSIC, WIDE_ASM=0, PREFETCH=False)
+        out = {label: _switches(PREFETCH=on) + _switches(**v) + body for label, v in sw.items()}
+    return {k: v for k, v in out.items() if only is None or k.startswith(only)}
