@@ -40,10 +40,10 @@ Beside the defaults, rows with one module switch off time each change made witho
 GPU (docs/benchmarks.md, sessions 5 to 7): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form),
 ``INT32_TILES`` (128x32 only), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile
-overflows), ``FLOAT_FP8``, ``SHARE_DRAWS``, ``PREFETCH`` (forced on and off; the default
-"auto" prefetches small launches) and ``elementwise.PHILOX4``; also fixed(8,4) with
-saturating products (the clamping loop), stochastic fixed(16,8), and the operand pass
-(grid integers + max |k|) beside copy.
+overflows), ``FLOAT_FP8``, ``FLOAT_QHW`` (fp16 products, float32 sums), ``SHARE_DRAWS``,
+``PREFETCH`` (forced on and off; the default "auto" prefetches small launches) and
+``elementwise.PHILOX4``; also fixed(8,4) with saturating products (the clamping loop),
+stochastic fixed(16,8), and the operand pass (grid integers + max |k|) beside copy.
 """
 from __future__ import annotations
 
@@ -327,8 +327,11 @@ def bench_linear(sz: dict, reps: int, part: str):
     n, r2 = sizes[-1], max(1, reps // 2)
     # the float formats (w small enough that fp16 sums stay finite); ties-away takes the
     # general rounding code, nearest-even (fp16's default) the short one
+    # and fp16 / bf16 / fp8 products summed in float32 (A = binary32, as matrix units do)
+    a32 = ["intrinsic(fp16,acc=float(8,23,even))", "intrinsic(bf16,acc=float(8,23,even))",
+           "intrinsic(fp8e4m3,acc=float(8,23,even))"]
     for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
-                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2"]:
+                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2", *a32]:
         t.add(f"qlab intrinsic linear {fspec} (Triton float kernel)", lambda: lin(n, fspec, r2, wscale=0.05))
     # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
     # (with the 64-bit multiply step for W <= 15, and without it)
@@ -360,6 +363,8 @@ def bench_linear(sz: dict, reps: int, part: str):
     # fp8 through the general float code (bit arithmetic, int64 final sums)
     for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
         t.add(f"  {fspec}, general float code (FLOAT_FP8 off)", lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_FP8=False))
+    t.add(f"  {a32[0]}, products rounded by bit code (FLOAT_QHW off)",
+          lambda: lin(n, a32[0], r2, wscale=0.05, FLOAT_QHW=False))
     # products beyond fp16's 65504 in every tile: both loops run (the worst case)
     t.add("  fp16, every tile overflows (unclamped loop, then the clamped one)",
           lambda: lin(n, "fp16", r2, scale=400.0, wscale=20.0))

@@ -11,7 +11,13 @@ exact value, which makes them bit-identical with the float64 reference
 not FN formats with E = 8 (values beyond float32); an A with E = 8 and ``inf=True`` is
 declined (a float32 sum overflowing must mean "past A's range" in every mode, true only
 when A saturates); ``final`` only where the exact sum fits int64 (the reference's own
-exact range).
+exact range).  One exception to M <= 21: A = float(8, 23, even) -- binary32 itself, with
+or without inf (``FloatPlan.a32``; mixed precision: fp16, bf16 or fp8 products summed in
+float32, as matrix units do): there every A(s + p) is one float32 addition (IEEE: the
+exact sum rounded to nearest even) and, where A saturates, a clamp to the largest finite
+value; ``final`` converts the exact int64 sum to float32 (rounded to nearest even) and
+scales it by a power of two, exact there (Q's smallest step >= 2**-149).  The Triton
+kernel covers it; the CPU kernel declines it (the reference runs).
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ class FloatPlan:
     a: tuple
     to_steps: float  # 2**-lsb: a finite product in Q's smallest steps
     from_steps: float  # 2**lsb
+    a32: bool = False  # A is binary32 itself, nearest even: each sum one float32 addition
 
 
 def plan(spec, K: int) -> FloatPlan | None:
@@ -43,11 +50,12 @@ def plan(spec, K: int) -> FloatPlan | None:
     modes = MODES + ("stochastic",)
     if q.rounding not in modes or A.rounding not in modes:
         return None
-    if q.M > 21 or A.M > 21 or (q.fn and q.E == 8) or (A.fn and A.E == 8):
+    a32 = (A.E, A.M, A.fn, A.rounding) == (8, 23, False, "even")
+    if q.M > 21 or (A.M > 21 and not a32) or (q.fn and q.E == 8) or (A.fn and A.E == 8):
         return None
     qemin, qemax, qmax = _float_params(q.E, q.M, q.fn)
     aemin, aemax, amax = _float_params(A.E, A.M, A.fn)
-    if A.inf and aemax >= 127:
+    if A.inf and aemax >= 127 and not a32:
         return None
     lsb = qemin - q.M
     seq = spec.accumulate == "sequential"
@@ -55,7 +63,7 @@ def plan(spec, K: int) -> FloatPlan | None:
         return None
     p32 = bool(spec.inputs) and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
     return FloatPlan(p32, seq, (qemin, q.M, qmax, q.inf, q.rounding), (aemin, A.M, amax, A.inf, A.rounding),
-                     2.0 ** -lsb, 2.0 ** lsb)
+                     2.0 ** -lsb, 2.0 ** lsb, a32)
 
 
 def operands(x, w, bias, spec, generator=None):

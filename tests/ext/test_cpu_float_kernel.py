@@ -184,12 +184,26 @@ def test_elementwise_float_quantizer_matches_reference(monkeypatch):
     assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
 
 
+def test_plan_binary32_accumulator():
+    """A = float(8, 23, even), with or without inf, is binary32 itself (FloatPlan.a32); other
+    roundings of it stay outside M <= 21."""
+    from qlab.ext.float_intrinsic import plan
+
+    for inf in (False, True):
+        fp = plan(fspec(FP16, (8, 23, False, inf), "even"), 64)
+        assert fp is not None and fp.a32 and fp.a[1] == 23 and fp.a[2] == torch.finfo(torch.float32).max
+    assert plan(fspec(FP16, (8, 23, False, False), "nearest"), 64) is None
+    assert plan(fspec(FP16, (8, 22, False, False), "even"), 64) is None
+    assert not plan(fspec(FP16, FP16, "even"), 64).a32
+
+
 def test_declines_and_lookup(monkeypatch):
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is not None
     for spec, t in [(as_intrinsic("intrinsic(fp16,accumulate=sequential)"), a.double()),  # float64 tensors
                     (as_intrinsic("float(8,23)"), a),  # M > 21
                     (fspec(BF16, (8, 7, False, True), "even"), a),  # A with E = 8 overflowing to inf
+                    (fspec(FP16, (8, 23, False, False), "even"), a),  # A = binary32: the Triton kernel only
                     (as_intrinsic("fixed(8,4)"), a)]:
         assert backends.lookup("float_matmul", t, w.to(t.dtype), None, spec, None, True) is None, spec
     # stochastic: taken, except where a row's 32-bit draw counters would repeat

@@ -29,7 +29,8 @@ def test_gpu_check_dry_run_prints_every_table():
                 "qlab grid integers fixed(16,8) + max|k|", "bf16, native 16-bit arithmetic off",
                 "one Philox call per product (SHARE_DRAWS off)", "(PREFETCH True)", "(PREFETCH False)",
                 "bf16, clamps at every MAC (HW16_RETRY off)", "fp16, every tile overflows", "(FLOAT_FP8 off)",
-                "qlab intrinsic linear fp8e5m2", "every conv and fc intrinsic fp8e4m3", "(WIDE_ASM 1)", "NUM_WARPS 4"]:
+                "qlab intrinsic linear fp8e5m2", "every conv and fc intrinsic fp8e4m3", "(WIDE_ASM 1)", "NUM_WARPS 4",
+                "intrinsic(bf16,acc=float(8,23,even))", "(FLOAT_QHW off)"]:
         assert row in out, (row, out[-3000:])
     for r_ in ("elementwise", "linear", "conv", "resnet"):
         assert f"({r_}, goals: " in out and f"({r_}, more: " in out

@@ -171,3 +171,20 @@ def test_fp8_final_rounds_products_with_the_hardware(sass_count):
     (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
     (n_gen, _), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_FP8=False))
     assert ops["F2FP"] >= per_thread / 2 and n / per_thread < 10 and n_gen / per_thread > 20, (n, n_gen, ops)
+
+
+def test_float32_accumulator_adds_in_hardware(sass_count):
+    """intrinsic(fp16, acc=float(8,23,even)) -- fp16 products summed in float32, as matrix
+    units do: each product rounded by the hardware's fp16 conversion (F2FP, FLOAT_QHW), each
+    sum one float32 addition clamped by NaN-keeping min/max -- under 8 sm_90 instructions
+    per MAC, against over 15 with the products' general bit rounding (FLOAT_QHW off)."""
+    import re
+
+    per_thread = 128 * 32 / (32 * 4)
+    spec = "intrinsic(fp16,acc=float(8,23,even))"
+    sass = sass_count.compile_sass(spec, False, 128, 32, 4)
+    (n, ops), = sass_count.loops(sass)
+    (n_gen, _), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_QHW=False))
+    assert ops["F2FP"] >= per_thread / 2 and ops["FADD"] >= per_thread, ops
+    assert len(re.findall(r"FMNMX\.NAN", sass)) >= 2 * per_thread and "FMNMX " not in sass
+    assert n / per_thread < 8 and n_gen / per_thread > 15, (n, n_gen)

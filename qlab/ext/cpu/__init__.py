@@ -296,7 +296,8 @@ def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quanti
 
     if w is None or spec is None or x.dim() != 2 or w.dim() != 2 or x.device.type != "cpu":
         return False
-    if not (quantize_w or spec.inputs) or plan(spec, x.shape[1]) is None:
+    fp = plan(spec, x.shape[1]) if (quantize_w or spec.inputs) else None
+    if fp is None or fp.a32:  # A = binary32 (float_intrinsic.FloatPlan.a32): the Triton kernel only
         return False
     if (spec.q.stochastic or spec.A.stochastic) and max(x.shape[0], w.shape[1]) * (x.shape[1] + 1) * 8 >= 2 ** 32:
         return False  # the draws' 32-bit counters would repeat within a row

@@ -570,6 +570,44 @@ FLOAT_INTRINSIC = COMMON + """
                     n += 1
                     if not same(r, f):
                         bad.append(("crafted", str(spec), sign, r.item(), f.item()))
+    # A = binary32, nearest even (FloatPlan.a32: fp16/bf16/fp8 products summed in float32):
+    # each sum one float32 addition, clamped where A saturates; final: the exact int64 sum
+    # converted (nearest even).  Specials, subnormal sums (Q = float(8,10) at 1e-20), sums past
+    # float32's range (1e19 squared), with and without inf; conv; then ties of both sums
+    F32, F32I, Q810 = (8, 23, False, False), (8, 23, False, True), (8, 10, False, False)
+    for qf, af, sc, accs in [(FP16, F32, 8.0, ("sequential", "final")), (BF16, F32, 1e3, ("sequential",)),
+                             (E4M3, F32, 6.0, ("sequential", "final")), (E5M2, F32I, 3.0, ("sequential", "final")),
+                             (Q810, F32, 1e19, ("sequential",)), (Q810, F32I, 1e19, ("sequential",)),
+                             (Q810, F32, 1e-20, ("sequential",)), ((5, 10, False, True), F32I, 300.0, ("sequential",))]:
+        x, w = torch.randn(21, 17, generator=rng) * sc, torch.randn(6, 17, generator=rng) * sc
+        b = torch.randn(6, generator=rng) * sc
+        x[0, :5] = torch.tensor([math.nan, math.inf, -0.0, 1e-30, -math.inf])
+        x[1, :2], x[2, :1] = math.inf, -math.inf  # inf - inf: NaN
+        for acc in accs:
+            spec = fspec(qf, af, "even", acc)
+            assert lin_dispatched(x, w, b, spec), spec
+            n += 1
+            if not lin_same(x, w, b, spec=spec):
+                bad.append(("A = float32", str(spec)))
+            if acc == "sequential":
+                xc, wc = torch.randn(2, 4, 5, 6, generator=rng) * sc, torch.randn(6, 2, 3, 2, generator=rng) * sc
+                xc[0, 0, 0, :2] = torch.tensor([math.nan, math.inf])
+                kw_ = dict(padding=1, groups=2, spec=spec)
+                n += 1
+                if not same(ref(intrinsic_conv, xc, wc, b, **kw_), fast(intrinsic_conv, xc, wc, b, **kw_)):
+                    bad.append(("A = float32 conv", str(spec)))
+    # ties at float32's last bit, seen through the output's rounding to fp16 (y = Q(A(...))):
+    # products 1, 2**-11 and 2**-24; 1 + 2**-11 is a midpoint of fp16 (even: 1)
+    t, h = 2.0 ** -12, 2.0 ** -11
+    x = torch.tensor([[1.0, h, t, 0.0], [1.0, t, h, t], [-1.0, -h, -t, 0.0]])
+    w = torch.tensor([[1.0, 1.0, t, 0.0], [1.0, t, 1.0, t]])
+    for acc, want in [("sequential", [1.0, 1.0, -1.0]), ("final", [1.0, 1.0 + 2 * h, -1.0])]:
+        spec = fspec(FP16, F32, "even", acc)  # sequential: each + 2**-24 a tie (even: down);
+        r, f = lin_pair(x, w, None, spec=spec)  # final: 1 + h + 2**-23 is exact, above the midpoint
+        assert [r[0, 0].item(), r[1, 1].item(), r[2, 0].item()] == want, (acc, r)
+        n += 1
+        if not same(r, f):
+            bad.append(("A = float32 ties", acc, f.tolist()))
     # outside the kernel: declined, the reference result comes back
     x, w = torch.randn(5, 4, generator=rng), torch.randn(3, 4, generator=rng)
     for spec, xx in [(as_intrinsic("fp16"), x.double()), (fspec(BF16, (8, 7, False, True), "even", "sequential"), x),
@@ -709,7 +747,7 @@ INTRINSIC = {name: _switches(PREFETCH=on) + body for name, (on, body) in _INTRIN
 # switch back at its state before a change made without a GPU (sessions 5-7), and with all
 # of them at once; the variants that pass name the change to suspect.
 _OLD_INTRINSIC = dict(WIDE_ASM=1, NUM_WARPS=4, WIDE_STEP=False, SKIP_PRODUCT_CLAMP=False, FUSED_GRID_INTS=False,
-                      SHARE_DRAWS=False, FLOAT_HW16=False, HW16_RETRY=False, FLOAT_FP8=False)
+                      SHARE_DRAWS=False, FLOAT_HW16=False, HW16_RETRY=False, FLOAT_FP8=False, FLOAT_QHW=False)
 
 
 def variants(name: str, only: tuple[str, ...] | None = None) -> dict[str, str]:

@@ -737,12 +737,39 @@ def _f8_round(p, KIND: tl.constexpr):
 
 
 @triton.jit
+def _q_round_hw(p, QHW: tl.constexpr):
+    """float32 values rounded to Q by the hardware's conversion, to nearest even, and back
+    to float32 exactly: QHW 1 binary16 saturating (cvt.rn.satfinite.f16x2: largest finite
+    value, NaN kept), 2 binary16 with inf (cvt.rn.f16x2: IEEE overflow), 3 / 4 fp8 e4m3 /
+    e5m2 (``_f8_round``)."""
+    if QHW >= 3:
+        r = _f8_round(p, QHW)
+    else:
+        SATF: tl.constexpr = ".satfinite" if QHW == 1 else ""
+        r = tl.inline_asm_elementwise(
+            "{ .reg .b16 lo, hi; .reg .b32 r; cvt.rn" + SATF + ".f16x2.f32 r, $3, $2; mov.b32 {lo, hi}, r; "
+            "cvt.f32.f16 $0, lo; cvt.f32.f16 $1, hi; }",
+            "=f,=f,f,f", [p], dtype=tl.float32, is_pure=True, pack=2)
+    return r
+
+
+@triton.jit
+def _a32(s, amax, AINF: tl.constexpr):
+    """A(s) for A = binary32 (nearest even) of a float32 result s: s itself, clamped to
+    +-amax where A saturates (NaN kept: min.NaN / max.NaN)."""
+    if not AINF:
+        s = tl.minimum(tl.maximum(s, -amax, propagate_nan=tl.PropagateNan.ALL), amax,
+                       propagate_nan=tl.PropagateNan.ALL)
+    return s
+
+
+@triton.jit
 def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                   QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase,
                   KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
                   P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, FP8: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  A32: tl.constexpr, QHW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """The float kernel's k loop; returns (sequential sum, final: exact sum of the finite
     products in Q's smallest steps, final: sum of the non-finite ones).  Each k by one of:
 
@@ -759,7 +786,10 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
     v * 2**9 + 1.5 * 2**23 is exact and its bits are those of 1.5 * 2**23 plus that
     integer: summed in int32 (wrapping), the K copies of the constant come off at the end.
     Otherwise the general code: exact product, Q, then A(s + p) by a two-sum rounded to odd
-    (sequential) or an exact int64 sum (final)."""
+    (sequential) or an exact int64 sum (final); where A is binary32 itself (A32: nearest
+    even) A(s + p) is one float32 addition, clamped where A saturates; where Q is binary16
+    or fp8 with nearest even and the product exact in float32 (QHW, compiled CUDA), the
+    hardware's conversion rounds it (``_q_round_hw``)."""
     ADT: tl.constexpr = tl.float16 if HW == 1 else (tl.bfloat16 if HW == 2 else tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ADT)  # sequential: the running sum (+0)
     isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
@@ -788,8 +818,13 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
                     p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
                 else:
                     p = xk[:, None] * wk[None, :]  # exact
-                p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
-                if SEQ:
+                if QHW > 0:
+                    p = _q_round_hw(p, QHW)
+                else:
+                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                if SEQ and A32:
+                    acc = _a32(acc + p, amax, AINF)
+                elif SEQ:
                     acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
                 else:
                     fin = (p.to(tl.int32, bitcast=True) & 0x7F800000) != 0x7F800000
@@ -810,7 +845,8 @@ def _float_gemm_kernel(
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
     SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, PASS: tl.constexpr,
-    FP8: tl.constexpr, PREFETCH: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    FP8: tl.constexpr, A32: tl.constexpr, QHW: tl.constexpr, PREFETCH: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # binary16/bfloat16 where the format saturates (HW16_RETRY): PASS 1 runs the k loop
     # without the clamps and flags each tile where a value came out inf or NaN; PASS 2 (a
@@ -830,16 +866,23 @@ def _float_gemm_kernel(
     acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                                    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
                                    PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (PASS != 1), FP8,
-                                   BLOCK_M, BLOCK_N)
+                                   A32, QHW, BLOCK_M, BLOCK_N)
     if PASS == 1:  # inf or NaN in this tile: PASS 2 redoes it
         tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0))
-    if not SEQ:
+    if (not SEQ) and A32:  # the exact sum rounded to nearest even by the conversion; the scaling is
+        total = isum.to(tl.float32) * from_steps  # exact (a normal result, or |isum| < 2**24)
+        acc = _a32(tl.where(odd != 0, odd, total), amax, AINF)
+    elif not SEQ:
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
         acc = round_to_float(total, AEMIN, AM, amax, AINF, AMODE, uniform(seed + 2, rbase + K_total, AMODE))
     if HAS_BIAS:
         bq = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0.0)
-        acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 3, rbase + K_total, AMODE))
+        if A32:
+            acc = _a32(acc + bq[None, :], amax, AINF)
+        else:
+            acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE,
+                                 uniform(seed + 3, rbase + K_total, AMODE))
     out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, uniform(seed + 4, rbase + K_total, QMODE))
     y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
     tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
@@ -854,7 +897,8 @@ def _float_plan(spec, K: int, device=None):
         return None
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
-              HW=_native_kind(spec, device), SAT=not spec.q.inf, FP8=_fp8_final(spec, fp, K, device))
+              HW=_native_kind(spec, device), SAT=not spec.q.inf, FP8=_fp8_final(spec, fp, K, device), A32=fp.a32,
+              QHW=_q_native(spec, fp, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -883,6 +927,28 @@ def _fp8_final(spec, fp, K: int, device=None) -> bool:
     if device is not None and torch.device(device).type == "cuda" and torch.cuda.get_device_capability(device) < (8, 9):
         return False
     return True
+
+
+def _q_native(spec, fp, device=None) -> int:
+    """Where the general float loop may round each product with the hardware's conversion
+    (``_q_round_hw``), else 0: compiled CUDA, products exact in float32 (fp.p32), Q with
+    nearest even and 1: binary16 saturating, 2: binary16 with inf (sm_80+), 3: fp8 e4m3 (FN),
+    4: fp8 e5m2 saturating (sm_89+, ``FLOAT_FP8``)."""
+    q = spec.q
+    if not (FLOAT_QHW and _asm_ok() and fp.p32 and q.rounding == "even"):
+        return 0
+    kind = {(5, 10, False, False): 1, (5, 10, False, True): 2, (4, 3, True, False): 3,
+            (5, 2, False, False): 4}.get((q.E, q.M, q.fn, q.inf), 0)
+    if kind >= 3 and not FLOAT_FP8:
+        return 0
+    if kind and device is not None and torch.device(device).type == "cuda" \
+            and torch.cuda.get_device_capability(device) < ((8, 9) if kind >= 3 else (8, 0)):
+        return 0
+    return kind
+
+
+# False: products rounded to Q by the general bit code where the hardware's conversion could (gpu_check)
+FLOAT_QHW = True
 
 
 def _native_kind(spec, device=None) -> int:
