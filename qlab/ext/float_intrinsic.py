@@ -16,8 +16,7 @@ or without inf (``FloatPlan.a32``; mixed precision: fp16, bf16 or fp8 products s
 float32, as matrix units do): there every A(s + p) is one float32 addition (IEEE: the
 exact sum rounded to nearest even) and, where A saturates, a clamp to the largest finite
 value; ``final`` converts the exact int64 sum to float32 (rounded to nearest even) and
-scales it by a power of two, exact there (Q's smallest step >= 2**-149).  The Triton
-kernel covers it; the CPU kernel declines it (the reference runs).
+scales it by a power of two, exact there (Q's smallest step >= 2**-149).
 """
 from __future__ import annotations
 

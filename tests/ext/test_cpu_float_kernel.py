@@ -203,7 +203,6 @@ def test_declines_and_lookup(monkeypatch):
     for spec, t in [(as_intrinsic("intrinsic(fp16,accumulate=sequential)"), a.double()),  # float64 tensors
                     (as_intrinsic("float(8,23)"), a),  # M > 21
                     (fspec(BF16, (8, 7, False, True), "even"), a),  # A with E = 8 overflowing to inf
-                    (fspec(FP16, (8, 23, False, False), "even"), a),  # A = binary32: the Triton kernel only
                     (as_intrinsic("fixed(8,4)"), a)]:
         assert backends.lookup("float_matmul", t, w.to(t.dtype), None, spec, None, True) is None, spec
     # stochastic: taken, except where a row's 32-bit draw counters would repeat
@@ -253,3 +252,54 @@ def test_stochastic_seeded_bounded_unbiased(acc):
     sigma = (var / R).sqrt()
     err = (y1.double().mean(0) - exact).abs()
     assert bool((err <= 5 * sigma + 1e-12).all()), (err / sigma).max()
+
+
+F32, F32I = (8, 23, False, False), (8, 23, False, True)
+A32_CASES = [  # Q, A = binary32 (nearest even), input scale, accumulations: fp16/bf16/fp8 products summed in
+    # float32; sums past float32's range (Q = float(8,10): 1e19 squared), subnormal sums (1e-20)
+    (FP16, F32, 8.0, ("sequential", "final")), (BF16, F32, 1e3, ("sequential",)), (E4M3, F32, 6.0, ("sequential", "final")),
+    (E5M2, F32I, 3.0, ("sequential", "final")), ((8, 10, False, False), F32, 1e19, ("sequential",)),
+    ((8, 10, False, False), F32I, 1e19, ("sequential",)), ((8, 10, False, False), F32, 1e-20, ("sequential",)),
+]
+
+
+@pytest.mark.parametrize("case", range(len(A32_CASES)))
+def test_float32_accumulator_matches_reference(monkeypatch, case):
+    """A = float(8, 23, even) (FloatPlan.a32): each sum one float32 addition, clamped where A
+    saturates; final sums converted nearest even -- vector tiles (32 columns) and tails, the
+    float64 and int64 exact final sums, float32/checked/float64 products, inputs=False,
+    stochastic products, NaN/inf."""
+    qf, af, sc, accs = A32_CASES[case]
+    g = torch.Generator().manual_seed(100 + case)
+    for j, N in enumerate([64, 7, 33]):
+        x = torch.randn(5, 13 + 40 * j, generator=g) * sc
+        w = torch.randn(N, x.shape[1], generator=g) * sc
+        b = torch.randn(N, generator=g) * sc if j != 1 else None
+        x[0, :5] = torch.tensor([math.nan, math.inf, -0.0, 1e-30, -math.inf])
+        x[1, :2], x[2, :1] = math.inf, -math.inf  # inf - inf: NaN
+        for acc in accs:
+            for qmode, inputs in [("even", True), ("even", False), ("down", True)]:
+                spec = fspec(qf, af, qmode, acc, amode="even", inputs=inputs)
+                ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=spec)
+                assert ran == 1, spec
+                assert same(ref, got), (str(spec), N)
+        spec = fspec(qf, af, "stochastic", accs[0], amode="even")
+        torch.manual_seed(3)
+        y1, before = intrinsic_linear(x, w, b, spec=spec), cpu.float_calls
+        torch.manual_seed(3)
+        assert same(y1, intrinsic_linear(x, w, b, spec=spec)) and cpu.float_calls == before + 1
+
+
+def test_float32_accumulator_ties(monkeypatch):
+    """Ties at float32's last bit, seen through the output's rounding to fp16: products 1,
+    2**-11, 2**-24; sequential sums round each + 2**-24 to even (down), a final sum keeps
+    1 + 2**-11 + 2**-23 exactly (above fp16's midpoint); vector tile and scalar tail."""
+    t, h = 2.0 ** -12, 2.0 ** -11
+    x = torch.tensor([[1.0, h, t, 0.0], [1.0, t, h, t], [-1.0, -h, -t, 0.0]])
+    w = torch.tensor([[1.0, 1.0, t, 0.0], [1.0, t, 1.0, t]])
+    for n in (2, 32):
+        wn = w.repeat(n // 2, 1)
+        for acc, want in [("sequential", [1.0, 1.0, -1.0]), ("final", [1.0, 1.0 + 2 * h, -1.0])]:
+            ref, got, ran = both(monkeypatch, intrinsic_linear, x, wn, None, spec=fspec(FP16, F32, "even", acc))
+            assert [ref[0, 0].item(), ref[1, 1].item(), ref[2, 0].item()] == want, (acc, ref)
+            assert ran == 1 and same(ref, got), (acc, n, got)
