@@ -693,7 +693,8 @@ NO_PREFETCH = COMMON + """
     hi = ref(intrinsic_linear, x, w, None, spec=spec_of(8, 4, 16, 4, "up", "sequential"))
     assert torch.equal(y1, y2) and bool(((y1 >= lo) & (y1 <= hi)).all()) and not torch.equal(lo, hi)
     for fs in ["fp16", "bf16", "fp8e4m3", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)",
-               "intrinsic(float(5,2,nearest),acc=float(6,4,down))", "intrinsic(fp16,accumulate=final)"]:
+               "intrinsic(float(5,2,nearest),acc=float(6,4,down))", "intrinsic(fp16,accumulate=final)",
+               "intrinsic(fp16,acc=float(8,23,even))"]:
         x = torch.randn(23, 13, generator=rng) * 30
         w = torch.randn(5, 13, generator=rng) * 30
         x[0, :3] = torch.tensor([math.nan, math.inf, -0.0])
@@ -707,7 +708,7 @@ NO_PREFETCH = COMMON + """
     _ti._block = lambda *a, **k: (128, 32)
     try:
         for fs in ["fixed(16,8)", "fixed(8,4)", "intrinsic(fixed(8,4),accumulate=final)", "fp16", "bf16", "fp8e4m3",
-                   "intrinsic(fp8e4m3,acc=fp16,accumulate=final)"]:
+                   "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "intrinsic(fp16,acc=float(8,23,even))"]:
             x = torch.randn(150, 21, generator=rng) * 12
             w = torch.randn(37, 21, generator=rng) * 12
             n += 1
