@@ -329,7 +329,7 @@ def bench_linear(sz: dict, reps: int, part: str):
     # general rounding code, nearest-even (fp16's default) the short one
     # and fp16 / bf16 / fp8 products summed in float32 (A = binary32, as matrix units do)
     a32 = ["intrinsic(fp16,acc=float(8,23,even))", "intrinsic(bf16,acc=float(8,23,even))",
-           "intrinsic(fp8e4m3,acc=float(8,23,even))"]
+           "intrinsic(fp8e4m3,acc=float(8,23,even))", "intrinsic(float(8,23))"]  # the last: float32 in k order
     for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
                   "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2", *a32]:
         t.add(f"qlab intrinsic linear {fspec} (Triton float kernel)", lambda: lin(n, fspec, r2, wscale=0.05))

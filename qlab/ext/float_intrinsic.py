@@ -16,7 +16,10 @@ or without inf (``FloatPlan.a32``; mixed precision: fp16, bf16 or fp8 products s
 float32, as matrix units do): there every A(s + p) is one float32 addition (IEEE: the
 exact sum rounded to nearest even) and, where A saturates, a clamp to the largest finite
 value; ``final`` converts the exact int64 sum to float32 (rounded to nearest even) and
-scales it by a power of two, exact there (Q's smallest step >= 2**-149).
+scales it by a power of two, exact there (Q's smallest step >= 2**-149).  Q may be binary32
+too (``FloatPlan.q32``; with A = Q a float32 dot product summed in k order): each product
+is the exact float64 product converted to float32 (nearest even), clamped where Q
+saturates (``final`` is beyond int64 there: declined).
 """
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ class FloatPlan:
     to_steps: float  # 2**-lsb: a finite product in Q's smallest steps
     from_steps: float  # 2**lsb
     a32: bool = False  # A is binary32 itself, nearest even: each sum one float32 addition
+    q32: bool = False  # Q likewise: each product the float64 product rounded to float32 (nearest even)
 
 
 def plan(spec, K: int) -> FloatPlan | None:
@@ -50,7 +54,8 @@ def plan(spec, K: int) -> FloatPlan | None:
     if q.rounding not in modes or A.rounding not in modes:
         return None
     a32 = (A.E, A.M, A.fn, A.rounding) == (8, 23, False, "even")
-    if q.M > 21 or (A.M > 21 and not a32) or (q.fn and q.E == 8) or (A.fn and A.E == 8):
+    q32 = (q.E, q.M, q.fn, q.rounding) == (8, 23, False, "even")
+    if (q.M > 21 and not q32) or (A.M > 21 and not a32) or (q.fn and q.E == 8) or (A.fn and A.E == 8):
         return None
     qemin, qemax, qmax = _float_params(q.E, q.M, q.fn)
     aemin, aemax, amax = _float_params(A.E, A.M, A.fn)
@@ -62,7 +67,7 @@ def plan(spec, K: int) -> FloatPlan | None:
         return None
     p32 = bool(spec.inputs) and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
     return FloatPlan(p32, seq, (qemin, q.M, qmax, q.inf, q.rounding), (aemin, A.M, amax, A.inf, A.rounding),
-                     2.0 ** -lsb, 2.0 ** lsb, a32)
+                     2.0 ** -lsb, 2.0 ** lsb, a32, q32)
 
 
 def operands(x, w, bias, spec, generator=None):

@@ -184,6 +184,9 @@ def test_elementwise_float_quantizer_matches_reference(monkeypatch):
     assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
 
 
+F32, F32I = (8, 23, False, False), (8, 23, False, True)
+
+
 def test_plan_binary32_accumulator():
     """A = float(8, 23, even), with or without inf, is binary32 itself (FloatPlan.a32); other
     roundings of it stay outside M <= 21."""
@@ -195,13 +198,17 @@ def test_plan_binary32_accumulator():
     assert plan(fspec(FP16, (8, 23, False, False), "nearest"), 64) is None
     assert plan(fspec(FP16, (8, 22, False, False), "even"), 64) is None
     assert not plan(fspec(FP16, FP16, "even"), 64).a32
+    fp = plan(fspec(F32, F32, "even"), 64)
+    assert fp.q32 and fp.a32 and not fp.p32 and plan(fspec(F32, F32, "even", "final"), 64) is None
 
 
 def test_declines_and_lookup(monkeypatch):
     a, w = torch.zeros(3, 5), torch.zeros(5, 2)
     assert backends.lookup("float_matmul", a, w, None, as_intrinsic("fp16"), None, True) is not None
     for spec, t in [(as_intrinsic("intrinsic(fp16,accumulate=sequential)"), a.double()),  # float64 tensors
-                    (as_intrinsic("float(8,23)"), a),  # M > 21
+                    (as_intrinsic("float(8,22)"), a),  # M > 21
+                    (as_intrinsic("intrinsic(float(8,23),accumulate=final)"), a),  # binary32 products: beyond int64
+                    (fspec((8, 23, False, False), FP16, "nearest"), a),  # binary32 Q with ties away: M > 21
                     (fspec(BF16, (8, 7, False, True), "even"), a),  # A with E = 8 overflowing to inf
                     (as_intrinsic("fixed(8,4)"), a)]:
         assert backends.lookup("float_matmul", t, w.to(t.dtype), None, spec, None, True) is None, spec
@@ -254,7 +261,6 @@ def test_stochastic_seeded_bounded_unbiased(acc):
     assert bool((err <= 5 * sigma + 1e-12).all()), (err / sigma).max()
 
 
-F32, F32I = (8, 23, False, False), (8, 23, False, True)
 A32_CASES = [  # Q, A = binary32 (nearest even), input scale, accumulations: fp16/bf16/fp8 products summed in
     # float32; sums past float32's range (Q = float(8,10): 1e19 squared), subnormal sums (1e-20)
     (FP16, F32, 8.0, ("sequential", "final")), (BF16, F32, 1e3, ("sequential",)), (E4M3, F32, 6.0, ("sequential", "final")),
@@ -303,3 +309,32 @@ def test_float32_accumulator_ties(monkeypatch):
             ref, got, ran = both(monkeypatch, intrinsic_linear, x, wn, None, spec=fspec(FP16, F32, "even", acc))
             assert [ref[0, 0].item(), ref[1, 1].item(), ref[2, 0].item()] == want, (acc, ref)
             assert ran == 1 and same(ref, got), (acc, n, got)
+
+
+@pytest.mark.parametrize("qf,af,amode", [(F32, F32, "even"), (F32I, F32I, "even"), (F32, FP16, "even"),
+                                         (F32, (6, 12, False, False), "zero"), (F32, (6, 12, False, False), "stochastic")])
+def test_float32_products_match_reference(monkeypatch, qf, af, amode):
+    """Q = float(8, 23, even) (FloatPlan.q32): each product the exact float64 product rounded to
+    float32 (nearest even), clamped where Q saturates; with A = Q a float32 dot product in k
+    order.  Overflowing and underflowing products, NaN/inf, inputs=False, a bias, vector-wide
+    and narrow outputs, and products tied at float32's last bit."""
+    g = torch.Generator().manual_seed(7)
+    for sc, N in [(1.0, 40), (1e20, 7), (1e-23, 33)]:
+        x, w = torch.randn(6, 29, generator=g) * sc, torch.randn(N, 29, generator=g) * sc
+        b = torch.randn(N, generator=g) * sc
+        x[0, :4] = torch.tensor([math.nan, math.inf, -0.0, -math.inf])
+        for inputs in (True, False):
+            spec = fspec(qf, af, "even", amode=amode, inputs=inputs)
+            ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=spec)
+            assert ran == 1, spec
+            if amode == "stochastic":  # the reference's distribution, not its draws: between down and up
+                lo, hi = (intrinsic_linear(x, w, b, spec=fspec(qf, af, "even", amode=m, inputs=inputs))
+                          for m in ("down", "up"))
+                fin = ~got.isnan()
+                assert torch.equal(fin, ~lo.isnan()) and bool(((lo <= got) & (got <= hi))[fin].all()), spec
+            else:
+                assert same(ref, got), (str(spec), sc, N)
+    u = 2.0 ** -12  # (1 + u)**2 = 1 + 2**-11 + 2**-24: a tie at float32's last bit (even: down)
+    x, w = torch.tensor([[1 + u, 0.0], [1 + u, -(1 + u)]]), torch.tensor([[1 + u, 0.0], [0.0, 1 + 3 * u]])
+    ref, got, _ = both(monkeypatch, intrinsic_linear, x, w, None, spec=fspec(F32, F32, "even"))
+    assert ref[0, 0].item() == 1 + 2 * u and same(ref, got), ref

@@ -188,3 +188,18 @@ def test_float32_accumulator_adds_in_hardware(sass_count):
     assert ops["F2FP"] >= per_thread / 2 and ops["FADD"] >= per_thread, ops
     assert len(re.findall(r"FMNMX\.NAN", sass)) >= 2 * per_thread and "FMNMX " not in sass
     assert n / per_thread < 8 and n_gen / per_thread > 15, (n, n_gen)
+
+
+def test_float32_products_are_never_fused_into_the_sum(sass_count):
+    """intrinsic(float(8,23)) -- a float32 dot product in k order: each product one FMUL
+    (mul.rn.f32, rounded on its own) and each sum one FADD; an FFMA would round x w + s once
+    and break the contract.  With FLOAT_QHW off the product is a float64 one converted (DMUL)."""
+    import qlab
+
+    per_thread = 128 * 32 / (32 * 4)
+    f32inf = qlab.Float(8, 23, "even", inf=True)  # no clamp between product and sum: a plain
+    for spec in ["intrinsic(float(8,23))", qlab.Intrinsic(f32inf, acc=f32inf)]:  # multiply would fuse here
+        (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+        assert ops["FMUL"] >= per_thread and ops["FADD"] >= per_thread and ops["FFMA"] == 0, ops
+        (_, ops64), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_QHW=False))
+        assert ops64["DMUL"] >= per_thread and ops64["FFMA"] == 0, ops64

@@ -19,7 +19,9 @@
  * formats with M <= 21).  The exception, a32: A = binary32 itself with nearest even
  * (float(8, 23, even), qlab.ext.float_intrinsic.FloatPlan.a32): each A(s + p) is the float32
  * addition s + p, clamped where A saturates; a final sum is the exact one converted to
- * float32 (nearest even, from int64 or from an exact float64).  round_fmt works on the float32 bits with integer arithmetic and
+ * float32 (nearest even, from int64 or from an exact float64).  q32 likewise for Q: each
+ * product is the float64 product (exact) converted to float32, clamped where Q saturates
+ * (float64 products, scalar paths; final sums are declined for it).  round_fmt works on the float32 bits with integer arithmetic and
  * has no branches, so gcc vectorises the column loop; the rounding mode is a set of
  * flags (which of gt / tie / tie-and-odd / negative / positive round the magnitude up).
  * Built with -ffp-contract=off: no product is fused into an addition.
@@ -140,19 +142,25 @@ static inline float product(float xv, float wv, int p64) {
     return p64 ? f64_to_f32_odd((double)xv * (double)wv) : xv * wv;
 }
 
-/* A(s) for A = binary32 with nearest even (a32) of a float32 result s: s, clamped to
+/* A(s) for A = binary32 with nearest even (a32; Q alike, q32) of a float32 result s: s, clamped to
  * +-maxv where A saturates (sat = maxv; with inf, sat = inf and only inf exceeds maxv);
  * NaN fails both comparisons and stays */
-static inline float clamp_a32(float s, float maxv, float sat) {
+static inline float clamp32(float s, float maxv, float sat) {
     return s > maxv ? sat : (s < -maxv ? -sat : s);
+}
+
+/* Q(xv * wv): q32, the float64 product converted to float32 and clamped; else rounded */
+static inline float qprod(float xv, float wv, int p64, int q32, uint32_t rnd, FMT_PARAMS(q_)) {
+    return q32 ? clamp32((float)((double)xv * (double)wv), q_maxv, q_sat)
+               : round_fmt_r(product(xv, wv, p64), rnd, FMT_PASS(q_));
 }
 
 /* One k step over n columns: acc = A(acc + Q(xv * w)) */
 static inline void seq_step(float *restrict acc, const float *restrict wr, float xv, int64_t n, FMT_PARAMS(q_),
-                            FMT_PARAMS(a_), const int p64, const int a32) {
+                            FMT_PARAMS(a_), const int p64, const int a32, const int q32) {
     for (int64_t j = 0; j < n; j++) {
-        const float p = round_fmt(product(xv, wr[j], p64), FMT_PASS(q_));
-        acc[j] = a32 ? clamp_a32(acc[j] + p, a_maxv, a_sat) : round_fmt(two_sum_odd(acc[j], p), FMT_PASS(a_));
+        const float p = qprod(xv, wr[j], p64, q32, 0, FMT_PASS(q_));
+        acc[j] = a32 ? clamp32(acc[j] + p, a_maxv, a_sat) : round_fmt(two_sum_odd(acc[j], p), FMT_PASS(a_));
     }
 }
 
@@ -190,7 +198,7 @@ static inline vfmt_t vfmt(const fmt_t f) {
 static inline vi sel(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
 
 /* clamp_a32 on 8 lanes */
-static inline vf vclamp_a32(vf s, const vfmt_t *f) {
+static inline vf vclamp32(vf s, const vfmt_t *f) {
     const vi hi = s > f->maxv, lo = s < -f->maxv;
     return (vf)sel(hi, (vi)f->sat, sel(lo, (vi)(-f->sat), (vi)s));
 }
@@ -272,8 +280,8 @@ static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
         const vf p0 = vround(vproduct(xv, w0, xs, wr, check), &q), p1 = vround(vproduct(xv, w1, xs, wr + 8, check), &q);
         const vf p2 = vround(vproduct(xv, w2, xs, wr + 16, check), &q), p3 = vround(vproduct(xv, w3, xs, wr + 24, check), &q);
         if (a32) {
-            s0 = vclamp_a32(s0 + p0, &A); s1 = vclamp_a32(s1 + p1, &A);
-            s2 = vclamp_a32(s2 + p2, &A); s3 = vclamp_a32(s3 + p3, &A);
+            s0 = vclamp32(s0 + p0, &A); s1 = vclamp32(s1 + p1, &A);
+            s2 = vclamp32(s2 + p2, &A); s3 = vclamp32(s3 + p3, &A);
         } else {
             s0 = vround(vtwo_sum_odd(s0, p0), &A); s1 = vround(vtwo_sum_odd(s1, p1), &A);
             s2 = vround(vtwo_sum_odd(s2, p2), &A); s3 = vround(vtwo_sum_odd(s3, p3), &A);
@@ -315,18 +323,22 @@ static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
 
 /* One row r, columns j0 .. j0+n-1 (n <= JB) */
 static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, const fmt_t qf,
-                const fmt_t af, int seq, int p64, int a32, float to_steps, float *acc, int64_t *isum, float *nonfin) {
+                const fmt_t af, int seq, int p64, int a32, int q32, float to_steps, float *acc, int64_t *isum,
+                float *nonfin) {
     for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
     for (int64_t k = 0; k < K; k++) {
         const float xv = x[k * sx_k];
         const float *wr = w + k * sw_k;
         if (seq) {
-            if (a32) {
-                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1);
-                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 1);
+            if (q32) {
+                if (a32) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 1);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 1);
+            } else if (a32) {
+                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 0);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 1, 0);
             } else {
-                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0);
-                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 0);
+                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 0);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 0, 0);
             }
         } else {
             if (p64) fin_step(isum, nonfin, wr, xv, n, FMT_ARGS(qf), 1, to_steps);
@@ -337,16 +349,16 @@ static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int6
 
 /* One row with stochastic rounding (scalar): a draw per (row, column, k, rounding site) */
 static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, int64_t c0,
-                    uint32_t key, const fmt_t qf, const fmt_t af, int seq, int p64, int a32, float to_steps, float *acc,
-                    int64_t *isum, float *nonfin) {
+                    uint32_t key, const fmt_t qf, const fmt_t af, int seq, int p64, int a32, int q32, float to_steps,
+                    float *acc, int64_t *isum, float *nonfin) {
     for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
     for (int64_t k = 0; k < K; k++) {
         const float xv = x[k * sx_k];
         const float *wr = w + k * sw_k;
         for (int64_t j = 0; j < n; j++) {
-            const float p = round_fmt_r(product(xv, wr[j], p64), draw(key, c0 + j, K + 1, k, 0), FMT_ARGS(qf));
+            const float p = qprod(xv, wr[j], p64, q32, q32 ? 0 : draw(key, c0 + j, K + 1, k, 0), FMT_ARGS(qf));
             if (seq && a32) {
-                acc[j] = clamp_a32(acc[j] + p, af.maxv, af.sat);
+                acc[j] = clamp32(acc[j] + p, af.maxv, af.sat);
             } else if (seq) {
                 acc[j] = round_fmt_r(two_sum_odd(acc[j], p), draw(key, c0 + j, K + 1, k, 1), FMT_ARGS(af));
             } else {
@@ -365,11 +377,13 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
                       int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                       int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
-                      int nthreads, int a32) {
+                      int nthreads, int a32, int q32) {
     /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
-    if (qf.M > 21 || (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126))) return -1;
+    if ((qf.M > 21 && !(q32 && qf.M == 23 && qf.emin == -126 && p64 == 1 && seq)) ||
+        (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126)))
+        return -1;
     const int64_t nblk = (C + JB - 1) / JB;
     const int64_t ntiles = R * nblk;
     const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 16384;
@@ -387,26 +401,28 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
         const int vec_fin = vec && !seq && dsum_ok;
         if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, acc);
         else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, a32, acc);
-        else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, to_steps,
-                              acc, isum, nonfin);
-        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, a32, to_steps, acc, isum, nonfin);
+        else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32,
+                              to_steps, acc, isum, nonfin);
+        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, to_steps, acc, isum,
+                 nonfin);
         for (int64_t jj = 0; jj < jn; jj++) {
             float s = acc[jj];
             if (vec_fin) {
-                s = a32 ? clamp_a32(s, af.maxv, af.sat) : round_fmt(s, FMT_ARGS(af));
+                s = a32 ? clamp32(s, af.maxv, af.sat) : round_fmt(s, FMT_ARGS(af));
             } else if (!seq) {
                 /* exact scaling by a power of two (a32: a normal result, or |isum| < 2**24 converted exactly) */
                 float total = (a32 ? (float)isum[jj] : i64_to_f32_odd(isum[jj])) * from_steps;
                 total = nonfin[jj] != 0.0f ? nonfin[jj] : total; /* +-inf or NaN (NaN != 0) */
-                s = a32 ? clamp_a32(total, af.maxv, af.sat)
+                s = a32 ? clamp32(total, af.maxv, af.sat)
                         : round_fmt_r(total, sto ? draw(key, j0 + jj, K + 1, K, 2) : 0, FMT_ARGS(af));
             }
             if (b && a32)
-                s = clamp_a32(s + b[r * sb_r + (j0 + jj) * sb_c], af.maxv, af.sat);
+                s = clamp32(s + b[r * sb_r + (j0 + jj) * sb_c], af.maxv, af.sat);
             else if (b)
                 s = round_fmt_r(two_sum_odd(s, b[r * sb_r + (j0 + jj) * sb_c]), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
                                 FMT_ARGS(af));
-            y[r * sy_r + (j0 + jj) * sy_c] = round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
+            y[r * sy_r + (j0 + jj) * sy_c] = q32 ? clamp32(s, qf.maxv, qf.sat)
+                                                 : round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
         }
     }
     return 0;
@@ -433,4 +449,4 @@ int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, con
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 7; }
+int qlab_float_abi(void) { return 8; }

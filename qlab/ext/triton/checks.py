@@ -596,6 +596,26 @@ FLOAT_INTRINSIC = COMMON + """
                 n += 1
                 if not same(ref(intrinsic_conv, xc, wc, b, **kw_), fast(intrinsic_conv, xc, wc, b, **kw_)):
                     bad.append(("A = float32 conv", str(spec)))
+    # Q = binary32 too (FloatPlan.q32): each product the exact float64 one rounded to float32;
+    # with A = Q a float32 dot product in k order.  Products past float32's range and below
+    # its subnormals, NaN/inf, inputs=False, another A; then a product tied at the last bit
+    for af, sc, inputs in [(F32, 1.0, True), (F32I, 1e20, True), (F32, 1e-23, False), (FP16, 1.0, True),
+                           ((6, 12, False, False), 30.0, False)]:
+        x, w = torch.randn(13, 29, generator=rng) * sc, torch.randn(5, 29, generator=rng) * sc
+        b = torch.randn(5, generator=rng) * sc
+        x[0, :4] = torch.tensor([math.nan, math.inf, -0.0, -math.inf])
+        spec = fspec(F32 if af != F32I else F32I, af, "even", "sequential", inputs=inputs)
+        assert lin_dispatched(x, w, b, spec), spec
+        n += 1
+        if not lin_same(x, w, b, spec=spec):
+            bad.append(("Q = float32", str(spec)))
+    u = 2.0 ** -12  # (1 + u)**2 = 1 + 2**-11 + 2**-24: a tie at float32's last bit (even: down)
+    x, w = torch.tensor([[1 + u, 0.0], [1 + u, -(1 + u)]]), torch.tensor([[1 + u, 0.0], [0.0, 1 + 3 * u]])
+    r, f = lin_pair(x, w, None, spec=fspec(F32, F32, "even", "sequential"))
+    assert r[0, 0].item() == 1 + 2 * u, r
+    n += 1
+    if not same(r, f):
+        bad.append(("Q = float32 tie", f.tolist()))
     # ties at float32's last bit, seen through the output's rounding to fp16 (y = Q(A(...))):
     # products 1, 2**-11 and 2**-24; 1 + 2**-11 is a midpoint of fp16 (even: 1)
     t, h = 2.0 ** -12, 2.0 ** -11
@@ -611,7 +631,8 @@ FLOAT_INTRINSIC = COMMON + """
     # outside the kernel: declined, the reference result comes back
     x, w = torch.randn(5, 4, generator=rng), torch.randn(3, 4, generator=rng)
     for spec, xx in [(as_intrinsic("fp16"), x.double()), (fspec(BF16, (8, 7, False, True), "even", "sequential"), x),
-                     (as_intrinsic("float(8,23)"), x), (as_intrinsic("log(8,0)"), x)]:
+                     (as_intrinsic("float(8,22)"), x), (as_intrinsic("intrinsic(float(8,23),accumulate=final)"), x),
+                     (as_intrinsic("log(8,0)"), x)]:
         assert not lin_dispatched(xx, w.to(xx.dtype), None, spec), spec
         assert lin_same(xx, w.to(xx.dtype), None, spec=spec), spec
     # stochastic: repeatable under a seed, between the all-down and all-up results
@@ -694,7 +715,7 @@ NO_PREFETCH = COMMON + """
     assert torch.equal(y1, y2) and bool(((y1 >= lo) & (y1 <= hi)).all()) and not torch.equal(lo, hi)
     for fs in ["fp16", "bf16", "fp8e4m3", "intrinsic(fp8e4m3,acc=fp16,accumulate=final)",
                "intrinsic(float(5,2,nearest),acc=float(6,4,down))", "intrinsic(fp16,accumulate=final)",
-               "intrinsic(fp16,acc=float(8,23,even))"]:
+               "intrinsic(fp16,acc=float(8,23,even))", "intrinsic(float(8,23))"]:
         x = torch.randn(23, 13, generator=rng) * 30
         w = torch.randn(5, 13, generator=rng) * 30
         x[0, :3] = torch.tensor([math.nan, math.inf, -0.0])

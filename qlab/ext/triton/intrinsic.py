@@ -754,9 +754,9 @@ def _q_round_hw(p, QHW: tl.constexpr):
 
 
 @triton.jit
-def _a32(s, amax, AINF: tl.constexpr):
-    """A(s) for A = binary32 (nearest even) of a float32 result s: s itself, clamped to
-    +-amax where A saturates (NaN kept: min.NaN / max.NaN)."""
+def _sat32(s, amax, AINF: tl.constexpr):
+    """A(s) for A = binary32 (nearest even; Q alike) of a float32 result s: s itself, clamped
+    to +-amax where A saturates (NaN kept: min.NaN / max.NaN)."""
     if not AINF:
         s = tl.minimum(tl.maximum(s, -amax, propagate_nan=tl.PropagateNan.ALL), amax,
                        propagate_nan=tl.PropagateNan.ALL)
@@ -769,7 +769,8 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
                   KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
                   P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, FP8: tl.constexpr,
-                  A32: tl.constexpr, QHW: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                  A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  BLOCK_N: tl.constexpr):
     """The float kernel's k loop; returns (sequential sum, final: exact sum of the finite
     products in Q's smallest steps, final: sum of the non-finite ones).  Each k by one of:
 
@@ -787,7 +788,8 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
     integer: summed in int32 (wrapping), the K copies of the constant come off at the end.
     Otherwise the general code: exact product, Q, then A(s + p) by a two-sum rounded to odd
     (sequential) or an exact int64 sum (final); where A is binary32 itself (A32: nearest
-    even) A(s + p) is one float32 addition, clamped where A saturates; where Q is binary16
+    even) A(s + p) is one float32 addition, clamped where A saturates (Q32: each product the
+    float64 one rounded to float32, clamped likewise); where Q is binary16
     or fp8 with nearest even and the product exact in float32 (QHW, compiled CUDA), the
     hardware's conversion rounds it (``_q_round_hw``)."""
     ADT: tl.constexpr = tl.float16 if HW == 1 else (tl.bfloat16 if HW == 2 else tl.float32)
@@ -814,16 +816,25 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
                 isum32 += (v * to_steps + 12582912.0).to(tl.int32, bitcast=True)
                 odd += v * 0.0  # NaN where a product is NaN (e4m3 has no inf), else zero
             else:
-                if P64:
-                    p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                if Q32:  # x w rounded to nearest even in float32, not fused into the sum
+                    if QHW == 5:
+                        p = tl.inline_asm_elementwise("mul.rn.f32 $0, $1, $2;", "=f,f,f", [
+                            tl.broadcast_to(xk[:, None], acc.shape), tl.broadcast_to(wk[None, :], acc.shape)],
+                            dtype=tl.float32, is_pure=True, pack=1)
+                    else:  # the exact float64 product, converted
+                        p = (xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :]).to(tl.float32)
+                    p = _sat32(p, qmax, QINF)
                 else:
-                    p = xk[:, None] * wk[None, :]  # exact
-                if QHW > 0:
-                    p = _q_round_hw(p, QHW)
-                else:
-                    p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
+                    if P64:
+                        p = f64_to_f32_odd(xk.to(tl.float64)[:, None] * wk.to(tl.float64)[None, :])
+                    else:
+                        p = xk[:, None] * wk[None, :]  # exact
+                    if QHW > 0:
+                        p = _q_round_hw(p, QHW)
+                    else:
+                        p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
                 if SEQ and A32:
-                    acc = _a32(acc + p, amax, AINF)
+                    acc = _sat32(acc + p, amax, AINF)
                 elif SEQ:
                     acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
                 else:
@@ -845,7 +856,7 @@ def _float_gemm_kernel(
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
     SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, PASS: tl.constexpr,
-    FP8: tl.constexpr, A32: tl.constexpr, QHW: tl.constexpr, PREFETCH: tl.constexpr,
+    FP8: tl.constexpr, A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # binary16/bfloat16 where the format saturates (HW16_RETRY): PASS 1 runs the k loop
@@ -866,12 +877,12 @@ def _float_gemm_kernel(
     acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                                    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
                                    PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (PASS != 1), FP8,
-                                   A32, QHW, BLOCK_M, BLOCK_N)
+                                   A32, Q32, QHW, BLOCK_M, BLOCK_N)
     if PASS == 1:  # inf or NaN in this tile: PASS 2 redoes it
         tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0))
     if (not SEQ) and A32:  # the exact sum rounded to nearest even by the conversion; the scaling is
         total = isum.to(tl.float32) * from_steps  # exact (a normal result, or |isum| < 2**24)
-        acc = _a32(tl.where(odd != 0, odd, total), amax, AINF)
+        acc = _sat32(tl.where(odd != 0, odd, total), amax, AINF)
     elif not SEQ:
         total = _i64_to_f32_odd(isum) * from_steps  # exact: a power of two in the normal range
         total = tl.where(odd != 0, odd, total)  # +-inf or NaN: float addition's answer
@@ -879,11 +890,14 @@ def _float_gemm_kernel(
     if HAS_BIAS:
         bq = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0.0)
         if A32:
-            acc = _a32(acc + bq[None, :], amax, AINF)
+            acc = _sat32(acc + bq[None, :], amax, AINF)
         else:
             acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE,
                                  uniform(seed + 3, rbase + K_total, AMODE))
-    out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, uniform(seed + 4, rbase + K_total, QMODE))
+    if Q32:
+        out = _sat32(acc, qmax, QINF)
+    else:
+        out = round_to_float(acc, QEMIN, QM, qmax, QINF, QMODE, uniform(seed + 4, rbase + K_total, QMODE))
     y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
     tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
 
@@ -898,7 +912,7 @@ def _float_plan(spec, K: int, device=None):
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
               HW=_native_kind(spec, device), SAT=not spec.q.inf, FP8=_fp8_final(spec, fp, K, device), A32=fp.a32,
-              QHW=_q_native(spec, fp, device))
+              Q32=fp.q32, QHW=_q_native(spec, fp, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -933,8 +947,12 @@ def _q_native(spec, fp, device=None) -> int:
     """Where the general float loop may round each product with the hardware's conversion
     (``_q_round_hw``), else 0: compiled CUDA, products exact in float32 (fp.p32), Q with
     nearest even and 1: binary16 saturating, 2: binary16 with inf (sm_80+), 3: fp8 e4m3 (FN),
-    4: fp8 e5m2 saturating (sm_89+, ``FLOAT_FP8``)."""
+    4: fp8 e5m2 saturating (sm_89+, ``FLOAT_FP8``); 5: Q = binary32 (FloatPlan.q32), each
+    product one mul.rn.f32 (IEEE, subnormals kept; an explicit rounding, so never fused
+    into the sum's addition)."""
     q = spec.q
+    if fp.q32:  # Q = binary32: 5, the product as mul.rn.f32
+        return 5 if FLOAT_QHW and _asm_ok() else 0
     if not (FLOAT_QHW and _asm_ok() and fp.p32 and q.rounding == "even"):
         return 0
     kind = {(5, 10, False, False): 1, (5, 10, False, True): 2, (4, 3, True, False): 3,
