@@ -363,8 +363,9 @@ def bench_linear(sz: dict, reps: int, part: str):
     # fp8 through the general float code (bit arithmetic, int64 final sums)
     for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
         t.add(f"  {fspec}, general float code (FLOAT_FP8 off)", lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_FP8=False))
-    t.add(f"  {a32[0]}, products rounded by bit code (FLOAT_QHW off)",
-          lambda: lin(n, a32[0], r2, wscale=0.05, FLOAT_QHW=False))
+    for fspec in a32[:2]:
+        t.add(f"  {fspec}, products rounded by bit code (FLOAT_QHW off)",
+              lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_QHW=False))
     # products beyond fp16's 65504 in every tile: both loops run (the worst case)
     t.add("  fp16, every tile overflows (unclamped loop, then the clamped one)",
           lambda: lin(n, "fp16", r2, scale=400.0, wscale=20.0))

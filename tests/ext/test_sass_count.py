@@ -188,6 +188,12 @@ def test_float32_accumulator_adds_in_hardware(sass_count):
     assert ops["F2FP"] >= per_thread / 2 and ops["FADD"] >= per_thread, ops
     assert len(re.findall(r"FMNMX\.NAN", sass)) >= 2 * per_thread and "FMNMX " not in sass
     assert n / per_thread < 8 and n_gen / per_thread > 15, (n, n_gen)
+    # bfloat16 products: formed in float32 (not float64) and rounded by the bf16 conversion
+    spec = "intrinsic(bf16,acc=float(8,23,even))"
+    (n, ops), = sass_count.loops(sass_count.compile_sass(spec, False, 128, 32, 4))
+    (n_gen, ops_gen), = sass_count.loops(_sass_with(sass_count, spec, FLOAT_QHW=False))
+    assert ops["F2FP"] >= per_thread / 2 and ops["DMUL"] == 0 and ops_gen["DMUL"] >= per_thread, (ops, ops_gen)
+    assert n / per_thread < 8 and n_gen / per_thread > 30, (n, n_gen)
 
 
 def test_float32_products_are_never_fused_into_the_sum(sass_count):

@@ -317,3 +317,35 @@ def test_fp8_sequential_recipe_equals_the_reference(monkeypatch, name, fmt_name,
     assert ti._native_kind(spec) == (3 if name == "fp8e4m3" else 4)
     monkeypatch.setattr(ti, "FLOAT_FP8", False)
     assert ti._native_kind(spec) == 0
+
+
+def test_bf16_product_recipe_equals_the_reference():
+    """On CUDA a bfloat16 product is formed in float32 and rounded by the hardware's bf16
+    conversion (intrinsic._q_native, QHW 6/7).  Above float32's range the product is inf
+    (Q gives the largest value or inf either way); within it a 16-bit product is exact; below
+    2**-126 float32 may round once before the conversion rounds again.  The same recipe in
+    torch CPU arithmetic (an IEEE float32 multiply keeping subnormals, then the round-to-
+    nearest-even cast) equals the exact product rounded once by qlab's bf16, over every pair
+    of positive bfloat16 values whose exact product lies in [2**-160, 2**-120) (74.6 million
+    pairs; negative operands mirror them), and on random pairs over the whole range."""
+    import torch
+
+    import qlab
+
+    q = qlab.Float(8, 7, "even")
+    pos = torch.arange(1, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).float()  # every finite > 0
+    lx = torch.log2(pos.double())
+    n = bad = 0
+    for i in range(0, pos.numel(), 128):
+        lo, hi = -160 - lx[i:i + 128], -120 - lx[i:i + 128]
+        r, c = ((lx[None, :] >= lo[:, None]) & (lx[None, :] < hi[:, None])).nonzero(as_tuple=True)
+        x, w = pos[i:i + 128][r], pos[c]
+        n += r.numel()
+        bad += int((q.quantize(x.double() * w.double()) != (x * w).to(torch.bfloat16).double()).sum())
+    assert n > 7e7 and bad == 0, (n, bad)
+    g = torch.Generator().manual_seed(0)
+    allv = torch.cat([pos, -pos, torch.tensor([0.0, -0.0])])
+    x, w = (allv[torch.randint(0, allv.numel(), (2_000_000,), generator=g)] for _ in range(2))
+    got = (x * w).to(torch.bfloat16).float().clamp(-q.max_value, q.max_value)  # satfinite: the largest value
+    ref = q.quantize(x.double() * w.double()).float()
+    assert torch.equal(got, ref) and torch.equal(torch.signbit(got), torch.signbit(ref))

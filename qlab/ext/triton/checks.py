@@ -573,12 +573,14 @@ FLOAT_INTRINSIC = COMMON + """
     # A = binary32, nearest even (FloatPlan.a32: fp16/bf16/fp8 products summed in float32):
     # each sum one float32 addition, clamped where A saturates; final: the exact int64 sum
     # converted (nearest even).  Specials, subnormal sums (Q = float(8,10) at 1e-20), sums past
-    # float32's range (1e19 squared), with and without inf; conv; then ties of both sums
+    # float32's range (1e19 squared), with and without inf; bf16 products below 2**-126 and
+    # past float32's range (formed in float32 on CUDA); conv; then ties of both sums
     F32, F32I, Q810 = (8, 23, False, False), (8, 23, False, True), (8, 10, False, False)
     for qf, af, sc, accs in [(FP16, F32, 8.0, ("sequential", "final")), (BF16, F32, 1e3, ("sequential",)),
                              (E4M3, F32, 6.0, ("sequential", "final")), (E5M2, F32I, 3.0, ("sequential", "final")),
                              (Q810, F32, 1e19, ("sequential",)), (Q810, F32I, 1e19, ("sequential",)),
-                             (Q810, F32, 1e-20, ("sequential",)), ((5, 10, False, True), F32I, 300.0, ("sequential",))]:
+                             (Q810, F32, 1e-20, ("sequential",)), ((5, 10, False, True), F32I, 300.0, ("sequential",)),
+                             (BF16, F32, 1e-20, ("sequential",)), ((8, 7, False, True), F32I, 1e20, ("sequential",))]:
         x, w = torch.randn(21, 17, generator=rng) * sc, torch.randn(6, 17, generator=rng) * sc
         b = torch.randn(6, generator=rng) * sc
         x[0, :5] = torch.tensor([math.nan, math.inf, -0.0, 1e-30, -math.inf])
