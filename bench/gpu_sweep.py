@@ -4,10 +4,12 @@
     PYTHONPATH=. python bench/gpu_sweep.py            # CUDA
     PYTHONPATH=. python bench/gpu_sweep.py --dry-run  # CPU, interpreter, tiny sizes
 
-For the linear at 2048^3 and the ResNet-50 conv layer (batch 32, 256->256, 14x14, 3x3)
-it times each (BLOCK_M, BLOCK_N, num_warps) and prints QMAC/s; then it profiles one
-forward of ResNet-50 with every conv and fc intrinsic fixed(16,8) and lists the kernels
-that take the most device time.
+First the 512^3 linear with nine small tiles, each with and without prefetch (they set
+intrinsic.PREFETCH_PROGRAMS_PER_SM and the small-launch tiles); then, for the linear at
+2048^3 and the ResNet-50 conv layer (batch 32, 256->256, 14x14, 3x3), each (BLOCK_M,
+BLOCK_N, num_warps) in QMAC/s; then a profile of one forward of ResNet-50 with every conv
+and fc intrinsic fixed(16,8), the kernels that take the most device time.  Rows print as
+they are measured (gpu_check.Rows), so a run cut short keeps them.
 """
 from __future__ import annotations
 
@@ -49,18 +51,9 @@ def main(argv=None) -> int:
     def tile(bm, bn, nw):
         return gc.setting(ti, _block=lambda *a: (bm, bn), NUM_WARPS=nw)
 
-    rows = []
-    for bm, bn, nw in configs:
-        with tile(bm, bn, nw):
-            sl = gc.timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8)"), reps)
-            sc = gc.timed(lambda: intrinsic_conv(xc, wc, None, padding=1, spec="fixed(16,8)"), reps)
-        rows.append([f"{bm}x{bn}, {nw} warps", f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"),
-                     f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")])
-        print(rows[-1], flush=True)
-    print(gc.table(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
-                   ["tile, warps", "linear ms", "linear rate", "conv ms", "conv rate"], rows))
-    # small GEMMs: 512^3 with 128x32 tiles is 64 programs on 132 SMs (the H200 gave
-    # 0.27 T QMAC/s there vs 2.05 T at 2048^3); smaller tiles fill the chip
+    # small GEMMs first (they set intrinsic.PREFETCH_PROGRAMS_PER_SM and the small tiles):
+    # 512^3 with 128x32 tiles is 64 programs on 132 SMs (the H200 gave 0.27 T QMAC/s there
+    # vs 2.05 T at 2048^3); smaller tiles fill the chip
     m = 16 if a.dry_run else 512
     xs, ws = torch.randn(m, m, device=dev), torch.randn(m, m, device=dev)
     # (64, 32, 2) and (32, 32, 1) keep 32 outputs per thread, as 128x32 with 4 warps does:
@@ -69,17 +62,30 @@ def main(argv=None) -> int:
     small = [(128, 32, 4), (64, 32, 4), (64, 32, 2), (32, 32, 4), (32, 32, 2), (32, 32, 1), (64, 16, 2),
              (32, 16, 1), (16, 32, 1)]
     # each with the operands of k + 1 prefetched (intrinsic.PREFETCH; "auto" does below
-    # 4 programs per SM) and without
-    rows = []
-    for bm, bn, nw in small[:2] if a.dry_run else small:
+    # 4 programs per SM) and without; rows print as they are measured (gpu_check.Rows)
+    t = gc.Rows(f"fixed(16,8) sequential, linear {m}^3: tile sweep",
+                ["tile, warps", "programs", "prefetch ms", "rate", "no prefetch ms", "rate"])
+
+    def small_row(bm, bn, nw):
         sl = {}
         for on in (True, False):
             with tile(bm, bn, nw), gc.setting(ti, PREFETCH=on):
                 sl[on] = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
-        rows.append([f"{bm}x{bn}, {nw} warps", -(-m // bm) * -(-m // bn), f"{sl[True] * 1e3:.3f}",
-                     gc.fmt_rate(m ** 3 / sl[True], "QMAC/s"), f"{sl[False] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[False], "QMAC/s")])
-    print(gc.table(f"fixed(16,8) sequential, linear {m}^3: tile sweep",
-                   ["tile, warps", "programs", "prefetch ms", "rate", "no prefetch ms", "rate"], rows))
+        return [-(-m // bm) * -(-m // bn), f"{sl[True] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[True], "QMAC/s"),
+                f"{sl[False] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[False], "QMAC/s")]
+    for bm, bn, nw in small[:2] if a.dry_run else small:
+        t.add(f"{bm}x{bn}, {nw} warps", lambda: small_row(bm, bn, nw))
+
+    t = gc.Rows(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
+                ["tile, warps", "linear ms", "linear rate", "conv ms", "conv rate"])
+
+    def big_row(bm, bn, nw):
+        with tile(bm, bn, nw):
+            sl = gc.timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8)"), reps)
+            sc = gc.timed(lambda: intrinsic_conv(xc, wc, None, padding=1, spec="fixed(16,8)"), reps)
+        return [f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"), f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")]
+    for bm, bn, nw in configs:
+        t.add(f"{bm}x{bn}, {nw} warps", lambda: big_row(bm, bn, nw))
 
     model, name = gc.resnet50()
     model = model.to(dev).eval()
