@@ -330,8 +330,9 @@ def bench_linear(sz: dict, reps: int, part: str):
     # and fp16 / bf16 / fp8 products summed in float32 (A = binary32, as matrix units do)
     a32 = ["intrinsic(fp16,acc=float(8,23,even))", "intrinsic(bf16,acc=float(8,23,even))",
            "intrinsic(fp8e4m3,acc=float(8,23,even))", "intrinsic(float(8,23))"]  # the last: float32 in k order
+    conv_a = "intrinsic(fp8e4m3,acc=fp16)"  # sequential fp16 sums rounded by the hardware's conversion
     for fspec in ["fp16", "intrinsic(float(5,10,nearest),acc=float(5,10,nearest))",
-                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2", *a32]:
+                  "intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "bf16", "fp8e4m3", "fp8e5m2", *a32, conv_a]:
         t.add(f"qlab intrinsic linear {fspec} (Triton float kernel)", lambda: lin(n, fspec, r2, wscale=0.05))
     # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
     # (with the 64-bit multiply step for W <= 15, and without it)
@@ -363,8 +364,8 @@ def bench_linear(sz: dict, reps: int, part: str):
     # fp8 through the general float code (bit arithmetic, int64 final sums)
     for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
         t.add(f"  {fspec}, general float code (FLOAT_FP8 off)", lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_FP8=False))
-    for fspec in a32[:2]:
-        t.add(f"  {fspec}, products rounded by bit code (FLOAT_QHW off)",
+    for fspec in [*a32[:2], conv_a]:
+        t.add(f"  {fspec}, rounded by bit code (FLOAT_QHW off)",
               lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_QHW=False))
     # products beyond fp16's 65504 in every tile: both loops run (the worst case)
     t.add("  fp16, every tile overflows (unclamped loop, then the clamped one)",

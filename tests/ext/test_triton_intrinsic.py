@@ -349,3 +349,59 @@ def test_bf16_product_recipe_equals_the_reference():
     got = (x * w).to(torch.bfloat16).float().clamp(-q.max_value, q.max_value)  # satfinite: the largest value
     ref = q.quantize(x.double() * w.double()).float()
     assert torch.equal(got, ref) and torch.equal(torch.signbit(got), torch.signbit(ref))
+
+
+def _float_values(E, M, fn=False):
+    """Every finite value of qlab's float(E, M) (both signs), float64."""
+    import torch
+
+    import qlab
+
+    q = qlab.Float(E, M, "even", fn=fn)
+    if (E, M) == (5, 10):
+        v = torch.arange(0, 0x7C00, dtype=torch.int32).to(torch.int16).view(torch.float16).double()
+    elif (E, M) == (8, 7):
+        v = torch.arange(0, 0x7F80, dtype=torch.int32).to(torch.int16).view(torch.bfloat16).double()
+    else:
+        bias = 2 ** (E - 1) - 1
+        m = torch.arange(2 ** M, dtype=torch.float64) / 2 ** M
+        v = torch.cat([m * 2.0 ** (1 - bias)] + [(1 + m) * 2.0 ** e for e in range(1 - bias, 2 ** E - bias)])
+        v = v[v <= q.max_value]
+    return torch.cat([v, -v[1:]])
+
+
+@pytest.mark.parametrize("A,Q,pairs", [((5, 10), (4, 3), None), ((5, 10), (5, 2), None), ((8, 7), (4, 3), None),
+                                       ((8, 7), (5, 2), None), ((4, 3), (5, 2), None), ((5, 10), (5, 10), 4_000_000),
+                                       ((8, 7), (8, 7), 4_000_000), ((5, 10), (8, 7), 4_000_000)])
+def test_sum_in_float32_then_hardware_rounding_equals_the_reference(A, Q, pairs):
+    """On CUDA a sequential sum A(s + p) with A = fp16/bf16/fp8 (nearest even) and Q no more
+    precise than A is s + p in float32, then A's hardware conversion (intrinsic._a_native).
+    The same recipe in torch CPU arithmetic equals the reference's A(s + p) for every pair
+    (s in A, p in Q) of the fp8 combinations, and for random pairs where that is too many;
+    saturating and overflowing A alike (the conversion's overflow, then the clamp)."""
+    import torch
+
+    import qlab
+
+    qa = qlab.Float(*A, "even", fn=A == (4, 3))
+    sv, pv = _float_values(*A, fn=A == (4, 3)), _float_values(*Q, fn=Q == (4, 3))
+    if pairs is None:
+        s, p = sv.repeat_interleave(pv.numel()), pv.repeat(sv.numel())
+    else:
+        g = torch.Generator().manual_seed(2)
+        s, p = sv[torch.randint(0, sv.numel(), (pairs,), generator=g)], pv[torch.randint(0, pv.numel(), (pairs,), generator=g)]
+    r32 = s.float() + p.float()
+    for inf in (False, True):
+        if inf and A == (4, 3):
+            continue
+        qa = qlab.Float(*A, "even", fn=A == (4, 3), inf=inf)
+        if A == (5, 10):
+            got = r32.half().double()
+        elif A == (8, 7):
+            got = r32.bfloat16().double()
+        else:  # fp8: the conversion rounds the float32 value exactly once
+            got = qa.quantize(r32.double())
+        if not inf:
+            got = got.clamp(-qa.max_value, qa.max_value)  # satfinite
+        ref = qa.quantize(s + p)
+        assert torch.equal(got, ref), (A, Q, inf, int((got != ref).sum()))

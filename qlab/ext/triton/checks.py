@@ -618,6 +618,26 @@ FLOAT_INTRINSIC = COMMON + """
     n += 1
     if not same(r, f):
         bad.append(("Q = float32 tie", f.tolist()))
+    # A = fp16 / bf16 / fp8 with nearest even and Q no more precise (intrinsic._a_native): on
+    # CUDA each sum s + p in float32, rounded by A's conversion.  Sums that saturate A or
+    # overflow it to inf, sums in A's subnormal range, NaN/inf, a bias, conv
+    FP16I = (5, 10, False, True)
+    for qf, af, sc in [(E4M3, FP16, 6.0), (E4M3, BF16, 6.0), (E5M2, FP16I, 40.0), (BF16, FP16, 300.0), (E5M2, E4M3, 3.0),
+                       (BF16, FP16, 1e-4), (E5M2, BF16, 3.0), ((5, 7, False, False), FP16, 2.0)]:
+        x, w = torch.randn(19, 23, generator=rng) * sc, torch.randn(6, 23, generator=rng) * sc
+        b = torch.randn(6, generator=rng) * sc
+        x[0, :4] = torch.tensor([math.nan, math.inf, -0.0, -math.inf])
+        spec = fspec(qf, af, "even", "sequential")
+        assert lin_dispatched(x, w, b, spec), spec
+        n += 1
+        if not lin_same(x, w, b, spec=spec):
+            bad.append(("A by conversion", str(spec)))
+    xc, wc = torch.randn(2, 4, 5, 6, generator=rng) * 6, torch.randn(6, 2, 3, 2, generator=rng) * 6
+    spec = fspec(E4M3, FP16, "even", "sequential")
+    n += 1
+    if not same(ref(intrinsic_conv, xc, wc, None, padding=1, groups=2, spec=spec),
+                fast(intrinsic_conv, xc, wc, None, padding=1, groups=2, spec=spec)):
+        bad.append(("A by conversion, conv", str(spec)))
     # ties at float32's last bit, seen through the output's rounding to fp16 (y = Q(A(...))):
     # products 1, 2**-11 and 2**-24; 1 + 2**-11 is a midpoint of fp16 (even: 1)
     t, h = 2.0 ** -12, 2.0 ** -11

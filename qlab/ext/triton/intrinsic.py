@@ -776,7 +776,7 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
                   KH: tl.constexpr, KW: tl.constexpr, DH, DW, CONV: tl.constexpr, PREFETCH: tl.constexpr,
                   P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, FP8: tl.constexpr,
-                  A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, BLOCK_M: tl.constexpr,
+                  A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, AHW: tl.constexpr, BLOCK_M: tl.constexpr,
                   BLOCK_N: tl.constexpr):
     """The float kernel's k loop; returns (sequential sum, final: exact sum of the finite
     products in Q's smallest steps, final: sum of the non-finite ones).  Each k by one of:
@@ -798,7 +798,8 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
     even) A(s + p) is one float32 addition, clamped where A saturates (Q32: each product the
     float64 one rounded to float32, clamped likewise); where Q is binary16
     or fp8 with nearest even and the product exact in float32 (QHW, compiled CUDA), the
-    hardware's conversion rounds it (``_q_round_hw``)."""
+    hardware's conversion rounds it (``_q_round_hw``), and where A is such a format (AHW) the
+    sum is s + p in float32 rounded by A's conversion (see ``_a_native``)."""
     ADT: tl.constexpr = tl.float16 if HW == 1 else (tl.bfloat16 if HW == 2 else tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=ADT)  # sequential: the running sum (+0)
     isum = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.int64)  # final: finite products in Q's smallest steps
@@ -842,6 +843,8 @@ def _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, 
                         p = round_to_float(p, QEMIN, QM, qmax, QINF, QMODE, uniform(seed, rbase + k, QMODE))
                 if SEQ and A32:
                     acc = _sat32(acc + p, amax, AINF)
+                elif SEQ and AHW > 0:
+                    acc = _q_round_hw(acc + p, AHW)
                 elif SEQ:
                     acc = round_to_float(_two_sum_odd(acc, p), AEMIN, AM, amax, AINF, AMODE, uniform(seed + 1, rbase + k, AMODE))
                 else:
@@ -863,7 +866,8 @@ def _float_gemm_kernel(
     SH: tl.constexpr, SW: tl.constexpr, PT: tl.constexpr, PL: tl.constexpr, DH: tl.constexpr, DW: tl.constexpr,
     P64: tl.constexpr, QINF: tl.constexpr, AINF: tl.constexpr, QMODE: tl.constexpr, AMODE: tl.constexpr,
     SEQ: tl.constexpr, HAS_BIAS: tl.constexpr, HW: tl.constexpr, SAT: tl.constexpr, PASS: tl.constexpr,
-    FP8: tl.constexpr, A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, PREFETCH: tl.constexpr,
+    FP8: tl.constexpr, A32: tl.constexpr, Q32: tl.constexpr, QHW: tl.constexpr, AHW: tl.constexpr,
+    PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # binary16/bfloat16 where the format saturates (HW16_RETRY): PASS 1 runs the k loop
@@ -884,7 +888,7 @@ def _float_gemm_kernel(
     acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                                    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
                                    PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (PASS != 1), FP8,
-                                   A32, Q32, QHW, BLOCK_M, BLOCK_N)
+                                   A32, Q32, QHW, AHW, BLOCK_M, BLOCK_N)
     if PASS == 1:  # inf or NaN in this tile: PASS 2 redoes it
         tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0))
     if (not SEQ) and A32:  # the exact sum rounded to nearest even by the conversion; the scaling is
@@ -898,6 +902,8 @@ def _float_gemm_kernel(
         bq = tl.load(b_ptr + g * N + offs_n, mask=n_mask, other=0.0)
         if A32:
             acc = _sat32(acc + bq[None, :], amax, AINF)
+        elif AHW > 0:
+            acc = _q_round_hw(acc + bq[None, :], AHW)
         else:
             acc = round_to_float(_two_sum_odd(acc, bq[None, :]), AEMIN, AM, amax, AINF, AMODE,
                                  uniform(seed + 3, rbase + K_total, AMODE))
@@ -919,7 +925,7 @@ def _float_plan(spec, K: int, device=None):
     (qemin, qM, qmax, qinf, qr), (aemin, aM, amax, ainf, ar) = fp.q, fp.a
     kw = dict(P64=not fp.p32, QINF=qinf, AINF=ainf, QMODE=_MODES[qr], AMODE=_MODES[ar], SEQ=fp.seq,
               HW=_native_kind(spec, device), SAT=not spec.q.inf, FP8=_fp8_final(spec, fp, K, device), A32=fp.a32,
-              Q32=fp.q32, QHW=_q_native(spec, fp, device))
+              Q32=fp.q32, QHW=_q_native(spec, fp, device), AHW=_a_native(spec, fp, device))
     return kw, (qemin, qM, qmax, aemin, aM, amax, fp.to_steps, fp.from_steps)
 
 
@@ -950,6 +956,37 @@ def _fp8_final(spec, fp, K: int, device=None) -> bool:
     return True
 
 
+_HW_KINDS = {(5, 10, False, False): 1, (5, 10, False, True): 2, (4, 3, True, False): 3, (5, 2, False, False): 4,
+             (8, 7, False, False): 6, (8, 7, False, True): 7}  # (E, M, fn, inf): _q_round_hw's kind
+
+
+def _hw_kind_ok(kind: int, device=None) -> int:
+    """kind, or 0 where the device lacks the conversion (fp8: sm_89 and FLOAT_FP8; 16-bit: sm_80)."""
+    if kind in (3, 4) and not FLOAT_FP8:
+        return 0
+    if kind and device is not None and torch.device(device).type == "cuda" \
+            and torch.cuda.get_device_capability(device) < ((8, 9) if kind in (3, 4) else (8, 0)):
+        return 0
+    return kind
+
+
+def _a_native(spec, fp, device=None) -> int:
+    """Where a sequential sum A(s + p) may be s + p in float32 rounded by A's hardware
+    conversion (``_q_round_hw``'s kind for A), else 0: compiled CUDA, A one of binary16,
+    bfloat16, fp8 e4m3 / e5m2 with nearest even, and Q no more precise than A (M_Q <= M_A).
+    Then s (in A) and p (in Q) are both numbers of A's precision p_A <= 11 bits, and
+    rounding their sum first to float32 (24 >= 2 p_A + 1 bits) and then to A is the same
+    as rounding it once (double rounding is innocuous for addition; Figueroa 1995) -- in A's
+    subnormal range too: the exact sum lies on A's finest grid there, which float32 holds.
+    Checked in torch CPU arithmetic against the reference's rounding over every pair for
+    A = fp16, bf16 with Q = fp8 e4m3/e5m2 and A = e4m3 with Q = e5m2, and 30 million random
+    pairs for fp16/bf16 with Q = fp16/bf16 (tests/ext/test_triton_intrinsic.py)."""
+    q, A = spec.q, spec.A
+    if not (FLOAT_QHW and _asm_ok() and fp.seq and not fp.a32 and A.rounding == "even" and q.M <= A.M):
+        return 0
+    return _hw_kind_ok(_HW_KINDS.get((A.E, A.M, A.fn, A.inf), 0), device)
+
+
 def _q_native(spec, fp, device=None) -> int:
     """Where the general float loop may round each product with the hardware's conversion
     (``_q_round_hw``), else 0: compiled CUDA, products exact in float32 (fp.p32), Q with
@@ -972,16 +1009,10 @@ def _q_native(spec, fp, device=None) -> int:
         return 5
     if not (spec.inputs and q.rounding == "even"):
         return 0
-    kind = {(5, 10, False, False): 1, (5, 10, False, True): 2, (4, 3, True, False): 3,
-            (5, 2, False, False): 4, (8, 7, False, False): 6, (8, 7, False, True): 7}.get((q.E, q.M, q.fn, q.inf), 0)
+    kind = _HW_KINDS.get((q.E, q.M, q.fn, q.inf), 0)
     if kind < 6 and not fp.p32:
         return 0
-    if kind >= 3 and not FLOAT_FP8:
-        return 0
-    if kind and device is not None and torch.device(device).type == "cuda" \
-            and torch.cuda.get_device_capability(device) < ((8, 9) if kind >= 3 else (8, 0)):
-        return 0
-    return kind
+    return _hw_kind_ok(kind, device)
 
 
 # False: products rounded to Q by the general bit code where the hardware's conversion could (gpu_check)
