@@ -979,7 +979,7 @@ def _a_native(spec, fp, device=None) -> int:
     as rounding it once (double rounding is innocuous for addition; Figueroa 1995) -- in A's
     subnormal range too: the exact sum lies on A's finest grid there, which float32 holds.
     Checked in torch CPU arithmetic against the reference's rounding over every pair for
-    A = fp16, bf16 with Q = fp8 e4m3/e5m2 and A = e4m3 with Q = e5m2, and 30 million random
+    A = fp16, bf16 with Q = fp8 e4m3/e5m2 and A = e4m3 with Q = e5m2, and 4 million random
     pairs for fp16/bf16 with Q = fp16/bf16 (tests/ext/test_triton_intrinsic.py)."""
     q, A = spec.q, spec.A
     if not (FLOAT_QHW and _asm_ok() and fp.seq and not fp.a32 and A.rounding == "even" and q.M <= A.M):
