@@ -41,7 +41,8 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec
     (wide=False: as with ``intrinsic.WIDE_STEP`` off; prefetch=False: ``intrinsic.PREFETCH`` off;
     float_pass: the float kernel's PASS, by default 1 -- the unclamped pass -- where
-    saturating fp16/bf16 take two launches (``intrinsic.HW16_RETRY``), else 0)."""
+    saturating fp16/bf16 and binary32 accumulators take two launches (``intrinsic._retry``),
+    else 0)."""
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
@@ -53,7 +54,7 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
         if float_pass is None:
-            float_pass = 1 if plan is not None and plan["HW"] in (1, 2) and plan["SAT"] and ti.HW16_RETRY else 0
+            float_pass = 1 if plan is not None and ti._retry(plan) else 0
         const.update(PASS=float_pass)
     if plan is None:
         raise SystemExit(f"the kernel does not cover {spec}")

@@ -870,13 +870,14 @@ def _float_gemm_kernel(
     PREFETCH: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
-    # binary16/bfloat16 where the format saturates (HW16_RETRY): PASS 1 runs the k loop
-    # without the clamps and flags each tile where a value came out inf or NaN; PASS 2 (a
-    # second launch) redoes only the flagged tiles with the clamps.  A clamp acts only on a
-    # product or sum that rounded to +-inf (IEEE rounding gives +-hmax or +-inf beyond the
-    # range), and from +-inf no later sum is finite again, so a finite result is the clamped
-    # one bit for bit.  Two launches, not two loops in one kernel: the two loops together
-    # took 254 registers per thread in the 3x3 conv (sm_90), one loop 162.  PASS 0: one pass.
+    # binary16/bfloat16 where the format saturates, and saturating binary32 accumulators
+    # (HW16_RETRY): PASS 1 runs the k loop without the clamps and flags each tile where a
+    # value came out inf or NaN; PASS 2 (a second launch) redoes only the flagged tiles with
+    # the clamps.  A clamp acts only on a product or sum that rounded to +-inf (IEEE rounding
+    # gives +-hmax or +-inf beyond the range; so does round_to_float with inf), and from
+    # +-inf no later sum is finite again, so a finite result is the clamped one bit for bit.
+    # Two launches, not two loops in one kernel: the two loops together took 254 registers
+    # per thread in the 3x3 conv (sm_90), one loop 162.  PASS 0: one pass.
     pid = tl.program_id(0) + tl.num_programs(0) * (tl.program_id(1) + tl.num_programs(1) * tl.program_id(2))
     if PASS == 2:
         if tl.load(flag_ptr + pid) == 0:
@@ -887,10 +888,10 @@ def _float_gemm_kernel(
     seed, rbase = _philox(seed_ptr, g, M, N, K_total, offs_m, offs_n, (QMODE == 5) | (AMODE == 5))
     acc, isum, odd = _float_k_loop(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, K_total,
                                    QEMIN, QM, qmax, AEMIN, AM, amax, to_steps, seed, rbase, KH, KW, DH, DW, CONV,
-                                   PREFETCH, P64, QINF, AINF, QMODE, AMODE, SEQ, HW, SAT & (PASS != 1), FP8,
-                                   A32, Q32, QHW, AHW, BLOCK_M, BLOCK_N)
+                                   PREFETCH, P64, QINF | ((PASS == 1) & A32), AINF | ((PASS == 1) & A32), QMODE, AMODE,
+                                   SEQ, HW, SAT & (PASS != 1), FP8, A32, Q32, QHW, AHW, BLOCK_M, BLOCK_N)
     if PASS == 1:  # inf or NaN in this tile: PASS 2 redoes it
-        tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= qmax, 0, 1), 1), 0))
+        tl.store(flag_ptr + pid, tl.max(tl.max(tl.where(tl.abs(acc) <= amax, 0, 1), 1), 0))
     if (not SEQ) and A32:  # the exact sum rounded to nearest even by the conversion; the scaling is
         total = isum.to(tl.float32) * from_steps  # exact (a normal result, or |isum| < 2**24)
         acc = _sat32(tl.where(odd != 0, odd, total), amax, AINF)
@@ -930,9 +931,17 @@ def _float_plan(spec, K: int, device=None):
 
 
 FLOAT_HW16 = True  # False: binary16/bfloat16 sequential through the general float code (bench/gpu_check.py)
-# saturating fp16/bf16 on that path: the k loop without its clamps (sm_90: 3.7 -> 1.9
-# instructions per MAC), a second launch with them only for tiles that overflowed (ditto)
+# saturating fp16/bf16 on that path, and saturating binary32 accumulators (A32, also Q32):
+# the k loop without its clamps (sm_90: fp16 3.7 -> 1.9 instructions per MAC), a second
+# launch with them only for tiles that overflowed (ditto)
 HW16_RETRY = True
+
+
+def _retry(plan) -> bool:
+    """Whether the float kernel runs as two launches (PASS 1 unclamped, PASS 2 for the tiles
+    it flags; ``_float_gemm_kernel``)."""
+    sat16 = plan["HW"] in (1, 2) and plan["SAT"]
+    return HW16_RETRY and plan["SEQ"] and (sat16 or (plan["A32"] and not plan["AINF"]))
 
 
 FLOAT_FP8 = True  # False: fp8 (sequential e4m3/e5m2, e4m3 final sums) through the general float code (gpu_check)
@@ -1076,7 +1085,7 @@ def _float_launch(xin, w3, bq, y, M, N, K, G, geom, conv, spec, generator):
     programs = grid[0] * grid[1] * grid[2]
     flags = w3  # PASS 0: not read
     passes = (0,)
-    if plan["HW"] in (1, 2) and plan["SAT"] and HW16_RETRY:  # see _float_gemm_kernel
+    if _retry(plan):  # see _float_gemm_kernel
         flags, passes = torch.empty(programs, dtype=torch.int32, device=y.device), (1, 2)
     for p in passes:
         _float_gemm_kernel[grid](
