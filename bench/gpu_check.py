@@ -359,7 +359,7 @@ def bench_linear(sz: dict, reps: int, part: str):
     for fspec in ["fp16", "bf16"]:  # through the general float code, as before 2026-11-28
         t.add(f"  {fspec}, native 16-bit arithmetic off (FLOAT_HW16 off)",
               lambda: lin(n, fspec, r2, wscale=0.05, FLOAT_HW16=False))
-    for fspec in ["fp16", "bf16"]:  # every MAC clamped, as before 2026-11-30
+    for fspec in ["fp16", "bf16", a32[0], a32[3]]:  # every MAC clamped, as before 2026-11-30
         t.add(f"  {fspec}, clamps at every MAC (HW16_RETRY off)", lambda: lin(n, fspec, r2, wscale=0.05, HW16_RETRY=False))
     # fp8 through the general float code (bit arithmetic, int64 final sums)
     for fspec in ["intrinsic(fp8e4m3,acc=fp16,accumulate=final)", "fp8e4m3"]:
