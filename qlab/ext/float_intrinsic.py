@@ -19,7 +19,13 @@ value; ``final`` converts the exact int64 sum to float32 (rounded to nearest eve
 scales it by a power of two, exact there (Q's smallest step >= 2**-149).  Q may be binary32
 too (``FloatPlan.q32``; with A = Q a float32 dot product summed in k order): each product
 is the exact float64 product converted to float32 (nearest even), clamped where Q
-saturates (``final`` is beyond int64 there: declined).
+saturates (``final`` is beyond int64 there: declined).  Where A rounds to nearest even with
+M_A <= 10 and Q is no more precise (M_Q <= M_A), A(s + p) is A(s + p rounded to float32)
+(``FloatPlan.sum32``): s and p are numbers of A's precision p_A <= 11 bits, and for
+addition a first rounding to 24 >= 2 p_A + 1 bits never changes the second (S. A.
+Figueroa, "When is double rounding innocuous?", SIGNUM Newsletter 30(3), 1995); in A's
+subnormal range the exact sum lies on a grid float32 holds.  Checked pair by pair in
+tests/ext/test_triton_intrinsic.py; M_Q <= M_A is necessary there.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ class FloatPlan:
     from_steps: float  # 2**lsb
     a32: bool = False  # A is binary32 itself, nearest even: each sum one float32 addition
     q32: bool = False  # Q likewise: each product the float64 product rounded to float32 (nearest even)
+    # A(s + p) = A(float32 s + p): A nearest even with M_A <= 10 and M_Q <= M_A (no two-sum needed)
+    sum32: bool = False
 
 
 def plan(spec, K: int) -> FloatPlan | None:
@@ -67,7 +75,7 @@ def plan(spec, K: int) -> FloatPlan | None:
         return None
     p32 = bool(spec.inputs) and 2 * (q.M + 1) <= 24 and 2 * lsb >= -126 and 2 * (qemax + 1) <= 128
     return FloatPlan(p32, seq, (qemin, q.M, qmax, q.inf, q.rounding), (aemin, A.M, amax, A.inf, A.rounding),
-                     2.0 ** -lsb, 2.0 ** lsb, a32, q32)
+                     2.0 ** -lsb, 2.0 ** lsb, a32, q32, A.rounding == "even" and q.M <= A.M <= 10)
 
 
 def operands(x, w, bias, spec, generator=None):

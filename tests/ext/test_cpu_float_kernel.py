@@ -338,3 +338,28 @@ def test_float32_products_match_reference(monkeypatch, qf, af, amode):
     x, w = torch.tensor([[1 + u, 0.0], [1 + u, -(1 + u)]]), torch.tensor([[1 + u, 0.0], [0.0, 1 + 3 * u]])
     ref, got, _ = both(monkeypatch, intrinsic_linear, x, w, None, spec=fspec(F32, F32, "even"))
     assert ref[0, 0].item() == 1 + 2 * u and same(ref, got), ref
+
+
+def test_float32_sum_then_rounding_only_where_it_is_exact(monkeypatch):
+    """FloatPlan.sum32 (A(s + p) as A of the float32 sum, no two-sum) needs A nearest even and
+    Q no more precise than A: with Q = fp16 and A = e5m2 the float32 sum rounded to e5m2 is
+    wrong for some pairs, so the kernel must keep the two-sum there.  Rows [s, p] . [1, 1]
+    give y = A(s + p) for s in A (exact in Q) and p in Q; 3 million random pairs, against
+    the reference, and the plans' flags."""
+    from qlab.core.formats import Float
+
+    e5m2, fp16 = (5, 2, False, False), FP16
+    assert not plan(fspec(fp16, e5m2, "even"), 2).sum32 and plan(fspec(E4M3, fp16, "even"), 2).sum32
+    assert not plan(fspec(E4M3, fp16, "even", amode="nearest"), 2).sum32
+    g = torch.Generator().manual_seed(9)
+    bits = torch.randint(0, 0x7C00, (3_000_000,), generator=g, dtype=torch.int32)
+    sign = torch.randint(0, 2, (3_000_000,), generator=g, dtype=torch.int32) << 15
+    p = (bits | sign).to(torch.int16).view(torch.float16).float()  # finite fp16 values
+    s = Float(5, 2, "even").quantize(torch.randn(3_000_000, generator=g) * 2.0 ** torch.randint(-14, 16, (3_000_000,), generator=g))
+    x = torch.stack([s, p], 1)
+    # one output (the kernel vectorises over the rows), and 33 (a vector tile and a scalar tail)
+    for rows, n in [(3_000_000, 1), (400_000, 33)]:
+        ref, got, ran = both(monkeypatch, intrinsic_linear, x[:rows], torch.ones(n, 2), None, spec=fspec(fp16, e5m2, "even"))
+        assert ran == 1 and same(ref, got), n
+        wrong = Float(5, 2, "even").quantize(s[:rows] + p[:rows]) != ref[:, -1]  # what sum32 would give
+        assert int(wrong.sum()) > 0  # such pairs are in the sample: the test can tell

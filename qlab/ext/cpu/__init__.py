@@ -201,7 +201,7 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
-FLOAT_ABI = 8
+FLOAT_ABI = 9
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -220,7 +220,7 @@ def load_float():
                     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
                     lib.qlab_float_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64,
                                                       ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, ctypes.c_uint64, i32,
-                                                      i32, i32]
+                                                      i32, i32, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
                     lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
@@ -334,7 +334,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32))
+            int(fp.a32), int(fp.q32), int(fp.sum32))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1

@@ -21,7 +21,9 @@
  * addition s + p, clamped where A saturates; a final sum is the exact one converted to
  * float32 (nearest even, from int64 or from an exact float64).  q32 likewise for Q: each
  * product is the float64 product (exact) converted to float32, clamped where Q saturates
- * (float64 products, scalar paths; final sums are declined for it).  round_fmt works on the float32 bits with integer arithmetic and
+ * (float64 products, scalar paths; final sums are declined for it).  sum32: A(s + p) is A
+ * of the float32 sum s + p, no two-sum (A nearest even, M_A <= 10, M_Q <= M_A: the first
+ * rounding never changes the second; qlab.ext.float_intrinsic).  round_fmt works on the float32 bits with integer arithmetic and
  * has no branches, so gcc vectorises the column loop; the rounding mode is a set of
  * flags (which of gt / tie / tie-and-odd / negative / positive round the magnitude up).
  * Built with -ffp-contract=off: no product is fused into an addition.
@@ -157,10 +159,11 @@ static inline float qprod(float xv, float wv, int p64, int q32, uint32_t rnd, FM
 
 /* One k step over n columns: acc = A(acc + Q(xv * w)) */
 static inline void seq_step(float *restrict acc, const float *restrict wr, float xv, int64_t n, FMT_PARAMS(q_),
-                            FMT_PARAMS(a_), const int p64, const int a32, const int q32) {
+                            FMT_PARAMS(a_), const int p64, const int a32, const int q32, const int sum32) {
     for (int64_t j = 0; j < n; j++) {
         const float p = qprod(xv, wr[j], p64, q32, 0, FMT_PASS(q_));
-        acc[j] = a32 ? clamp32(acc[j] + p, a_maxv, a_sat) : round_fmt(two_sum_odd(acc[j], p), FMT_PASS(a_));
+        acc[j] = a32 ? clamp32(acc[j] + p, a_maxv, a_sat)
+                     : round_fmt(sum32 ? acc[j] + p : two_sum_odd(acc[j], p), FMT_PASS(a_));
     }
 }
 
@@ -268,7 +271,7 @@ static inline vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
 
 /* A full tile (JB = 4 vectors of 8 columns), sequential, float32 products */
 static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
-                        const fmt_t af, int check, const int a32, float *acc) {
+                        const fmt_t af, int check, const int a32, const int sum32, float *acc) {
     const vfmt_t q = vfmt(qf), A = vfmt(af);
     vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     for (int64_t k = 0; k < K; k++) {
@@ -282,6 +285,8 @@ static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
         if (a32) {
             s0 = vclamp32(s0 + p0, &A); s1 = vclamp32(s1 + p1, &A);
             s2 = vclamp32(s2 + p2, &A); s3 = vclamp32(s3 + p3, &A);
+        } else if (sum32) {
+            s0 = vround(s0 + p0, &A); s1 = vround(s1 + p1, &A); s2 = vround(s2 + p2, &A); s3 = vround(s3 + p3, &A);
         } else {
             s0 = vround(vtwo_sum_odd(s0, p0), &A); s1 = vround(vtwo_sum_odd(s1, p1), &A);
             s2 = vround(vtwo_sum_odd(s2, p2), &A); s3 = vround(vtwo_sum_odd(s3, p3), &A);
@@ -323,22 +328,22 @@ static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
 
 /* One row r, columns j0 .. j0+n-1 (n <= JB) */
 static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, const fmt_t qf,
-                const fmt_t af, int seq, int p64, int a32, int q32, float to_steps, float *acc, int64_t *isum,
-                float *nonfin) {
+                const fmt_t af, int seq, int p64, int a32, int q32, int sum32, float to_steps, float *acc,
+                int64_t *isum, float *nonfin) {
     for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
     for (int64_t k = 0; k < K; k++) {
         const float xv = x[k * sx_k];
         const float *wr = w + k * sw_k;
         if (seq) {
             if (q32) {
-                if (a32) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 1);
-                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 1);
+                if (a32) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 1, sum32);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 1, sum32);
             } else if (a32) {
-                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 0);
-                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 1, 0);
+                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 1, 0, sum32);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 1, 0, sum32);
             } else {
-                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 0);
-                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 0, 0);
+                if (p64) seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 1, 0, 0, sum32);
+                else seq_step(acc, wr, xv, n, FMT_ARGS(qf), FMT_ARGS(af), 0, 0, 0, sum32);
             }
         } else {
             if (p64) fin_step(isum, nonfin, wr, xv, n, FMT_ARGS(qf), 1, to_steps);
@@ -349,8 +354,8 @@ static void row(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int6
 
 /* One row with stochastic rounding (scalar): a draw per (row, column, k, rounding site) */
 static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t n, int64_t c0,
-                    uint32_t key, const fmt_t qf, const fmt_t af, int seq, int p64, int a32, int q32, float to_steps,
-                    float *acc, int64_t *isum, float *nonfin) {
+                    uint32_t key, const fmt_t qf, const fmt_t af, int seq, int p64, int a32, int q32, int sum32,
+                    float to_steps, float *acc, int64_t *isum, float *nonfin) {
     for (int64_t j = 0; j < n; j++) { acc[j] = 0.0f; isum[j] = 0; nonfin[j] = 0.0f; }
     for (int64_t k = 0; k < K; k++) {
         const float xv = x[k * sx_k];
@@ -360,7 +365,8 @@ static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, 
             if (seq && a32) {
                 acc[j] = clamp32(acc[j] + p, af.maxv, af.sat);
             } else if (seq) {
-                acc[j] = round_fmt_r(two_sum_odd(acc[j], p), draw(key, c0 + j, K + 1, k, 1), FMT_ARGS(af));
+                acc[j] = round_fmt_r(sum32 ? acc[j] + p : two_sum_odd(acc[j], p), draw(key, c0 + j, K + 1, k, 1),
+                                     FMT_ARGS(af));
             } else {
                 const int fin = (as_i(p) & 0x7F800000) != 0x7F800000;
                 isum[j] += (int64_t)(fin ? p * to_steps : 0.0f);
@@ -377,7 +383,7 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
                       int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                       int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
-                      int nthreads, int a32, int q32) {
+                      int nthreads, int a32, int q32, int sum32) {
     /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
@@ -399,11 +405,11 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
         const uint32_t key = sto ? row_key(seed, r) : 0;
         const int vec = p64 != 1 && jn == JB && !sto;
         const int vec_fin = vec && !seq && dsum_ok;
-        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, acc);
+        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, sum32, acc);
         else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, a32, acc);
         else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32,
-                              to_steps, acc, isum, nonfin);
-        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, to_steps, acc, isum,
+                              sum32, to_steps, acc, isum, nonfin);
+        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, to_steps, acc, isum,
                  nonfin);
         for (int64_t jj = 0; jj < jn; jj++) {
             float s = acc[jj];
@@ -418,9 +424,11 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
             }
             if (b && a32)
                 s = clamp32(s + b[r * sb_r + (j0 + jj) * sb_c], af.maxv, af.sat);
-            else if (b)
-                s = round_fmt_r(two_sum_odd(s, b[r * sb_r + (j0 + jj) * sb_c]), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
+            else if (b) {
+                const float bv = b[r * sb_r + (j0 + jj) * sb_c];
+                s = round_fmt_r(sum32 ? s + bv : two_sum_odd(s, bv), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
                                 FMT_ARGS(af));
+            }
             y[r * sy_r + (j0 + jj) * sy_c] = q32 ? clamp32(s, qf.maxv, qf.sat)
                                                  : round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
         }
@@ -449,4 +457,4 @@ int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, con
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 8; }
+int qlab_float_abi(void) { return 9; }
