@@ -23,7 +23,8 @@
  * product is the float64 product (exact) converted to float32, clamped where Q saturates
  * (float64 products, scalar paths; final sums are declined for it).  sum32: A(s + p) is A
  * of the float32 sum s + p, no two-sum (A nearest even, M_A <= 10, M_Q <= M_A: the first
- * rounding never changes the second; qlab.ext.float_intrinsic).  round_fmt works on the float32 bits with integer arithmetic and
+ * rounding never changes the second; qlab.ext.float_intrinsic).
+ * round_fmt works on the float32 bits with integer arithmetic and
  * has no branches, so gcc vectorises the column loop; the rounding mode is a set of
  * flags (which of gt / tie / tie-and-odd / negative / positive round the magnitude up).
  * Built with -ffp-contract=off: no product is fused into an addition.
@@ -200,7 +201,7 @@ static inline vfmt_t vfmt(const fmt_t f) {
 
 static inline vi sel(vi m, vi a, vi b) { return (a & m) | (b & ~m); }
 
-/* clamp_a32 on 8 lanes */
+/* clamp32 on 8 lanes */
 static inline vf vclamp32(vf s, const vfmt_t *f) {
     const vi hi = s > f->maxv, lo = s < -f->maxv;
     return (vf)sel(hi, (vi)f->sat, sel(lo, (vi)(-f->sat), (vi)s));
