@@ -5,11 +5,13 @@ ptxas/cuobjdump it ships turn the result into SASS.
     PYTHONPATH=. python bench/sass_count.py [--spec fixed(16,8)|fp16|...] [--tile 128x32] [--warps 4] [--no-wide]
     PYTHONPATH=. python bench/sass_count.py --elementwise
 
-Each backward branch in the SASS closes a loop; the script prints each loop's length, its
+For each innermost loop of the SASS (from a backward branch's target to the branch; the
+fixed kernel's loop over runs holds k loops) the script prints its length, its
 instruction mix, instructions per MAC (loop length / MACs per thread per iteration; a 3x3
 convolution loop unrolls the kernel's 3 columns: 3 values of k), the integer-ALU and
-FMA-pipe shares, and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of issue, integer ALU
-and FMA pipe).  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
+FMA-pipe shares, and the loop's ceiling rate on an H200 (``bound_rate``: the tightest of
+issue, integer ALU and FMA pipe).  The fixed kernel's loops come in the order: runs
+without clamps, stretches clamping the sums, the loop clamping each product.  Calibration (docs/benchmarks.md): the clamping fixed(16,8) loop measured
 0.88x (linear, 2048^3) and 0.90x (ResNet-50 conv layer) of this ceiling on an H200, where
 the integer ALU was the binding limit.
 """
@@ -50,7 +52,8 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
     if s.fixed:
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
-        const.update(INRANGE=inrange, ASM=ti.WIDE_ASM)
+        const.update(INRANGE=inrange, ASM=ti.WIDE_ASM, PAIR=ti.PAIR_SUM, SUM_RUNS=ti.SKIP_SUM_CLAMP,
+                     SUM_RUN_MACS=ti.SUM_RUN_MACS)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
         if float_pass is None:
@@ -114,24 +117,36 @@ def opcodes(sass: str) -> collections.Counter:
     return ops
 
 
+def _branch_lines(sass: str):
+    """The SASS lines that carry an address, with their addresses."""
+    lines = [x for x in sass.splitlines() if re.search(r"/\*([0-9a-f]{4,})\*/", x)]
+    return lines, [int(re.search(r"/\*([0-9a-f]{4,})\*/", x).group(1), 16) for x in lines]
+
+
+def _inner_spans(lines, addrs):
+    """(first, last) line indices of every innermost loop: a backward branch's target to the
+    branch, holding no other backward branch (the kernel's run loop around its k loops is
+    not a k loop)."""
+    spans = []
+    for i, line in enumerate(lines):
+        m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", line)
+        if m and int(m.group(1), 16) < addrs[i]:
+            spans.append((addrs.index(int(m.group(1), 16)), i))
+    return [(a, b) for a, b in spans if not any(a <= c and d <= b and (c, d) != (a, b) for c, d in spans)]
+
+
 def loops(sass: str):
-    """(length, opcode counts) of every loop: the code from a backward branch's target to it."""
-    lines = sass.splitlines()
-    addr = {}
-    for i, line in enumerate(lines):
-        m = re.search(r"/\*([0-9a-f]{4,})\*/", line)
-        if m:
-            addr[int(m.group(1), 16)] = i
+    """(length, opcode counts) of every innermost loop: the code from a backward branch's
+    target to it."""
+    lines, addrs = _branch_lines(sass)
     out = []
-    for i, line in enumerate(lines):
-        m = re.search(r"/\*([0-9a-f]{4,})\*/.*\bBRA\s+(0x[0-9a-f]+)", line)
-        if m and int(m.group(2), 16) < int(m.group(1), 16):
-            ops = collections.Counter()
-            for x in lines[addr[int(m.group(2), 16)]:i + 1]:
-                mm = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", x)
-                if mm:
-                    ops[mm.group(1)] += 1
-            out.append((sum(ops.values()), ops))
+    for a, b in _inner_spans(lines, addrs):
+        ops = collections.Counter()
+        for x in lines[a:b + 1]:
+            mm = re.search(r"\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", x)
+            if mm:
+                ops[mm.group(1)] += 1
+        out.append((sum(ops.values()), ops))
     return out
 
 
@@ -139,19 +154,15 @@ def skipped_blocks(sass: str):
     """For every loop (in the order of :func:`loops`): the instruction counts of the blocks
     that a forward branch inside it can jump over (code run on some iterations only, e.g.
     a Philox call every few k)."""
-    lines = [x for x in sass.splitlines() if re.search(r"/\*([0-9a-f]{4,})\*/", x)]
-    addrs = [int(re.search(r"/\*([0-9a-f]{4,})\*/", x).group(1), 16) for x in lines]
+    lines, addrs = _branch_lines(sass)
     out = []
-    for i, line in enumerate(lines):
-        m = re.search(r"\bBRA\s+(0x[0-9a-f]+)", line)
-        if m and int(m.group(1), 16) < addrs[i]:
-            start, end = int(m.group(1), 16), addrs[i]
-            blocks = []
-            for j in range(i):
-                f = re.search(r"\bBRA\s+(0x[0-9a-f]+)", lines[j])
-                if start <= addrs[j] < end and f and addrs[j] < int(f.group(1), 16) <= end:
-                    blocks.append(sum(1 for a in addrs if addrs[j] < a < int(f.group(1), 16)))
-            out.append(blocks)
+    for a, b in _inner_spans(lines, addrs):
+        blocks = []
+        for j in range(a, b):
+            f = re.search(r"\bBRA\s+(0x[0-9a-f]+)", lines[j])
+            if f and addrs[j] < int(f.group(1), 16) <= addrs[b]:
+                blocks.append(sum(1 for x in addrs if addrs[j] < x < int(f.group(1), 16)))
+        out.append(blocks)
     return out
 
 

@@ -38,12 +38,36 @@ def _sass_with(sass_count, spec, **switches):
 def test_skip_loop_is_shorter(sass_count):
     per_thread = 128 * 32 / (32 * 4)
     lens = sorted(n for n, _ in sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4)))
-    assert len(lens) == 2, lens  # one loop clamps each product, the other does not
-    assert lens[0] < 0.8 * lens[1], lens
+    # runs without any clamp, stretches that clamp the sums, the loop that clamps each product too
+    assert len(lens) == 3, lens
+    assert lens[0] < 0.6 * lens[1] and lens[1] < 0.8 * lens[2], lens
     # without the device flag only the clamping loop exists
     only = [n for n, _ in sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4, inrange=False))]
-    assert len(only) == 1 and abs(only[0] - lens[1]) <= 0.1 * lens[1], (only, lens)
-    assert lens[0] / per_thread < 8, lens  # products, rounding, accumulate, clamp the sum: 6 + loads
+    assert len(only) == 1 and abs(only[0] - lens[2]) <= 0.1 * lens[2], (only, lens)
+    assert lens[1] / per_thread < 8, lens  # products, rounding, accumulate, clamp the sum: 6 + loads
+    # SKIP_SUM_CLAMP off: no runs, the two loops as before
+    two = sorted(n for n, _ in sass_count.loops(_sass_with(sass_count, "fixed(16,8)", SKIP_SUM_CLAMP=False)))
+    assert len(two) == 2 and lens[1] < two[0] < two[1], (two, lens)
+
+
+def test_runs_are_one_multiply_add_per_mac(sass_count):
+    """The runs without clamps (SKIP_SUM_CLAMP) carry each sum as a 64-bit pair whose low
+    word is the rounding's 2**31 (PAIR_SUM): ptxas updates the pair's high register in place
+    with one IMAD.HI per MAC -- no integer-ALU work per MAC (no VIMNMX) and under 3.2
+    instructions per MAC, linear and 3x3 conv, with the prefetch or without.  Without the
+    pair ptxas copies the rounding constant and the sum into a fresh pair for each MAC: more
+    FMA-pipe instructions than MACs plus one."""
+    per_thread = 128 * 32 / (32 * 4)
+    for conv in (False, True):
+        macs = per_thread * (3 if conv else 1)
+        for prefetch in (True, False):
+            n, ops = min(sass_count.loops(sass_count.compile_sass("fixed(16,8)", conv, 128, 32, 4, prefetch=prefetch)),
+                         key=lambda t: t[0])
+            assert "VIMNMX" not in ops and n / macs < 3.2, (conv, prefetch, n / macs, ops)
+            assert sass_count.pipes(ops)[1] / macs < 0.5, (conv, prefetch, ops)
+        n0, ops0 = min(sass_count.loops(_sass_with(sass_count, "fixed(16,8)", PAIR_SUM=False)), key=lambda t: t[0])
+    n, ops = min(sass_count.loops(sass_count.compile_sass("fixed(16,8)", False, 128, 32, 4)), key=lambda t: t[0])
+    assert sass_count.pipes(ops0)[2] >= 2 * per_thread and n < 0.85 * n0, (n, n0, ops, ops0)
 
 
 def test_float_even_rounding_is_the_short_path(sass_count):

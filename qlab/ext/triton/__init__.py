@@ -9,8 +9,10 @@
 Module switches in :mod:`.intrinsic` (each with a side-by-side row in bench/gpu_check.py;
 all on by default): ``SKIP_PRODUCT_CLAMP``, ``WIDE_STEP`` and ``WIDE_ASM`` (the 64-bit
 multiply step and its PTX form), ``FUSED_GRID_INTS``, ``SHARE_DRAWS``, ``PREFETCH``
-("auto": operands of k + 1 loaded ahead in small launches), ``FLOAT_HW16``,
-``HW16_RETRY``, ``FLOAT_FP8``; in :mod:`.elementwise`: ``PHILOX4``.
+("auto": operands of k + 1 loaded ahead in small launches), ``SKIP_SUM_CLAMP`` (runs
+of sequential sums without their clamp where a bound proves it idle), ``PAIR_SUM`` (sums
+carried as 64-bit pairs in the one-multiply-add loop), ``FLOAT_HW16``, ``HW16_RETRY``,
+``FLOAT_FP8``, ``FLOAT_QHW``; in :mod:`.elementwise`: ``PHILOX4``.
 
 Bit-identical with the torch reference for deterministic modes; tested on the CPU under
 ``TRITON_INTERPRET=1`` (:mod:`.checks`, :mod:`.testing`) and on a GPU by

@@ -250,6 +250,58 @@ LINEAR = COMMON + """
             n += 1
             if not lin_same(x, w, None, spec=spec):
                 bad.append((str(spec), "wide, D != 0"))
+    # sequential sums that run without their clamp (intrinsic.SKIP_SUM_CLAMP) for as many
+    # rows as a bound allows: with every |product| <= pm and the sums within +-m, the next
+    # (ahi - m) // pm products cannot leave A's range.  Products exactly at pm = (P >> 4) + 1
+    # (P = max|kx| max|kw|): 17 * 17 / 16 -> 19 rounding up (-19 down), 12 * 14 / 16 = 10.5
+    # -> 11 to nearest (the 64-bit pair step), rising until k = f and falling after: f =
+    # r + 1, with r the first run's length, puts one product past A's range, which a run one
+    # row too long would leave unclamped for the falling products to carry on
+    for W, F_, Wa, Fa in [(12, 4, 12, 4), (10, 4, 12, 6)]:
+        for mode in MODES:
+            kx, kw, pm = (12, 14, 11) if mode == "nearest" else (17, 17, 19)
+            r = (2 ** (Wa - 1) - 1) // (pm << (Fa - F_))
+            K = r + 12
+            f = torch.tensor([r - 1, r, r + 1, r + 2, K // 2])[:, None]
+            rise = torch.where(torch.arange(K)[None, :] < f, kx, -kx).float()
+            x = torch.cat([rise, -rise, torch.where(torch.rand(2, K, generator=rng) < 0.6, kx, -kx)]) / 2 ** F_
+            w = torch.stack([torch.full((K,), kw), torch.where(torch.rand(K, generator=rng) < 0.5, kw, -kw),
+                             torch.randint(-kw, kw + 1, (K,), generator=rng)]).float() / 2 ** F_
+            for acc in ["sequential", "final"] if mode == "nearest" else ["sequential"]:
+                spec = spec_of(W, F_, Wa, Fa, mode, acc)
+                for xx in (x, -rise / 2 ** F_):  # and sums only below zero: the bound takes |min| too
+                    n += 1
+                    if not lin_same(xx, w, None, spec=spec):
+                        bad.append((str(spec), "runs"))
+    # int64 sums (W = 30), drifting: a run of 18 rows, one of 12, then stretches with the clamp
+    for mode in ["nearest", "up", "down"]:
+        x = ((torch.randn(5, 150, generator=rng) * 0.3 + 0.8) * 100).clamp(-180, 180)
+        w = ((torch.randn(6, 150, generator=rng) * 0.3 + torch.tensor([1.0, -1.0, 0.0, 0.5, -0.5, 0.8])[:, None])
+             * 100).clamp(-180, 180)
+        spec = spec_of(30, 10, 30, 10, mode, "sequential")
+        n += 1
+        if not lin_same(x, w, None, spec=spec):
+            bad.append((str(spec), "runs int64"))
+    # 3x3 conv: a run counts kernel rows of 3 MACs.  Every product 19 = pm (up): 35 rows
+    # (1995) are safe, the 36th (channel 11's last row) reaches 2052 and must clamp; then
+    # the weights turn negative
+    for mode in ["up", "down"]:
+        xc = torch.full((1, 20, 3, 4), 17.0 / 16)
+        wc = torch.where(torch.arange(20) < 12, 17.0, -17.0)[None, :, None, None].expand(2, 20, 3, 3) / 16
+        wc = wc * torch.tensor([1.0, -1.0])[:, None, None, None]
+        spec = spec_of(12, 4, 12, 4, mode, "sequential")
+        n += 1
+        if not same(ref(intrinsic_conv, xc, wc, None, spec=spec), fast(intrinsic_conv, xc, wc, None, spec=spec)):
+            bad.append((str(spec), "runs conv rows"))
+    # 3x3 conv, groups, random: rows of 3 MACs
+    for mode in ["nearest", "even", "up"]:
+        xc = torch.randn(2, 24, 6, 5, generator=rng).abs() * 1.1
+        wc = (torch.randn(8, 12, 3, 3, generator=rng) + torch.tensor([1.0, -1.0, 0.2, 0.0, 1.0, -1.0, 3.0, -0.1])[:, None, None, None]) * 1.1
+        spec = spec_of(12, 4, 12, 4, mode, "sequential")
+        n += 1
+        if not same(ref(intrinsic_conv, xc, wc, None, padding=1, groups=2, spec=spec),
+                    fast(intrinsic_conv, xc, wc, None, padding=1, groups=2, spec=spec)):
+            bad.append((str(spec), "runs conv"))
     # inputs=False (the float input times the weight's grid integer, exactly)
     for mode in MODES:
         for acc in ["sequential", "final"]:
@@ -404,6 +456,27 @@ STOCH_INTRINSIC = COMMON + """
     lo = ref(intrinsic_conv, xc, wc, None, padding=1, spec=spec_of(8, 4, 16, 4, "down", "sequential"))
     hi = ref(intrinsic_conv, xc, wc, None, padding=1, spec=spec_of(8, 4, 16, 4, "up", "sequential"))
     assert torch.equal(c1, c2) and bool(((c1 >= lo) & (c1 <= hi)).all()) and not torch.equal(lo, hi)
+    # a k loop in runs (intrinsic.SKIP_SUM_CLAMP): with A = fixed(9,4) and every |product| <=
+    # 10 the first run is 25 rows (255 // 10), so the Philox word whose four fields serve
+    # k = 24..27 is carried from one run into the next: unbiased, and the variance of
+    # independent draws
+    K = 40
+    xq = torch.randint(-12, 13, (1, K), generator=rng) / 16.0
+    w = torch.randint(-12, 13, (3, K), generator=rng) / 16.0
+    xk = xq.repeat(R, 1)
+    exact = (xq.double() @ w.double().t())[0]
+    frac = ((xq.double().t() * w.double().t()) * 16) % 1.0
+    var_q = (frac * (1 - frac)).sum(0) * 2.0 ** -8
+    spec = spec_of(8, 4, 9, 4, "stochastic", "sequential")
+    lo = ref(intrinsic_linear, xk, w, None, spec=spec_of(8, 4, 9, 4, "down", "sequential"))
+    hi = ref(intrinsic_linear, xk, w, None, spec=spec_of(8, 4, 9, 4, "up", "sequential"))
+    assert bool((lo.abs() < 15).all() and (hi.abs() < 15).all()), "no saturation"
+    torch.manual_seed(7); y1 = fast(intrinsic_linear, xk, w, None, spec=spec)
+    sigma = math.sqrt(K * 0.25 / R) * 2 ** -4
+    err = (y1.double().mean(0) - exact).abs().max().item()
+    assert err <= 5 * sigma, ("runs", err, sigma)
+    var = y1.double().var(0)
+    assert bool(((var - var_q).abs() <= 0.45 * var_q + 1e-12).all()), ("runs", var, var_q)
     print("STOCH OK")
 """
 
@@ -788,10 +861,11 @@ _INTRINSIC = {"linear": (True, LINEAR), "conv": (True, CONV), "intrinsic_stochas
 INTRINSIC = {name: _switches(PREFETCH=on) + body for name, (on, body) in _INTRINSIC.items()}
 
 # Triage of a section that fails on a GPU (bench/gpu_check.py): the section again with one
-# switch back at its state before a change made without a GPU (sessions 5-7), and with all
+# switch back at its state before a change made without a GPU (sessions 5-9), and with all
 # of them at once; the variants that pass name the change to suspect.
 _OLD_INTRINSIC = dict(WIDE_ASM=1, NUM_WARPS=4, WIDE_STEP=False, SKIP_PRODUCT_CLAMP=False, FUSED_GRID_INTS=False,
-                      SHARE_DRAWS=False, FLOAT_HW16=False, HW16_RETRY=False, FLOAT_FP8=False, FLOAT_QHW=False)
+                      SHARE_DRAWS=False, FLOAT_HW16=False, HW16_RETRY=False, FLOAT_FP8=False, FLOAT_QHW=False,
+                      SKIP_SUM_CLAMP=False, PAIR_SUM=False)
 
 
 def variants(name: str, only: tuple[str, ...] | None = None) -> dict[str, str]:

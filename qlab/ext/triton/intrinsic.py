@@ -26,6 +26,14 @@ where the loop without it takes 5.2 (bench/sass_count.py).  The same multiply fo
 rounded product alone where the sum steps apart (A's grid differs from Q's) and in the
 clamping loop for W <= 15.
 
+Sequential sums on a grid no coarser than Q's skip their clamp too, in runs: with every
+|product| <= pm (from the same maxima) and the tile's sums within +-m (one reduction on
+the device), the next (max_A - m) // pm products cannot leave A's range, so that many run
+without the clamp; where the bound allows fewer than ``SUM_RUN_MACS``, a stretch with the
+clamp, then a fresh bound.  In the runs the one-multiply-add step keeps each sum as a
+64-bit pair (``_pair_step``): one IMAD.HI per MAC on sm_90, about 2.2-2.7 instructions
+per MAC with loads and addressing (bench/sass_count.py).
+
 Integers are int32 when every product, partial sum and rounding step provably fits
 (``_plan``), int64 otherwise; shifts by more than the operand can hold are capped where
 that provably gives the same result.  ``inputs=False`` multiplies the float32 input by
@@ -116,6 +124,41 @@ def _wide_step(acc, xs, wq, ASM: tl.constexpr):
             dtype=tl.int32, is_pure=True, pack=1)
     else:
         r = ((xs.to(tl.int64) * wq.to(tl.int64) + (acc.to(tl.int64) << 32) + (1 << 31)) >> 32).to(tl.int32)
+    return r
+
+
+@triton.jit
+def _pair_step(acc2, xs, wq, alo, ahi, CLAMP: tl.constexpr, ASM: tl.constexpr):
+    """``_wide_step`` on a sum carried as the 64-bit pair acc2 = acc * 2**32 + 2**31 (low
+    word 2**31 for good): acc + R(kx kw / 2**SP) in the high word, clamped to [alo, ahi]
+    where CLAMP, and the low word left as it was.  The same integer arithmetic as
+    ``_wide_step`` -- hi(xs wq + acc2) with acc2's low word the rounding's 2**31 -- but
+    the addend pair is the carried value itself: ptxas (sm_90) updates its high register
+    in place with one IMAD.HI, where ``_wide_step`` builds the pair {2**31, acc} anew for
+    every MAC (an IMAD.MOV or two on the same FMA pipe: fixed(16,8) 2.5 FMA-pipe
+    instructions per MAC -> about 1, bench/sass_count.py).  The high word never wraps:
+    the loop runs where every partial sum fits int32 (``_plan``).  ASM 0: integer code."""
+    if ASM != 0:
+        if CLAMP:
+            r = tl.inline_asm_elementwise(
+                "{ .reg .b32 lo, hi, t; mov.b64 {lo, hi}, $3; mad.lo.cc.u32 t, $1, $2, lo; "
+                "madc.hi.s32 hi, $1, $2, hi; max.s32 hi, hi, $4; min.s32 hi, hi, $5; mov.b64 $0, {lo, hi}; }",
+                "=l,r,r,l,r,r",
+                [tl.broadcast_to(xs, acc2.shape), tl.broadcast_to(wq, acc2.shape), acc2,
+                 tl.broadcast_to(alo.to(tl.int32), acc2.shape), tl.broadcast_to(ahi.to(tl.int32), acc2.shape)],
+                dtype=tl.int64, is_pure=True, pack=1)
+        else:
+            r = tl.inline_asm_elementwise(
+                "{ .reg .b32 lo, hi, t; mov.b64 {lo, hi}, $3; mad.lo.cc.u32 t, $1, $2, lo; "
+                "madc.hi.s32 hi, $1, $2, hi; mov.b64 $0, {lo, hi}; }",
+                "=l,r,r,l",
+                [tl.broadcast_to(xs, acc2.shape), tl.broadcast_to(wq, acc2.shape), acc2],
+                dtype=tl.int64, is_pure=True, pack=1)
+    else:
+        hi = (xs.to(tl.int64) * wq.to(tl.int64) + acc2) >> 32
+        if CLAMP:
+            hi = tl.minimum(tl.maximum(hi, alo.to(tl.int64)), ahi.to(tl.int64))
+        r = (hi << 32) + (1 << 31)
     return r
 
 
@@ -243,28 +286,29 @@ def _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H,
 
 
 @triton.jit
-def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi, alo, ahi,
-                  seed, rbase, CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
+def _fixed_k_loop(acc, xn, wn, word, cr_lo, cr_hi, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H,
+                  W_IN, CG, qlo, qhi, alo, ahi, seed, rbase, CONV: tl.constexpr, KH: tl.constexpr, KW: tl.constexpr, DH: tl.constexpr,
                   DW: tl.constexpr, IDT: tl.constexpr, X_FLOAT: tl.constexpr, QMODE: tl.constexpr,
                   AMODE: tl.constexpr, SEQ: tl.constexpr, SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr,
                   D: tl.constexpr, LA: tl.constexpr, PCLAMP: tl.constexpr, WA: tl.constexpr,
                   WB: tl.constexpr, FUSE: tl.constexpr, SHARE: tl.constexpr, ASM: tl.constexpr,
-                  PREFETCH: tl.constexpr):
-    """The k loop: per k the exact products, rounded onto Q's grid, clamped to Q's range
+                  PREFETCH: tl.constexpr, PAIR: tl.constexpr, SCLAMP: tl.constexpr):
+    """The k loop over (channel, kernel row) pairs cr_lo <= cr < cr_hi, carrying the
+    prefetched operands (xn, wn) and the stochastic products' Philox word from one call to
+    the next: per k the exact products, rounded onto Q's grid, clamped to Q's range
     (PCLAMP; False where every product is known to round into it), accumulated.  WA > 0:
     product and rounding in one 64-bit multiply (``_wide_step``) where the operand bounds
     hold -- checked per call without PCLAMP, by the format with it (W <= 15) -- and with
-    FUSE and no PCLAMP the sum in the same multiply-add.  Stochastic products: one 32-bit
+    FUSE and no PCLAMP the sum in the same multiply-add, the sum carried as a 64-bit pair
+    there (PAIR, ``_pair_step``; not with ASM 1).  Stochastic products: one 32-bit
     Philox word per output serves SHARE consecutive k, each taking its own 32 / SHARE-bit
-    field (SP <= 32 / SHARE: the draws stay independent and exactly uniform)."""
+    field (SP <= 32 / SHARE: the draws stay independent and exactly uniform).  SCLAMP False
+    (sequential, D <= 0): the sums are known to stay in A's range for these k, no clamp."""
     WIDE: tl.constexpr = (WA > 0) & ((not PCLAMP) | (WA <= 15))
     ONE_MAD: tl.constexpr = WIDE & FUSE & (not PCLAMP)
-    word = tl.zeros(acc.shape, dtype=tl.uint32)  # stochastic products: the current Philox word
-    # PREFETCH: the operands of k + 1 are loaded before the products of k are formed, so
-    # their memory latency overlaps this k's arithmetic (a loop-carried pair)
-    xn, wn = _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW, CONV,
-                             PREFETCH)
-    for cr in range(0, CG * KH):  # (channel, kernel row) pairs; the kernel's columns unrolled
+    IN_PAIR: tl.constexpr = ONE_MAD & PAIR  # then acc is the pair (_pair_step; the kernel's PAIRED)
+    CLAMP_SUM: tl.constexpr = SEQ & SCLAMP
+    for cr in range(cr_lo, cr_hi):  # (channel, kernel row) pairs; the kernel's columns unrolled
         for s in tl.static_range(KW):
             k = cr * KW + s
             xraw, wk, xn, wn = _operands_k(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN,
@@ -277,7 +321,9 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
             elif WIDE:  # shifted right after the load: once per operand, not per product
                 xs = xraw << WB
                 wq = (wk << WA) + (wk > 0).to(wk.dtype) - (wk < 0).to(wk.dtype)
-                if ONE_MAD:
+                if IN_PAIR:
+                    p = _pair_step(acc, xs[:, None], wq[None, :], alo, ahi, CLAMP_SUM, ASM)  # acc + p, clamped
+                elif ONE_MAD:
                     p = _wide_step(acc, xs[:, None], wq[None, :], ASM)
                 else:
                     p = _wide_step(tl.zeros_like(acc), xs[:, None], wq[None, :], ASM)  # the product alone
@@ -297,16 +343,20 @@ def _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M
                     p = _rshift_any(prod, SP, QMODE, seed, rbase + k)
                 if PCLAMP:
                     p = tl.minimum(tl.maximum(p, qlo), qhi)
-            if ONE_MAD:  # p is already acc + the rounded product (sequential: D = 0)
-                if SEQ:
+            if IN_PAIR:
+                acc = p
+            elif ONE_MAD:  # p is already acc + the rounded product (sequential: D = 0)
+                if CLAMP_SUM:
                     acc = tl.minimum(tl.maximum(p, alo), ahi)
                 else:
                     acc = p
-            elif SEQ:
+            elif CLAMP_SUM:
                 acc = _acc_step(acc, p, alo, ahi, D, LA, AMODE, seed + 1, rbase + k)
+            elif SEQ:  # D <= 0: a plain add on A's grid, in range
+                acc += p << LA
             else:
                 acc += p
-    return acc
+    return acc, xn, wn, word
 
 
 @triton.jit(do_not_specialize=_SHAPE_ARGS + _FORMAT_ARGS[:4])
@@ -322,8 +372,8 @@ def _fixed_gemm_kernel(
     SP: tl.constexpr, LP: tl.constexpr, HQ: tl.constexpr, D: tl.constexpr, LA: tl.constexpr,
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
     HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, FUSE: tl.constexpr,
-    SHARE: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SHARE: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr, SUM_RUNS: tl.constexpr,
+    SUM_RUN_MACS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
@@ -336,16 +386,73 @@ def _fixed_gemm_kernel(
     # then the loop skips the clamp of each product, about a quarter of its instructions
     # (fixed(16,8): 9.5 -> 6.8 per MAC, sm_90), and nearest takes the one-multiply-add step
     skip = False
+    ax = 0
+    aw = 0
     if INRANGE:
-        skip = _products_in_range(tl.load(ax_ptr), tl.load(aw_ptr), qhi, SP, WA)
+        ax, aw = tl.load(ax_ptr), tl.load(aw_ptr)
+        skip = _products_in_range(ax, aw, qhi, SP, WA)
+    # PREFETCH: the operands of k + 1 are loaded before the products of k are formed, so
+    # their memory latency overlaps this k's arithmetic (a pair carried through the loops)
+    xn, wn = _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW, CONV,
+                             PREFETCH)
+    word = 0
+    if (QMODE == 5) & (SHARE > 1):
+        word = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.uint32)  # stochastic products: the current Philox word
+    n_cr = CG * KH
+    # the one-multiply-add loops of the runs carry their sums as 64-bit pairs (_pair_step);
+    # not where every sum is clamped, nor for final sums: those loops came out longer with
+    # the pair (sm_90 fixed(16,8) sequential 6.0-6.3 against 5.4-5.5 per MAC, final 4.0-4.3
+    # against 3.3-3.6; bench/sass_count.py)
+    PAIRED: tl.constexpr = (WA > 0) & FUSE & PAIR & (ASM != 1) & SEQ & SUM_RUNS
     if skip:
-        acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
-                            alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH)
+        if PAIRED:
+            # low words: the rounding's 2**31.  z = max|kx| >> 40 is 0 (|kx| <= 2**31) but no
+            # compiler can know it, so every output's low word is a value of its own: ptxas would
+            # otherwise merge a thread's 32 equal constants into one register and copy it into
+            # each pair for every MAC (sm_90)
+            z = ax.to(tl.int64) >> 40
+            lo = (1 << 31) + z * (tl.arange(0, BLOCK_M)[:, None] * BLOCK_N + tl.arange(0, BLOCK_N)[None, :]).to(tl.int64)
+            acc = (acc.to(tl.int64) << 32) + lo
+        if SEQ & (D <= 0) & SUM_RUNS:
+            # Runs without the sums' clamp: with every |product| <= pm (A's grid: pm * 2**LA) and
+            # the tile's sums within +-m now, the next n = (ahi - m) / (KW pm 2**LA) kernel rows
+            # keep every partial sum within +-ahi, so no clamp could act (alo = -ahi - 1).  One
+            # reduction over the tile per run; where fewer than SUM_RUN_MACS MACs are safe, a
+            # stretch with the clamp, then a fresh bound.
+            pm = _product_bound(ax, aw, SP)
+            cr = n_cr * 0
+            while cr < n_cr:
+                if PAIRED:
+                    a32 = (acc >> 32).to(tl.int32)
+                else:
+                    a32 = acc
+                m = tl.maximum(tl.max(a32).to(tl.int64), -tl.min(a32).to(tl.int64))
+                n = (tl.maximum(ahi - m, 0) >> LA) // (KW * pm)
+                if n * KW >= SUM_RUN_MACS:
+                    hi = tl.minimum(cr + n, n_cr).to(tl.int32)
+                    acc, xn, wn, word = _fixed_k_loop(
+                        acc, xn, wn, word, cr, hi, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H,
+                        W_IN, CG, qlo, qhi, alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE,
+                        SEQ, SP, LP, HQ, D, LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH, PAIRED, False)
+                else:
+                    hi = tl.minimum(cr + (4 * SUM_RUN_MACS + KW - 1) // KW, n_cr).to(tl.int32)
+                    acc, xn, wn, word = _fixed_k_loop(
+                        acc, xn, wn, word, cr, hi, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H,
+                        W_IN, CG, qlo, qhi, alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE,
+                        SEQ, SP, LP, HQ, D, LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH, PAIRED, True)
+                cr = hi
+        else:
+            acc, xn, wn, word = _fixed_k_loop(
+                acc, xn, wn, word, 0, n_cr, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
+                qlo, qhi, alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ, D,
+                LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH, PAIRED, True)
+        if PAIRED:
+            acc = (acc >> 32).to(IDT)
     else:
-        acc = _fixed_k_loop(acc, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, qlo, qhi,
-                            alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ,
-                            D, LA, True, WA, WB, FUSE, SHARE, ASM, PREFETCH)
+        acc, xn, wn, word = _fixed_k_loop(
+            acc, xn, wn, word, 0, n_cr, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
+            qlo, qhi, alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ, D,
+            LA, True, WA, WB, FUSE, SHARE, ASM, PREFETCH, PAIRED, True)
     if not SEQ:  # the exact sum, rounded once onto A
         if D >= 0:
             acc = _rshift_any(acc, D, AMODE, seed + 2, rbase + K_total)
@@ -485,6 +592,7 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
         q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
         CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
         HAS_BIAS=kb is not None, INRANGE=inrange, ASM=WIDE_ASM if _asm_ok() else 0, PREFETCH=prefetch,
+        PAIR=PAIR_SUM, SUM_RUNS=SKIP_SUM_CLAMP, SUM_RUN_MACS=SUM_RUN_MACS,
         BLOCK_M=BM, BLOCK_N=BN,
         num_warps=_warps(BM, BN, plan["IDT"]), **plan)
 
@@ -513,6 +621,17 @@ def _products_in_range(ax, aw, qhi, SP: tl.constexpr, WA: tl.constexpr):
     return ok
 
 
+@triton.jit
+def _product_bound(ax, aw, SP: tl.constexpr):
+    """pm = (max|kx| max|kw| >> SP) + 1 >= |p| for every rounded product p (int64; see
+    ``_products_in_range``)."""
+    if SP >= 62:
+        pm = (ax * 0 + 1).to(tl.int64)
+    else:
+        pm = ((ax.to(tl.int64) * aw.to(tl.int64)) >> SP) + 1
+    return pm
+
+
 # Warps per program: None = 32 outputs per thread (128x32 -> 4 warps, 64x32 -> 2, 32x32 ->
 # 1; the int64 tile 32x64 keeps 4).  Fewer outputs per thread cost a lot in sm_90 code
 # (bench/sass_count.py, 2026-11-30): with 4 warps a 32x32 tile loads every operand from
@@ -536,6 +655,22 @@ SHARE_DRAWS = True  # False: one Philox call per stochastic product (ditto)
 # the 64-bit multiply step's PTX (_wide_step): 2 = mad.lo.cc + madc.hi (sm_90: fixed(16,8)
 # 6.0 -> 5.4 instructions per MAC), 1 = mad.wide.s32 as before 2026-11-30 (ditto)
 WIDE_ASM = 2
+# Sequential sums run without their clamp where a bound proves it idle (the kernel's
+# runs: the largest |sum| of the tile, reduced on the device, plus the rows ahead times the
+# largest product stays within A's range).  sm_90 instructions per MAC, fixed(16,8) in
+# range, 128x32 tile, linear / 3x3 conv, prefetch on and off (bench/sass_count.py): runs
+# 2.72, 2.34 / 2.43, 2.20; stretches that clamp the sums 5.19, 4.84 / 4.68, 5.03; before,
+# every sum clamped: 5.53, 5.38 / 5.16, 4.90.  False: every sum clamped (gpu_check times
+# both).  SUM_RUN_MACS: the fewest MACs a run takes (else a stretch of 4x as many with
+# the clamp, then a fresh bound).
+SKIP_SUM_CLAMP = True
+SUM_RUN_MACS = 16
+# In the runs and the stretches between them, the one-multiply-add loop carries each sum as
+# a 64-bit pair with the rounding's 2**31 as its low word (_pair_step): ptxas then updates
+# it in place, where otherwise it copies the constant and the sum into a fresh pair for
+# every MAC (runs without it: 3.50, 3.31 / 3.03, 2.83 per MAC).  False: no pairs (gpu_check
+# times it)
+PAIR_SUM = True
 # The operands of k + 1 loaded before k's products are formed: their latency overlaps k's
 # arithmetic.  It costs registers (sm_90, fixed(16,8), 128x32 linear: 64 -> 74 per thread) and a
 # few instructions (5.4 -> 5.6 per MAC linear, 4.9 -> 5.0 3x3 conv), and it pays
