@@ -302,8 +302,18 @@ def fixed_matmul(x: torch.Tensor | None, w: torch.Tensor, bias: torch.Tensor | N
     else:
         s = _fixed_accumulate(xT.to(dt).contiguous(), kw.to(dt).contiguous(), spec, generator, dt, grid_exact)
         s = s.to(torch.int64) if dt != torch.int64 else s
+    return fixed_epilogue(s, bias, spec, generator, out_dtype)
+
+
+def fixed_epilogue(s: torch.Tensor, bias: torch.Tensor | None, spec: Intrinsic, generator=None,
+                   out_dtype: torch.dtype = torch.float32, bias_shape=None) -> torch.Tensor:
+    """From the sums s (int64, A's grid) to the output: A(s + Q(bias)) where there is a bias
+    (reshaped to ``bias_shape`` to broadcast), the step back to Q's grid and range, and the
+    values as ``out_dtype``.  Shared by the reference and the CPU convolution kernel."""
+    q, A = spec.q, spec.A
     if bias is not None:
         kb = _grid_int(bias, q, generator)
+        kb = kb.view(bias_shape) if bias_shape is not None else kb
         s = add_round(s, kb, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
     ky = rescale_int(s, A.F - q.F, q.rounding, generator).clamp_(q.min_int, q.max_int)
     return _grid_value(ky, q.F, out_dtype)

@@ -200,3 +200,74 @@ def test_build_failure_warns_once_and_falls_back(monkeypatch):
         assert backends.lookup("fixed_accumulate", xT, kw, spec, None, torch.float32, True) is None
     y = qlab.intrinsic_linear(torch.randn(3, 4), torch.randn(5, 4), None, spec)  # the reference runs
     assert y.shape == (3, 5)
+
+
+# ------------------------------------------------------------------ convolution (no im2col)
+_GEOMETRIES = [  # B, C, H, W, O, kh, kw, stride, padding, dilation, groups
+    (2, 3, 7, 6, 5, 3, 3, 1, 1, 1, 1),  # few channels: columns are positions
+    (2, 4, 9, 8, 40, 3, 2, 2, 1, 1, 2),
+    (1, 6, 11, 10, 6, 5, 5, 1, 2, 2, 3),  # dilation, groups
+    (3, 2, 5, 5, 33, 1, 1, 1, 0, 1, 1),
+    (2, 8, 8, 8, 64, 3, 3, 1, "same", 1, 4),
+    (2, 3, 6, 7, 4, 2, 3, (2, 1), (0, 2), (1, 2), 1),  # per-axis stride, padding, dilation
+    (1, 2, 4, 3, 70, 3, 3, 1, 1, 1, 1),  # 12 positions, 70 channels: rows are positions, ragged column blocks
+    (1, 4, 5, 4, 80, 3, 2, 1, 2, 2, 2),  # rows are positions (30 of them), groups and dilation
+    (2, 5, 3, 3, 7, 3, 3, 1, 2, 1, 1),  # windows mostly in the padding
+]
+
+
+def _conv_case(monkeypatch, geo, spec, scale=3.0, seed=0, dtype=torch.float32):
+    B, C, H, W, O, kh, kw, st, pad, dl, g = geo
+    gen = torch.Generator().manual_seed(seed)
+    x = (torch.randn(B, C, H, W, generator=gen) * scale).to(dtype)
+    w = torch.randn(O, C // g, kh, kw, generator=gen).to(dtype)
+    b = torch.randn(O, generator=gen).to(dtype)
+    ref, got, ran = _both(monkeypatch, lambda: qlab.intrinsic_conv(x, w, b, stride=st, padding=pad, dilation=dl,
+                                                                   groups=g, spec=spec))
+    assert ran == 1, (geo, spec)
+    assert got.dtype == ref.dtype and got.shape == ref.shape and torch.equal(got, ref), (geo, spec, (got != ref).sum())
+    return ref
+
+
+@pytest.mark.parametrize("geo", _GEOMETRIES)
+def test_conv_kernel_equals_reference(monkeypatch, geo):
+    """The conv kernel gathers each window from the input's grid integers (stride,
+    padding, dilation, groups; positions or channels as the vectorised columns) and equals
+    the reference (unfold, then the accumulation) for every mode, both accumulations, int32
+    and int64 sums and an accumulator on a finer grid."""
+    differ = 0
+    for i, mode in enumerate(MODES):
+        for W, Fq, Wa, Fa in [(8, 4, 8, 4), (8, 4, 12, 6), (16, 8, 16, 8), (24, 10, 30, 12), (6, 0, 8, 0)][i % 2::2]:
+            outs = [_conv_case(monkeypatch, geo, _spec(W, Fq, Wa, Fa, mode, acc), seed=i) for acc in ("sequential", "final")]
+            differ += not torch.equal(*outs)
+    B, C, H, W, O, kh, kw, *_, g = geo
+    assert differ >= 1 or C // g * kh * kw < 9  # some sums saturate: the two accumulations differ
+
+
+def test_conv_kernel_dtypes_and_empty(monkeypatch):
+    spec = _spec(16, 8, 20, 10, "nearest")
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):
+        _conv_case(monkeypatch, _GEOMETRIES[0], spec, dtype=dtype)
+    _conv_case(monkeypatch, _GEOMETRIES[1], _spec(32, 16, 32, 16, "even"), scale=100.0)  # W = 32: int64 sums
+    x, w = torch.zeros(0, 3, 5, 5), torch.randn(4, 3, 3, 3)
+    ref, got, _ = _both(monkeypatch, lambda: qlab.intrinsic_conv(x, w, padding=1, spec=spec))
+    assert got.shape == ref.shape == (0, 4, 5, 5)
+    # 1-d convolution goes through the same kernel
+    x1, w1 = torch.randn(2, 3, 20) * 3, torch.randn(6, 3, 5)
+    ref, got, ran = _both(monkeypatch, lambda: qlab.intrinsic_conv(x1, w1, stride=2, padding=2, spec=spec))
+    assert ran == 1 and torch.equal(got, ref)
+
+
+def test_conv_kernel_declines_what_the_accumulation_declines(monkeypatch):
+    x, w = torch.randn(2, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    for spec in (_spec(8, 4, 8, 2, "nearest"), _spec(8, 4, mode="stochastic"), _spec(8, -1),
+                 qlab.Intrinsic(FixedPoint(8, 4), inputs=False), as_intrinsic("fp16")):
+        assert not cpu.conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, spec)
+    assert cpu.conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fixed(8,4)"))
+    assert not cpu.conv_accepts(x.double(), w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fixed(8,4)"))
+    # channels that do not match the weight: declined, and the reference raises torch's error
+    assert not cpu.conv_accepts(torch.randn(2, 2, 6, 6), w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fixed(8,4)"))
+    with pytest.raises(RuntimeError):
+        qlab.intrinsic_conv(torch.randn(2, 2, 6, 6), w, padding=1, spec="fixed(8,4)")
+    monkeypatch.setattr(cpu, "CONV_KERNEL", False)
+    assert not cpu.conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fixed(8,4)"))

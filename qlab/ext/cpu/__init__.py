@@ -44,7 +44,7 @@ from qlab.core.grid import rescale
 SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 2
+ABI = 3
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -109,12 +109,14 @@ def _build() -> ctypes.CDLL:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
             i32]
+    conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i32]
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES):
             for sfx in ("i32", "i64"):
-                fn = getattr(lib, f"qlab_{acc}_{mode}_{sfx}")
-                fn.argtypes = args
-                fn.restype = ctypes.c_int
+                for name, a in ((f"qlab_{acc}_{mode}_{sfx}", args), (f"qlab_conv_{acc}_{mode}_{sfx}", conv_args)):
+                    fn = getattr(lib, name)
+                    fn.argtypes = a
+                    fn.restype = ctypes.c_int
     return lib
 
 
@@ -196,6 +198,84 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
         s = rescale(out, q.F - A.F, A.rounding, generator)
         return s.clamp_(A.min_int, A.max_int).to(dt)
     return out
+
+
+# --------------------------------------------------------------------------- convolution
+CONV_KERNEL = True  # False: conv2d by unfold + the accumulation kernel, as before 2026-11-30
+
+
+def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
+                 generator=None) -> bool:
+    """Whether :func:`fixed_conv2d` computes this intrinsic conv2d: the cases the reference
+    would hand to :func:`fixed_accumulate` after unfolding (same limits, same dtype rule)."""
+    if not CONV_KERNEL or spec is None or w is None or not getattr(spec, "fixed", False):
+        return False
+    if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dim() == 4 and w.dim() == 4
+            and x.dtype.is_floating_point and w.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)):
+        return False
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
+        return False
+    if not covers(spec, spec.inputs):
+        return False
+    from qlab.core.intrinsic import _product_dtype
+
+    q, A = spec.q, spec.A
+    dt = _product_dtype(q, A)
+    K = w.shape[1] * w.shape[2] * w.shape[3]
+    if dt == torch.float32 and (A.W > 24 or q.W > 24):
+        return False
+    if spec.accumulate == "final" and dt != torch.int64 and K * 2.0 ** (q.W - 1) >= 2.0 ** 53:
+        return False
+    return load() is not None
+
+
+def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=None):
+    """Intrinsic conv2d on x [B, C, H, W] with weight [O, C/groups, kh, kw], pads = (left,
+    right, top, bottom) zeros: one C pass that gathers each window from the input's grid
+    integers as its tile needs it (no im2col tensor), then the reference's epilogue (bias,
+    back to Q's grid).  Bit-identical to the reference."""
+    global calls
+    from qlab.core.intrinsic import _grid_int, fixed_epilogue
+
+    if not conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
+        raise ValueError(f"the CPU conv kernel does not cover {spec} here")
+    q, A = spec.q, spec.A
+    B, C, H, W_ = x.shape
+    O, CG, KH, KW = w.shape
+    SH, SW = stride
+    DH, DW = dilation
+    pl, pr, pt, pb = pads
+    HO = max((H + pt + pb - DH * (KH - 1) - 1) // SH + 1, 0)
+    WO = max((W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1, 0)
+    K, og, P = CG * KH * KW, O // groups, B * HO * WO
+    final = spec.accumulate == "final"
+    if P == 0 or O == 0 or K == 0:
+        return fixed_epilogue(torch.zeros(B, O, HO, WO, dtype=torch.int64), bias, spec, generator, x.dtype, (1, O, 1, 1))
+    kx = _grid_int(x, q, generator).to(torch.int32).contiguous()
+    kw = _grid_int(w, q, generator).to(torch.int32).reshape(groups, og, K).contiguous()  # [G, og, K]
+    # columns (the vectorised loop) are blocks of positions, each block's windows gathered once
+    # for all the group's channels -- unless there are fewer positions than a block and more
+    # channels (then rows are positions, columns channels)
+    swap = P >= JB32 or og <= P
+    wk = kw if swap else kw.transpose(1, 2).contiguous()  # [G, K, og] for columns = channels
+    out = torch.empty(groups, og, P, dtype=torch.int64) if swap else torch.empty(groups, P, og, dtype=torch.int64)
+    i32 = _use_int32(q, A, K, final)
+    lib = load()
+    fn = getattr(lib, f"qlab_conv_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
+    rc = fn(kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
+            DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
+            max(1, torch.get_num_threads()))
+    if rc != 0:
+        raise MemoryError("qlab CPU kernel: out of memory")
+    calls += 1
+    if swap:  # [G, og, B, L] -> [B, G, og, L]
+        s = out.view(groups, og, B, HO * WO).permute(2, 0, 1, 3)
+    else:  # [G, B, L, og] -> [B, G, og, L]
+        s = out.view(groups, B, HO * WO, og).permute(1, 0, 3, 2)
+    s = s.reshape(B, O, HO, WO)
+    if final:  # as the reference: the exact sum rescaled to A, clamped
+        s = rescale(s, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
+    return fixed_epilogue(s, bias, spec, generator, x.dtype, (1, O, 1, 1))
 
 
 # --------------------------------------------------------------------------- float formats

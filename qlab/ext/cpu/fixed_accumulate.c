@@ -196,5 +196,144 @@ DEFINE_ALL(down)
 DEFINE_ALL(up)
 DEFINE_ALL(zero)
 
+/* ------------------------------------------------------------------ convolution */
+/* Intrinsic conv2d without an im2col tensor: the operands are gathered from the input's
+ * grid integers x [B, Cin, H, W] (int32, contiguous) as the tiles need them, k in the
+ * order (channel, kernel row, kernel column), zero where the window reaches into the
+ * padding.  Positions p = (b, oh, ow), P = B * HO * WO of them; per group g, og output
+ * channels with weights wt [G, og, K] (int32, contiguous).
+ *   swap = 0: rows are positions (each row's K values gathered once), columns the group's
+ *             output channels, read from wk [G, K, og] (the weights transposed);
+ *             out [G, P, og];
+ *   swap = 1 (few output channels): rows are the og channels (wt), columns blocks of JB
+ *             positions whose [K, JB] values are gathered once per tile; out [G, og, P].
+ * out is int64: the A-grid sums (sequential) or the exact sums (final). */
+typedef struct {
+    const int32_t *x;
+    int64_t C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, CG;
+} conv_geo;
+
+/* dst[k] for k < K: position p's window, channels of group grp */
+static void gather_row(int32_t *dst, const conv_geo *g, int64_t p, int64_t grp) {
+    const int64_t L = g->HO * g->WO, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO;
+    const int64_t ih0 = oh * g->SH - g->PT, iw0 = ow * g->SW - g->PL;
+    int64_t k = 0;
+    for (int64_t c = 0; c < g->CG; c++) {
+        const int32_t *xc = g->x + ((b * g->C + grp * g->CG + c) * g->H) * g->W;
+        for (int64_t r = 0; r < g->KH; r++) {
+            const int64_t ih = ih0 + r * g->DH;
+            const int okh = ih >= 0 && ih < g->H;
+            for (int64_t t = 0; t < g->KW; t++) {
+                const int64_t iw = iw0 + t * g->DW;
+                dst[k++] = okh && iw >= 0 && iw < g->W ? xc[ih * g->W + iw] : 0;
+            }
+        }
+    }
+}
+
+/* dst[k * JB + j] for k < K, j < n: the windows of positions p0 + j (n <= JB), group grp;
+ * off/ih0/iw0: scratch of JB entries each */
+static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0, int64_t n, int64_t grp,
+                        int64_t *off, int64_t *ih0, int64_t *iw0) {
+    const int64_t L = g->HO * g->WO;
+    for (int64_t j = 0; j < n; j++) {
+        const int64_t p = p0 + j, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO;
+        off[j] = (b * g->C + grp * g->CG) * g->H * g->W;
+        ih0[j] = oh * g->SH - g->PT;
+        iw0[j] = ow * g->SW - g->PL;
+    }
+    int64_t k = 0;
+    for (int64_t c = 0; c < g->CG; c++) {
+        const int64_t cof = c * g->H * g->W;
+        for (int64_t r = 0; r < g->KH; r++) {
+            for (int64_t t = 0; t < g->KW; t++, k++) {
+                int32_t *d = dst + k * JB;
+                for (int64_t j = 0; j < n; j++) {
+                    const int64_t ih = ih0[j] + r * g->DH, iw = iw0[j] + t * g->DW;
+                    d[j] = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? g->x[off[j] + cof + ih * g->W + iw] : 0;
+                }
+            }
+        }
+    }
+}
+
+#define DEFINE_CONV(MODE, T, SFX, JB, NAME, ACC)                                                \
+    int NAME##_##MODE##_##SFX(const int32_t *x, const int32_t *wt, const int32_t *wk, int64_t *out,  \
+                              int64_t B, int64_t C, int64_t H, int64_t W, int64_t HO, int64_t WO,  \
+                              int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PT, int64_t PL, \
+                              int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,          \
+                              int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
+                              int nthreads) {                                                   \
+        const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                         \
+        const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                        \
+        const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;              \
+        (void)lo; (void)hi; (void)d;                                                            \
+        const conv_geo geo = {x, C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, C / G};        \
+        const int64_t K = geo.CG * KH * KW, P = B * HO * WO;                                    \
+        const int64_t R = swap ? og : P, NC = swap ? P : og;  /* rows, columns per group */      \
+        const int64_t nblk = (NC + JB - 1) / JB;                                                \
+        const int64_t rows_per = swap ? R : 1;                  /* rows per tile */             \
+        const int64_t ngrp = (R + rows_per - 1) / rows_per;                                     \
+        const int64_t ntiles = G * ngrp * nblk;                                                 \
+        const int par = nthreads > 1 && ntiles > 1 && R * NC * K >= 65536;                      \
+        const int nt = par ? nthreads : 1;                                                      \
+        const size_t per = (size_t)(K > 0 ? K : 1) * (1 + JB);                                  \
+        int32_t *bufs = (int32_t *)malloc(sizeof(int32_t) * per * (size_t)nt);                  \
+        if (bufs == NULL) return -1;                                                            \
+        _Pragma("omp parallel num_threads(nt) if(par)")                                         \
+        {                                                                                       \
+            int32_t *abuf = bufs + per * (size_t)omp_get_thread_num();                          \
+            int32_t *bbuf = abuf + (K > 0 ? K : 1);                                             \
+            int64_t scratch[3 * JB];  /* gather_cols: each column's offsets */                \
+            T acc[JB];                                                                          \
+            _Pragma("omp for schedule(static)")                                                 \
+            for (int64_t t = 0; t < ntiles; t++) {                                              \
+                const int64_t grp = t / (ngrp * nblk);                                          \
+                const int64_t rest = t - grp * ngrp * nblk;                                     \
+                const int64_t rg = rest / nblk;                                                 \
+                const int64_t j0 = (rest - rg * nblk) * JB;                                     \
+                const int64_t jn = NC - j0 < JB ? NC - j0 : JB;                                 \
+                const int32_t *bb;                                                              \
+                int64_t ldb;                                                                    \
+                if (swap) {                                                                     \
+                    gather_cols(bbuf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB); \
+                    bb = bbuf;                                                                  \
+                    ldb = JB;                                                                   \
+                } else {                                                                        \
+                    bb = wk + grp * K * og + j0;                                                \
+                    ldb = og;                                                                   \
+                }                                                                               \
+                const int64_t r1 = (rg + 1) * rows_per < R ? (rg + 1) * rows_per : R;           \
+                for (int64_t r = rg * rows_per; r < r1; r++) {                                  \
+                    const int32_t *ar;                                                          \
+                    if (swap) {                                                                 \
+                        ar = wt + (grp * og + r) * K;                                           \
+                    } else {                                                                    \
+                        gather_row(abuf, &geo, r, grp);                                         \
+                        ar = abuf;                                                              \
+                    }                                                                           \
+                    if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                         \
+                    else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                  \
+                    store_##SFX(out + (grp * R + r) * NC + j0, KIND_I64, 1, acc, jn);           \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        free(bufs);                                                                             \
+        return 0;                                                                               \
+    }
+
+#define DEFINE_ALL_CONV(MODE)                                                                   \
+    DEFINE_CONV(MODE, int32_t, i32, JB32, qlab_conv_seq, ACC_SEQUENTIAL)                        \
+    DEFINE_CONV(MODE, int64_t, i64, JB64, qlab_conv_seq, ACC_SEQUENTIAL)                        \
+    DEFINE_CONV(MODE, int32_t, i32, JB32, qlab_conv_fin, ACC_FINAL)                             \
+    DEFINE_CONV(MODE, int64_t, i64, JB64, qlab_conv_fin, ACC_FINAL)
+
+DEFINE_ALL_CONV(none)
+DEFINE_ALL_CONV(nearest)
+DEFINE_ALL_CONV(even)
+DEFINE_ALL_CONV(down)
+DEFINE_ALL_CONV(up)
+DEFINE_ALL_CONV(zero)
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 2; }
+int qlab_cpu_abi(void) { return 3; }

@@ -769,6 +769,8 @@ def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, gr
                  generator=None) -> bool:
     if spec is None or w is None or x.dim() != 4 or w.dim() != 4:
         return False
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
+        return False
     return _common_accepts(x, w, bias, spec, generator, True, w.shape[1] * w.shape[2] * w.shape[3])
 
 
@@ -1203,6 +1205,8 @@ def float_matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quanti
 def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
                        generator=None) -> bool:
     if w is None or x.dim() != 4 or w.dim() != 4:
+        return False
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
         return False
     return _float_accepts(x, w, bias, spec, w.shape[1] * w.shape[2] * w.shape[3])
 

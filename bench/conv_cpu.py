@@ -1,0 +1,79 @@
+"""Intrinsic fixed-point convolution on the CPU: the C conv kernel (windows gathered from
+the input's grid integers, ``qlab.ext.cpu.fixed_conv2d``) beside the path it replaces
+(unfold the gridded input, then the accumulation kernel: ``cpu.CONV_KERNEL = False``),
+alternating in one process, best of ``--repeats``; results checked equal.
+
+    PYTHONPATH=. python bench/conv_cpu.py [--threads 2] [--repeats 5] [--images 250]
+
+Rows: single conv layers (the zoo's shapes at batch ``--images``) and every zoo CNN with
+all conv and fc layers intrinsic fixed(16,8) (random weights; the time of a forward pass).
+"""
+import argparse
+import time
+
+import torch
+
+import qlab
+from qlab.ext import cpu, zoo
+
+
+def best(fn, repeats):
+    fn()
+    t = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        t = min(t, time.perf_counter() - t0)
+    return t
+
+
+def side_by_side(fn, repeats):
+    """(seconds with unfold, seconds with the conv kernel, the two results)."""
+    times, outs = {False: [], True: []}, {}
+    try:
+        for on in (False, True, False, True):
+            cpu.CONV_KERNEL = on
+            times[on].append(best(fn, repeats))
+            outs[on] = fn()
+    finally:
+        cpu.CONV_KERNEL = True
+    return min(times[False]), min(times[True]), outs
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--images", type=int, default=250)
+    a = ap.parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    B = a.images
+    print(f"torch {torch.__version__}, {a.threads} threads, best of {a.repeats}, alternating")
+    print("| case | unfold + accumulation (ms) | conv kernel (ms) | G QMAC/s (kernel) | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for C, S, O, k in [(1, 28, 6, 5), (6, 14, 16, 5), (32, 14, 32, 3), (32, 14, 64, 3), (64, 7, 64, 3)]:
+        x, w = torch.randn(B, C, S, S), torch.randn(O, C, k, k) * (C * k * k) ** -0.5
+        macs = B * S * S * O * C * k * k
+        t0, t1, outs = side_by_side(lambda: qlab.intrinsic_conv(x, w, None, padding=k // 2, spec="fixed(16,8)"),
+                                    a.repeats)
+        assert torch.equal(outs[False], outs[True])
+        print(f"| conv {B}x{C}x{S}x{S} -> {O}, {k}x{k}, fixed(16,8) | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | "
+              f"{macs / t1 / 1e9:.2f} | {t0 / t1:.1f}x |")
+    xs = torch.randn(B, 1, 28, 28)
+    plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
+    for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
+        model = zoo.build(name).eval()
+
+        def run():
+            with torch.no_grad(), qlab.quantize(model, plan):
+                return model(xs)
+
+        t0, t1, outs = side_by_side(run, max(1, a.repeats // 2))
+        assert torch.equal(outs[False], outs[True])
+        print(f"| {name}, every conv and fc intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+              f"| {t0 / t1:.1f}x |")
+
+
+if __name__ == "__main__":
+    main()
