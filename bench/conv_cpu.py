@@ -1,12 +1,16 @@
-"""Intrinsic fixed-point convolution on the CPU: the C conv kernel (windows gathered from
-the input's grid integers, ``qlab.ext.cpu.fixed_conv2d``) beside the path it replaces
-(unfold the gridded input, then the accumulation kernel: ``cpu.CONV_KERNEL = False``),
-alternating in one process, best of ``--repeats``; results checked equal.
+"""Intrinsic fixed point on the CPU, side by side in one process (alternating, best of
+``--repeats``, results checked equal):
+
+* the C conv kernel (windows gathered from the input's grid integers,
+  ``qlab.ext.cpu.fixed_conv2d``) beside the path it replaces (unfold the gridded input,
+  then the accumulation kernel: ``cpu.CONV_KERNEL = False``): single conv layers (the
+  zoo's shapes at batch ``--images``) and every zoo CNN with all conv and fc layers
+  intrinsic fixed(16,8) (random weights; one forward pass);
+* the accumulation kernel with every clamp (its product bound withheld) beside the
+  default, which leaves out the clamps the bound shows idle: 256x512x256 grid integers,
+  weights N(0, 1/K) or N(0, 1).
 
     PYTHONPATH=. python bench/conv_cpu.py [--threads 2] [--repeats 5] [--images 250]
-
-Rows: single conv layers (the zoo's shapes at batch ``--images``) and every zoo CNN with
-all conv and fc layers intrinsic fixed(16,8) (random weights; the time of a forward pass).
 """
 import argparse
 import time
@@ -60,6 +64,33 @@ def main(argv=None):
         assert torch.equal(outs[False], outs[True])
         print(f"| conv {B}x{C}x{S}x{S} -> {O}, {k}x{k}, fixed(16,8) | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | "
               f"{macs / t1 / 1e9:.2f} | {t0 / t1:.1f}x |")
+    print()
+    print("| accumulation 256x512x256 (grid integers) | every clamp (ms) | default (ms) | speed-up |")
+    print("|---|---:|---:|---:|")
+    from qlab.core.intrinsic import as_intrinsic
+
+    bound = cpu._product_bound
+    M, K, N = 256, 512, 256
+    for wname, wsc in [("N(0, 1/K)", K ** -0.5), ("N(0, 1)", 1.0)]:
+        xT = torch.round(torch.randn(K, M) * 256).clamp(-32768, 32767)
+        w = torch.round(torch.randn(K, N) * 256 * wsc).clamp(-32768, 32767)
+        for spec in ["fixed(16,8)", "intrinsic(fixed(16,8),accumulate=final)", "fixed(16,8,even)"]:
+            sp = as_intrinsic(spec)
+            times, outs = {0: [], 1: []}, {}
+            try:
+                for on in (0, 1, 0, 1):
+                    cpu._product_bound = bound if on else (lambda a, b, s: -1)
+                    times[on].append(best(lambda: cpu.fixed_accumulate(xT, w, sp, None, torch.float32, True),
+                                          a.repeats))
+                    outs[on] = cpu.fixed_accumulate(xT, w, sp, None, torch.float32, True)
+            finally:
+                cpu._product_bound = bound
+            assert torch.equal(outs[0], outs[1])
+            t0, t1 = min(times[0]), min(times[1])
+            print(f"| {spec}, x N(0, 1), w {wname} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
+    print()
+    print("| model | unfold + accumulation (ms) | conv kernel (ms) | | speed-up |")
+    print("|---|---:|---:|---:|---:|")
     xs = torch.randn(B, 1, 28, 28)
     plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
     for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:

@@ -271,3 +271,40 @@ def test_conv_kernel_declines_what_the_accumulation_declines(monkeypatch):
         qlab.intrinsic_conv(torch.randn(2, 2, 6, 6), w, padding=1, spec="fixed(8,4)")
     monkeypatch.setattr(cpu, "CONV_KERNEL", False)
     assert not cpu.conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fixed(8,4)"))
+
+
+def test_clamps_left_out_only_where_they_cannot_act(monkeypatch):
+    """The int32 micro-kernel (4 rows x 32 columns) skips the product clamp where the
+    operands' bound pm = (max|a| max|b| >> F) + 1 <= Q's largest integer, and runs the
+    sequential sums without their clamp for (max_A - m) // (pm << d) steps.  Products
+    exactly at pm (17 * 17 / 16 rounds up to 19 = (289 >> 4) + 1, -19 rounding down;
+    12 * 14 / 16 = 10.5 -> 11 to nearest) rise until k = f and fall after: f = r + 1, r
+    the first run's length, puts one sum past A's range, which a run one step too long
+    would leave unclamped.  Also sums only below zero (the bound takes |min| too), and
+    products one past Q's range."""
+    g = torch.Generator().manual_seed(4)
+    for W, Fq, Wa, Fa in [(12, 4, 12, 4), (10, 4, 12, 6)]:
+        for mode in MODES:
+            kx, kw, pm = (12, 14, 11) if mode == "nearest" else (17, 17, 19)
+            r = (2 ** (Wa - 1) - 1) // (pm << (Fa - Fq))
+            K = r + 12
+            f = torch.tensor([r - 1, r, r + 1, r + 2, K // 2, 3, r, r + 1])[:, None]
+            rise = torch.where(torch.arange(K)[None, :] < f, kx, -kx).float()
+            x = torch.cat([rise, -rise, torch.where(torch.rand(4, K, generator=g) < 0.6, kx, -kx)]) / 2 ** Fq
+            w = torch.cat([torch.full((8, K), kw), torch.where(torch.rand(24, K, generator=g) < 0.5, kw, -kw),
+                           torch.randint(-kw, kw + 1, (8, K), generator=g)]).float() / 2 ** Fq
+            for acc in ("sequential", "final"):
+                spec = _spec(W, Fq, Wa, Fa, mode, acc)
+                for xx in (x, -rise[[2, 3, 6, 7]] / 2 ** Fq):
+                    ref, got, ran = _both(monkeypatch, qlab.intrinsic_linear, xx, w, None, spec)
+                    assert ran == 1 and torch.equal(got, ref), (spec, xx.shape)
+    # products that reach Q's largest integer + 1 = pm (fixed(8,4): 107 * 19 / 16 = 127.06,
+    # up -> 128) keep their clamp: the sum 128 - 100 must be 27
+    x = torch.tensor([[107.0, -100.0]] * 4) / 16
+    w = torch.tensor([[19.0, 16.0]] * 32) / 16
+    for mode in MODES:
+        ref, got, ran = _both(monkeypatch, qlab.intrinsic_linear, x, w, None, _spec(8, 4, 16, 4, mode))
+        assert ran == 1 and torch.equal(got, ref), mode
+    # the bound itself: any rounding of a product of grid integers stays within pm
+    a, b = torch.tensor([[3.0, -17.0]]), torch.tensor([[17.0, 2.0]])
+    assert cpu._product_bound(a, b, 4) == (17 * 17 >> 4) + 1 and cpu._product_bound(a[:, :0], b, 4) == -1

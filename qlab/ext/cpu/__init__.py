@@ -9,7 +9,11 @@ reference's distribution, not its draws, and scalar code).
 Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
 product is rounded, clamped, shifted to the accumulator grid and added (with saturation
-for ``sequential``) without intermediate tensors, bit-identical to the torch reference.
+for ``sequential``) without intermediate tensors, bit-identical to the torch reference;
+clamps that a bound on the operands shows idle are left out (``_product_bound``).
+``intrinsic_conv`` asks for ``fixed_conv2d`` first: the same C code gathering each
+tile's windows from the input's grid integers, so no im2col tensor is built
+(:func:`fixed_conv2d`; ``CONV_KERNEL = False`` restores unfold + accumulation).
 
 Covered (:func:`accepts`): grid-exact inputs (``inputs=True``), deterministic rounding
 (nearest, even, down, up, zero), 0 <= q.F <= 62, an accumulator at least as fine as the
@@ -44,7 +48,7 @@ from qlab.core.grid import rescale
 SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 3
+ABI = 5
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -108,8 +112,8 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError(f"{lib._name}: unexpected ABI")
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
-            i32]
-    conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i32]
+            i64, i32]
+    conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES):
             for sfx in ("i32", "i64"):
@@ -169,6 +173,16 @@ def _use_int32(q: FixedPoint, A: FixedPoint, K: int, final: bool) -> bool:
     return q.W - 1 + (A.F - q.F) <= 29 and A.W <= 30
 
 
+def _product_bound(a: torch.Tensor, b: torch.Tensor, s: int) -> int:
+    """pm = (max|a| * max|b| >> s) + 1, a bound on every rounded product of grid integers
+    (any rounding mode); -1 where an operand is empty.  The kernel skips the clamps that
+    this bound shows cannot act (fixed_accumulate.c)."""
+    if a.numel() == 0 or b.numel() == 0:
+        return -1
+    P = int(a.abs().max().item()) * int(b.abs().max().item())
+    return (P >> max(s, 0)) + 1
+
+
 def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     """``_fixed_accumulate`` (qlab.core.intrinsic) with the fused kernel: same dtype, same values."""
     global calls
@@ -185,12 +199,12 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
         R, C, G, so_r, so_c = N, M, N, 1, N
     else:
         A_, B_ = xT, w.to(torch.int32).contiguous()  # w is re-read for every row: int32 once
-        R, C, G, so_r, so_c = M, N, 1, N, 1
+        R, C, G, so_r, so_c = M, N, 4, N, 1  # tiles of 4 rows: the int32 micro-kernel's
     i32 = _use_int32(q, A, K, final)
     fn = getattr(lib, f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
     rc = fn(A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
             out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
-            A.min_int, A.max_int, max(1, torch.get_num_threads()))
+            A.min_int, A.max_int, _product_bound(A_, B_, q.F), max(1, torch.get_num_threads()))
     if rc != 0:
         raise MemoryError("qlab CPU kernel: out of memory")
     calls += 1
@@ -264,7 +278,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     fn = getattr(lib, f"qlab_conv_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
     rc = fn(kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
             DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
-            max(1, torch.get_num_threads()))
+            _product_bound(kx, kw, q.F), max(1, torch.get_num_threads()))
     if rc != 0:
         raise MemoryError("qlab CPU kernel: out of memory")
     calls += 1

@@ -23,8 +23,11 @@
  *   zero    (n + (mask if n < 0)) >> s  nearest (n + (n < 0 ? -1 : 0) + half) >> s
  *   even    q = (n + half) >> s, minus 1 where n is a tie (n & mask == half) and q odd
  * One function per (rounding, type, accumulate): the inner loop over j has no switch,
- * and gcc vectorises it (-O3 -march=native).  Work is split over (row, column block)
- * tiles with OpenMP; the thread count is the caller's (torch.get_num_threads()).
+ * and gcc vectorises it (-O3 -march=native); int32 sums take four rows x 32 columns at
+ * once in GCC vector registers, leaving out the clamps a bound shows idle (ROW4_i32).
+ * Work is split over (rows, column block) tiles with OpenMP; the thread count is the
+ * caller's (torch.get_num_threads()).  The convolution (qlab_conv_*, at the end) shares
+ * all of it, its operands gathered from the input's grid integers per tile.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -60,14 +63,64 @@
         T tie = (T)((n & mask) == half);                                                        \
         return q - (tie & q & 1);                                                               \
     }                                                                                           \
+    static inline T shl_##SFX(T v, int d) { return (T)((U)v << d); }
+
+#define DEFINE_CLAMP(T, SFX)                                                                    \
     static inline T clamp_##SFX(T v, T lo, T hi) {                                              \
         v = v < lo ? lo : v;                                                                    \
         return v > hi ? hi : v;                                                                 \
-    }                                                                                           \
-    static inline T shl_##SFX(T v, int d) { return (T)((U)v << d); }
+    }
 
 DEFINE_ROUNDERS(int32_t, uint32_t, i32, 32)
 DEFINE_ROUNDERS(int64_t, uint64_t, i64, 64)
+DEFINE_CLAMP(int32_t, i32)
+DEFINE_CLAMP(int64_t, i64)
+
+/* The same rounders on 16 int32 lanes (GCC vector types: one AVX-512 register, two AVX2
+ * ones), for the int32 micro-kernel below.  The clamp takes the CPU's min/max where the
+ * compiler targets it (gcc turns a mask-and-blend into compare + masked move, two
+ * instructions each). */
+typedef int32_t v16 __attribute__((vector_size(64)));
+typedef uint32_t uv16 __attribute__((vector_size(64)));
+DEFINE_ROUNDERS(v16, uv16, v16, 32)
+#if defined(__AVX512F__)
+#include <immintrin.h>
+static inline v16 clamp_v16(v16 v, v16 lo, v16 hi) {
+    return (v16)_mm512_min_epi32(_mm512_max_epi32((__m512i)v, (__m512i)lo), (__m512i)hi);
+}
+static inline v16 vmax_v16(v16 a, v16 b) { return (v16)_mm512_max_epi32((__m512i)a, (__m512i)b); }
+#elif defined(__AVX2__)
+#include <immintrin.h>
+static inline v16 clamp_v16(v16 v, v16 lo, v16 hi) {
+    __m256i x[2], l[2], h[2];
+    __builtin_memcpy(x, &v, 64);
+    __builtin_memcpy(l, &lo, 64);
+    __builtin_memcpy(h, &hi, 64);
+    for (int i = 0; i < 2; i++) x[i] = _mm256_min_epi32(_mm256_max_epi32(x[i], l[i]), h[i]);
+    __builtin_memcpy(&v, x, 64);
+    return v;
+}
+static inline v16 vmax_v16(v16 a, v16 b) {
+    __m256i x[2], y[2];
+    __builtin_memcpy(x, &a, 64);
+    __builtin_memcpy(y, &b, 64);
+    for (int i = 0; i < 2; i++) x[i] = _mm256_max_epi32(x[i], y[i]);
+    __builtin_memcpy(&a, x, 64);
+    return a;
+}
+#else
+static inline v16 clamp_v16(v16 v, v16 lo, v16 hi) {
+    v16 m = v < lo;
+    v = (lo & m) | (v & ~m);
+    m = v > hi;
+    return (hi & m) | (v & ~m);
+}
+static inline v16 vmax_v16(v16 a, v16 b) {
+    v16 m = a > b;
+    return (a & m) | (b & ~m);
+}
+#endif
+static inline v16 vabs_v16(v16 a) { return vmax_v16(a, -a); } /* |a| < 2**31 here */
 
 /* ------------------------------------------------------------------ operands */
 enum { KIND_I32 = 0, KIND_I64 = 1, KIND_F32 = 2, KIND_F64 = 3 };
@@ -119,6 +172,85 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
 #define ACC_SEQUENTIAL(SFX) acc[jj] = clamp_##SFX(acc[jj] + shl_##SFX(v, d), lo, hi)
 #define ACC_FINAL(SFX) acc[jj] += v
 
+/* Four rows (a4[0..3], K values each) x one full block of 32 columns at once, int32: eight
+ * independent sums of 16 lanes in registers.  With one row at a time the two sums of a
+ * block form one dependency chain per k (add, then the clamp; spilled to the stack by
+ * gcc), which bounded the kernel by latency, not by arithmetic (ABI 4).
+ *
+ * Clamps that cannot act are left out (ABI 4), as in the Triton kernel: pm (from the
+ * caller: (max|a| * max|b| >> s) + 1, or -1) bounds every rounded product, so with
+ * pm <= qhi no product needs its clamp; sequential sums then run without theirs for as
+ * many k as keep them provably inside A's range -- with the block's sums within +-m, the
+ * next (hi - m) / (pm << d) products cannot leave it (lo = -hi - 1) -- and where fewer
+ * than V_RUN are safe, V_CHUNK k with the clamp, then a fresh bound.
+ *   acc kinds: 0 final (plain sums), 1 sequential with the clamp, 2 without, 3 without
+ *   and d = 0 (no shift). */
+#define V_RUN 16
+#define V_CHUNK 64
+#define V_STEP(MODE, c, b, av, PCL, KIND)                                                       \
+    do {                                                                                        \
+        v16 v_ = rnd_##MODE##_v16((b) * (int32_t)(av), s, vhalf, vmask);                        \
+        if (PCL) v_ = clamp_v16(v_, vqlo, vqhi);                                                \
+        if ((KIND) == 1) c = clamp_v16(c + shl_v16(v_, d), vlo, vhi);                           \
+        else if ((KIND) == 2) c = c + shl_v16(v_, d);                                           \
+        else c = c + v_;                                                                        \
+    } while (0)
+#define V_LOOP(MODE, k0, k1, PCL, KIND)                                                         \
+    for (int64_t k = (k0); k < (k1); k++) {                                                     \
+        const int32_t *br = bb + k * ldb;                                                       \
+        v16 b0, b1;                                                                             \
+        __builtin_memcpy(&b0, br, sizeof b0);                                                   \
+        __builtin_memcpy(&b1, br + 16, sizeof b1);                                              \
+        V_STEP(MODE, c00, b0, r0_[k], PCL, KIND); V_STEP(MODE, c01, b1, r0_[k], PCL, KIND);     \
+        V_STEP(MODE, c10, b0, r1_[k], PCL, KIND); V_STEP(MODE, c11, b1, r1_[k], PCL, KIND);     \
+        V_STEP(MODE, c20, b0, r2_[k], PCL, KIND); V_STEP(MODE, c21, b1, r2_[k], PCL, KIND);     \
+        V_STEP(MODE, c30, b0, r3_[k], PCL, KIND); V_STEP(MODE, c31, b1, r3_[k], PCL, KIND);     \
+    }
+#define SEQ_ACC_SEQUENTIAL 1
+#define SEQ_ACC_FINAL 0
+#define ROW4_i32(MODE, ACC, a4, out4)                                                           \
+    do {                                                                                        \
+        const v16 vhalf = (v16){0} + (int32_t)half, vmask = (v16){0} + (int32_t)mask;           \
+        const v16 vqlo = (v16){0} + (int32_t)qlo, vqhi = (v16){0} + (int32_t)qhi;               \
+        const v16 vlo = (v16){0} + (int32_t)lo, vhi = (v16){0} + (int32_t)hi;                   \
+        (void)vlo; (void)vhi;                                                                   \
+        v16 c00 = {0}, c01 = {0}, c10 = {0}, c11 = {0}, c20 = {0}, c21 = {0}, c30 = {0}, c31 = {0}; \
+        const int32_t *r0_ = (a4)[0], *r1_ = (a4)[1], *r2_ = (a4)[2], *r3_ = (a4)[3];          \
+        const int in_range = pm >= 0 && pm <= (int64_t)qhi;                                    \
+        if (!SEQ_##ACC) {                                                                       \
+            if (in_range) { V_LOOP(MODE, 0, K, 0, 0) }                                          \
+            else { V_LOOP(MODE, 0, K, 1, 0) }                                                   \
+        } else if (!in_range) {                                                                 \
+            V_LOOP(MODE, 0, K, 1, 1)                                                            \
+        } else {                                                                                \
+            const int64_t pma = pm << d; /* |p << d| <= pma */                                  \
+            for (int64_t k0 = 0, k1; k0 < K; k0 = k1) {                                          \
+                v16 t = vmax_v16(vabs_v16(c00), vabs_v16(c01));                                 \
+                t = vmax_v16(t, vmax_v16(vabs_v16(c10), vabs_v16(c11)));                        \
+                t = vmax_v16(t, vmax_v16(vabs_v16(c20), vabs_v16(c21)));                        \
+                t = vmax_v16(t, vmax_v16(vabs_v16(c30), vabs_v16(c31)));                        \
+                int64_t m = 0;                                                                  \
+                for (int i = 0; i < 16; i++) m = t[i] > m ? t[i] : m;                           \
+                const int64_t n = ((int64_t)hi - m) / pma;                                      \
+                if (n >= V_RUN) {                                                               \
+                    k1 = K - k0 < n ? K : k0 + n;                                               \
+                    if (d == 0) { V_LOOP(MODE, k0, k1, 0, 3) }                                  \
+                    else { V_LOOP(MODE, k0, k1, 0, 2) }                                         \
+                } else {                                                                        \
+                    k1 = K - k0 < V_CHUNK ? K : k0 + V_CHUNK;                                   \
+                    V_LOOP(MODE, k0, k1, 0, 1)                                                  \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        __builtin_memcpy((out4)[0], &c00, 64); __builtin_memcpy((out4)[0] + 16, &c01, 64);      \
+        __builtin_memcpy((out4)[1], &c10, 64); __builtin_memcpy((out4)[1] + 16, &c11, 64);      \
+        __builtin_memcpy((out4)[2], &c20, 64); __builtin_memcpy((out4)[2] + 16, &c21, 64);      \
+        __builtin_memcpy((out4)[3], &c30, 64); __builtin_memcpy((out4)[3] + 16, &c31, 64);      \
+    } while (0)
+#define ROW4_i64(MODE, ACC, a4, out4) (void)(a4) /* int64 sums: one row at a time */
+#define V4_i32 1
+#define V4_i64 0
+
 /* For r < R rows and c < C columns:
  *   out[r * so_r + c * so_c] = accumulate over k of addend(A[r * sa_r + k * sa_k], B[k * sb_k + c]).
  * Tiles: G rows (1, or R when the rows are few) x JB columns, in parallel.  B's block is
@@ -130,25 +262,26 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
                               void *out, int o_kind, int64_t so_r, int64_t so_c,                \
                               int64_t R, int64_t K, int64_t C, int64_t G,                       \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
-                              int nthreads) {                                                   \
+                              int64_t pm, int nthreads) {                                       \
         const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                         \
         const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                        \
         const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;              \
-        (void)lo; (void)hi; (void)d;                                                            \
+        (void)lo; (void)hi; (void)d; (void)pm;                                                  \
         if (G < 1) G = 1;                                                                       \
         const int64_t ngrp = (R + G - 1) / G;                                                   \
         const int64_t nblk = (C + JB - 1) / JB;                                                 \
         const int64_t ntiles = ngrp * nblk;                                                     \
         const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 65536;                       \
         const int nt = par ? nthreads : 1;                                                      \
-        const size_t per = (size_t)(K > 0 ? K : 1) * (b_kind == KIND_I32 ? 1 : 1 + JB);         \
+        const size_t per = (size_t)(K > 0 ? K : 1) * (b_kind == KIND_I32 ? 4 : 4 + JB);         \
         int32_t *bufs = (int32_t *)malloc(sizeof(int32_t) * per * (size_t)nt);                  \
         if (bufs == NULL) return -1;                                                            \
         _Pragma("omp parallel num_threads(nt) if(par)")                                         \
         {                                                                                       \
             int32_t *abuf = bufs + per * (size_t)omp_get_thread_num();                          \
-            int32_t *bbuf = abuf + (K > 0 ? K : 1);                                             \
+            int32_t *bbuf = abuf + 4 * (K > 0 ? K : 1);                                         \
             T acc[JB];                                                                          \
+            T out4[4][JB];                                                                      \
             _Pragma("omp for schedule(static)")                                                 \
             for (int64_t t = 0; t < ntiles; t++) {                                              \
                 const int64_t g = t / nblk;                                                     \
@@ -168,7 +301,20 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
                     ldb = JB;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (g + 1) * G < R ? (g + 1) * G : R;                           \
-                for (int64_t r = g * G; r < r1; r++) {                                          \
+                int64_t r = g * G;                                                              \
+                for (; V4_##SFX && jn == JB && r + 4 <= r1; r += 4) {                           \
+                    const int32_t *a4[4];                                                       \
+                    for (int i = 0; i < 4; i++) {                                               \
+                        load_i32(abuf + i * K, (const char *)A + (size_t)((r + i) * sa_r) * elsize(a_kind), \
+                                 a_kind, sa_k, K);                                              \
+                        a4[i] = abuf + i * K;                                                   \
+                    }                                                                           \
+                    ROW4_##SFX(MODE, ACC, a4, out4);                                           \
+                    for (int i = 0; i < 4; i++)                                                 \
+                        store_##SFX((char *)out + (size_t)((r + i) * so_r + j0 * so_c) * elsize(o_kind), \
+                                    o_kind, so_c, out4[i], JB);                                 \
+                }                                                                               \
+                for (; r < r1; r++) {                                                           \
                     load_i32(abuf, (const char *)A + (size_t)(r * sa_r) * elsize(a_kind),       \
                              a_kind, sa_k, K);                                                  \
                     const int32_t *ar = abuf;                                                   \
@@ -263,29 +409,30 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                               int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PT, int64_t PL, \
                               int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,          \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
-                              int nthreads) {                                                   \
+                              int64_t pm, int nthreads) {                                       \
         const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                         \
         const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                        \
         const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;              \
-        (void)lo; (void)hi; (void)d;                                                            \
+        (void)lo; (void)hi; (void)d; (void)pm;                                                  \
         const conv_geo geo = {x, C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, C / G};        \
         const int64_t K = geo.CG * KH * KW, P = B * HO * WO;                                    \
         const int64_t R = swap ? og : P, NC = swap ? P : og;  /* rows, columns per group */      \
         const int64_t nblk = (NC + JB - 1) / JB;                                                \
-        const int64_t rows_per = swap ? R : 1;                  /* rows per tile */             \
+        const int64_t rows_per = swap ? R : 4;                  /* rows per tile */             \
         const int64_t ngrp = (R + rows_per - 1) / rows_per;                                     \
         const int64_t ntiles = G * ngrp * nblk;                                                 \
         const int par = nthreads > 1 && ntiles > 1 && R * NC * K >= 65536;                      \
         const int nt = par ? nthreads : 1;                                                      \
-        const size_t per = (size_t)(K > 0 ? K : 1) * (1 + JB);                                  \
+        const size_t per = (size_t)(K > 0 ? K : 1) * (4 + JB);                                  \
         int32_t *bufs = (int32_t *)malloc(sizeof(int32_t) * per * (size_t)nt);                  \
         if (bufs == NULL) return -1;                                                            \
         _Pragma("omp parallel num_threads(nt) if(par)")                                         \
         {                                                                                       \
             int32_t *abuf = bufs + per * (size_t)omp_get_thread_num();                          \
-            int32_t *bbuf = abuf + (K > 0 ? K : 1);                                             \
+            int32_t *bbuf = abuf + 4 * (K > 0 ? K : 1);                                         \
             int64_t scratch[3 * JB];  /* gather_cols: each column's offsets */                \
             T acc[JB];                                                                          \
+            T out4[4][JB];                                                                      \
             _Pragma("omp for schedule(static)")                                                 \
             for (int64_t t = 0; t < ntiles; t++) {                                              \
                 const int64_t grp = t / (ngrp * nblk);                                          \
@@ -304,7 +451,22 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                     ldb = og;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (rg + 1) * rows_per < R ? (rg + 1) * rows_per : R;           \
-                for (int64_t r = rg * rows_per; r < r1; r++) {                                  \
+                int64_t r = rg * rows_per;                                                      \
+                for (; V4_##SFX && jn == JB && r + 4 <= r1; r += 4) {                           \
+                    const int32_t *a4[4];                                                       \
+                    for (int i = 0; i < 4; i++) {                                               \
+                        if (swap) {                                                             \
+                            a4[i] = wt + (grp * og + r + i) * K;                                \
+                        } else {                                                                \
+                            gather_row(abuf + i * K, &geo, r + i, grp);                         \
+                            a4[i] = abuf + i * K;                                               \
+                        }                                                                       \
+                    }                                                                           \
+                    ROW4_##SFX(MODE, ACC, a4, out4);                                           \
+                    for (int i = 0; i < 4; i++)                                                 \
+                        store_##SFX(out + (grp * R + r + i) * NC + j0, KIND_I64, 1, out4[i], JB); \
+                }                                                                               \
+                for (; r < r1; r++) {                                                           \
                     const int32_t *ar;                                                          \
                     if (swap) {                                                                 \
                         ar = wt + (grp * og + r) * K;                                           \
@@ -336,4 +498,4 @@ DEFINE_ALL_CONV(up)
 DEFINE_ALL_CONV(zero)
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 3; }
+int qlab_cpu_abi(void) { return 5; }
