@@ -10,7 +10,11 @@
   default, which leaves out the clamps the bound shows idle: 256x512x256 grid integers,
   weights N(0, 1/K) or N(0, 1).
 
-    PYTHONPATH=. python bench/conv_cpu.py [--threads 2] [--repeats 5] [--images 250]
+* with ``--lenet``: the trained LeNet-5 (``zoo.pretrained``) over the 10,000 Fashion-MNIST
+  test images, every layer intrinsic fixed(16,8), batch 1000 (the issue-2 row of
+  docs/benchmarks.md), with the linear and conv kernels and with both switched off.
+
+    PYTHONPATH=. python bench/conv_cpu.py [--threads 2] [--repeats 5] [--images 250] [--lenet]
 """
 import argparse
 import time
@@ -32,7 +36,8 @@ def best(fn, repeats):
 
 
 def side_by_side(fn, repeats):
-    """(seconds with unfold, seconds with the conv kernel, the two results)."""
+    """(seconds with unfold, seconds with the conv kernel, the two results); the linear
+    kernel (MATMUL_KERNEL) stays on in both."""
     times, outs = {False: [], True: []}, {}
     try:
         for on in (False, True, False, True):
@@ -49,6 +54,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=250)
+    ap.add_argument("--lenet", action="store_true", help="also the trained LeNet-5 over the 10k test images")
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -104,6 +110,30 @@ def main(argv=None):
         assert torch.equal(outs[False], outs[True])
         print(f"| {name}, every conv and fc intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
+    if a.lenet:
+        from qlab.ext import data
+
+        model = zoo.pretrained("lenet5").eval()
+        test = data.fashion_mnist("test")
+        images, labels = test.images, test.labels
+
+        def lenet():
+            with torch.no_grad(), qlab.quantize(model, plan):
+                return torch.cat([model(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+
+        times, outs = {}, {}
+        for on in (False, True, False, True):
+            cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = on
+            t = time.perf_counter()
+            outs[on] = lenet()
+            times.setdefault(on, []).append(time.perf_counter() - t)
+        cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = True
+        assert torch.equal(outs[False], outs[True])
+        acc = (outs[True].argmax(1) == labels).double().mean().item()
+        print()
+        print(f"| LeNet-5 (trained), every layer intrinsic fixed(16,8), 10,000 test images, batch 1000 "
+              f"(accuracy {acc:.4f}) | unfold + accumulation {min(times[False]):.2f} s | linear and conv kernels "
+              f"{min(times[True]):.2f} s | {min(times[False]) / min(times[True]):.1f}x |")
 
 
 if __name__ == "__main__":

@@ -308,3 +308,57 @@ def test_clamps_left_out_only_where_they_cannot_act(monkeypatch):
     # the bound itself: any rounding of a product of grid integers stays within pm
     a, b = torch.tensor([[3.0, -17.0]]), torch.tensor([[17.0, 2.0]])
     assert cpu._product_bound(a, b, 4) == (17 * 17 >> 4) + 1 and cpu._product_bound(a[:, :0], b, 4) == -1
+
+
+def test_grid_ints_equal_fixed_to_grid():
+    """One C pass from float tensors to q's grid integers (int32) and max |k|, for the
+    linear and conv kernels: fixed_to_grid's integers for every deterministic mode, ties,
+    saturation, inf, subnormals, signed zeros, float32/64/16 and bfloat16; NaN -> 0."""
+    import math
+
+    from qlab.core.formats import fixed_to_grid
+
+    g = torch.Generator().manual_seed(1)
+    specials = [0., -0., math.inf, -math.inf, 0.49999997, -0.49999997, 1e-40, -1e-40, 1e-45, 3e38, -3e38, 0.5, -0.5,
+                1.5, -1.5, 2.5]
+    x = torch.cat([torch.randn(3000, generator=g) * 20, torch.tensor(specials),
+                   (torch.arange(-300, 300) + 0.5) / 16, torch.arange(-300, 300) / 16])
+    for W, Fq in [(8, 4), (4, 0), (1, 0), (16, 8), (24, 10), (32, 16), (32, 0), (12, 20), (6, 62), (30, 29)]:
+        for mode in MODES:
+            for t in (x, x.double(), x.half(), x.bfloat16(), (x * 1e4).double()):
+                want = fixed_to_grid(t, W, Fq, mode).to(torch.int64)
+                k, amax = cpu.grid_ints(t, FixedPoint(W, Fq, mode))
+                assert k.dtype == torch.int32 and torch.equal(k.to(torch.int64), want), (W, Fq, mode, t.dtype)
+                assert amax == want.abs().max().item()
+    k, amax = cpu.grid_ints(torch.tensor([math.nan, 1.0]), FixedPoint(8, 4))
+    assert k.tolist() == [0, 16] and amax == 16
+    assert cpu.grid_ints(torch.empty(0), FixedPoint(8, 4))[1] == 0
+
+
+def test_linear_kernel_equals_reference(monkeypatch):
+    """intrinsic_linear / intrinsic_matmul on CPU tensors go through fixed_matmul (grid
+    integers in one pass, then the accumulation kernel): the reference's result for random
+    specs and shapes -- rows in fours or not, column blocks full or ragged, few outputs
+    (rows and columns swapped), leading batch dims, bias, float64/16 and bfloat16, empty."""
+    rng = random.Random(3)
+    g = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        W = rng.choice([4, 8, 12, 16, 20, 24])
+        Fq = rng.randint(0, W)
+        Wa = rng.randint(W, min(30, W + 12))
+        spec = _spec(W, Fq, Wa, Fq + rng.randint(0, Wa - W), rng.choice(MODES), rng.choice(["sequential", "final"]))
+        M, K, N = rng.choice([1, 3, 4, 9, 40]), rng.randint(1, 70), rng.choice([1, 5, 31, 32, 33, 70])
+        scale = 2.0 ** (W - 1 - Fq) * rng.choice([0.01, 0.3, 1.0, 3.0])
+        x = torch.randn(2, M, K, generator=g) * scale
+        w, b = torch.randn(N, K, generator=g) * scale, torch.randn(N, generator=g) * scale
+        dt = rng.choice([torch.float32, torch.float64] + ([torch.float16, torch.bfloat16] if W <= 8 else []))
+        ref, got, ran = _both(monkeypatch, qlab.intrinsic_linear, x.to(dt), w.to(dt), b.to(dt), spec)
+        assert ran >= 1 and got.dtype == ref.dtype and torch.equal(got, ref), (trial, spec, M, K, N, dt)
+    a, c = torch.randn(7, 12, generator=g) * 3, torch.randn(12, 40, generator=g) * 3
+    _through_ops(monkeypatch, lambda a, c: qlab.intrinsic_matmul(a, c, spec="fixed(8,4,even)"), a, c)
+    for M, K, N in [(0, 5, 3), (4, 0, 3), (4, 5, 0)]:
+        x, w = torch.randn(M, K), torch.randn(N, K)
+        ref, got, _ = _both(monkeypatch, qlab.intrinsic_linear, x, w, torch.ones(N), "fixed(8,4)")
+        assert got.shape == ref.shape == (M, N) and torch.equal(got, ref)
+    monkeypatch.setattr(cpu, "MATMUL_KERNEL", False)
+    assert not cpu.matmul_accepts(x, w.t(), None, as_intrinsic("fixed(8,4)"))

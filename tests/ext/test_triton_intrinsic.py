@@ -84,10 +84,11 @@ def test_cpu_tensors_keep_the_torch_path():
     from qlab.core.intrinsic import as_intrinsic
 
     x = torch.zeros(2, 3)
-    assert backends.lookup("fixed_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fixed(8,4)"), None, True) is None
     from qlab.ext.triton import intrinsic as tri
 
-    # CPU tensors: the compiled C kernel or the reference, never the Triton kernel
+    # CPU tensors: the compiled C kernels or the reference, never the Triton kernel
+    assert backends.lookup("fixed_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fixed(8,4)"), None, True) \
+        is not tri.fixed_matmul
     assert backends.lookup("float_matmul", x, torch.zeros(3, 2), None, as_intrinsic("fp16"), None, True) \
         is not tri.float_matmul
 

@@ -11,9 +11,12 @@ answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per outp
 product is rounded, clamped, shifted to the accumulator grid and added (with saturation
 for ``sequential``) without intermediate tensors, bit-identical to the torch reference;
 clamps that a bound on the operands shows idle are left out (``_product_bound``).
-``intrinsic_conv`` asks for ``fixed_conv2d`` first: the same C code gathering each
-tile's windows from the input's grid integers, so no im2col tensor is built
-(:func:`fixed_conv2d`; ``CONV_KERNEL = False`` restores unfold + accumulation).
+Linear layers and matmuls (``fixed_matmul``, :func:`fixed_matmul`) and convolutions
+(``fixed_conv2d``, :func:`fixed_conv2d`: each tile's windows gathered from the input's
+grid integers, no im2col tensor) run whole in this module: operands to int32 grid
+integers in one C pass each (:func:`grid_ints`), the same accumulation code, the
+reference's epilogue.  ``MATMUL_KERNEL`` / ``CONV_KERNEL = False`` restore the
+reference's steps around the accumulation kernel.
 
 Covered (:func:`accepts`): grid-exact inputs (``inputs=True``), deterministic rounding
 (nearest, even, down, up, zero), 0 <= q.F <= 62, an accumulator at least as fine as the
@@ -48,13 +51,14 @@ from qlab.core.grid import rescale
 SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 5
+ABI = 6
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
 _lock = threading.Lock()
 _lib = None  # the loaded library, False after a failed build
 calls = 0  # kernel calls in this process (tests check that the kernel ran)
+grid_calls = 0  # grid_ints calls
 
 
 def _compiler() -> str | None:
@@ -114,6 +118,8 @@ def _build() -> ctypes.CDLL:
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
             i64, i32]
     conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
+    lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, ptr, ptr, i32]
+    lib.qlab_grid_i32.restype = ctypes.c_int
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES):
             for sfx in ("i32", "i64"):
@@ -173,14 +179,36 @@ def _use_int32(q: FixedPoint, A: FixedPoint, K: int, final: bool) -> bool:
     return q.W - 1 + (A.F - q.F) <= 29 and A.W <= 30
 
 
+_GRID_MODES = {"nearest": 1, "even": 2, "down": 3, "up": 4, "zero": 5}
+
+
+def grid_ints(t: torch.Tensor, q: FixedPoint) -> tuple[torch.Tensor, int]:
+    """(k, max |k|): q's grid integers of t as int32 (``fixed_to_grid`` for the deterministic
+    modes and 0 <= F <= 62; NaN -> 0) in one C pass over a float32/float64 CPU tensor
+    (float16/bfloat16 widened first, exactly)."""
+    global grid_calls
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float()
+    t = t.contiguous()
+    out = torch.empty(t.shape, dtype=torch.int32)
+    amax = ctypes.c_int64(0)
+    load().qlab_grid_i32(t.data_ptr(), KINDS[t.dtype], t.numel(), q.W, q.F, _GRID_MODES[q.rounding],
+                         out.data_ptr(), ctypes.byref(amax), max(1, torch.get_num_threads()))
+    grid_calls += 1
+    return out, amax.value
+
+
 def _product_bound(a: torch.Tensor, b: torch.Tensor, s: int) -> int:
     """pm = (max|a| * max|b| >> s) + 1, a bound on every rounded product of grid integers
     (any rounding mode); -1 where an operand is empty.  The kernel skips the clamps that
     this bound shows cannot act (fixed_accumulate.c)."""
     if a.numel() == 0 or b.numel() == 0:
         return -1
-    P = int(a.abs().max().item()) * int(b.abs().max().item())
-    return (P >> max(s, 0)) + 1
+    return _bound_of(int(a.abs().max().item()), int(b.abs().max().item()), s)
+
+
+def _bound_of(amax_a: int, amax_b: int, s: int) -> int:
+    return ((amax_a * amax_b) >> max(s, 0)) + 1
 
 
 def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
@@ -214,20 +242,19 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     return out
 
 
-# --------------------------------------------------------------------------- convolution
+# --------------------------------------------------------------------------- linear and convolution
 CONV_KERNEL = True  # False: conv2d by unfold + the accumulation kernel, as before 2026-11-30
+MATMUL_KERNEL = True  # False: linear by the reference's steps around the accumulation kernel (ditto)
 
 
-def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
-                 generator=None) -> bool:
-    """Whether :func:`fixed_conv2d` computes this intrinsic conv2d: the cases the reference
-    would hand to :func:`fixed_accumulate` after unfolding (same limits, same dtype rule)."""
-    if not CONV_KERNEL or spec is None or w is None or not getattr(spec, "fixed", False):
+def _operands_ok(x, w, bias, spec, K: int) -> bool:
+    """What :func:`fixed_matmul` and :func:`fixed_conv2d` share: CPU float tensors of one
+    dtype, inputs on the grid, and the cases the reference would hand to
+    :func:`fixed_accumulate` (same limits, same dtype rule)."""
+    if spec is None or w is None or not getattr(spec, "fixed", False):
         return False
-    if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dim() == 4 and w.dim() == 4
-            and x.dtype.is_floating_point and w.dtype == x.dtype and (bias is None or bias.dtype == x.dtype)):
-        return False
-    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
+    if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype.is_floating_point and w.dtype == x.dtype
+            and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu"))):
         return False
     if not covers(spec, spec.inputs):
         return False
@@ -235,12 +262,67 @@ def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, gr
 
     q, A = spec.q, spec.A
     dt = _product_dtype(q, A)
-    K = w.shape[1] * w.shape[2] * w.shape[3]
     if dt == torch.float32 and (A.W > 24 or q.W > 24):
         return False
     if spec.accumulate == "final" and dt != torch.int64 and K * 2.0 ** (q.W - 1) >= 2.0 ** 53:
         return False
     return load() is not None
+
+
+def matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=True) -> bool:
+    """Whether :func:`fixed_matmul` computes this intrinsic x @ w (+ bias)."""
+    if not MATMUL_KERNEL or w is None or x.dim() != 2 or w.dim() != 2 or x.shape[1] != w.shape[0]:
+        return False
+    return _operands_ok(x, w, bias, spec, x.shape[1])
+
+
+def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
+    """Intrinsic y = x @ w (+ bias) for x [M, K], w [K, N] (``weight.t()`` of a linear
+    layer): both operands to grid integers in one C pass each (no float64 copies, no
+    transposed copy of x), the accumulation kernel, then the reference's epilogue.
+    Bit-identical to the reference."""
+    global calls
+    from qlab.core.intrinsic import fixed_epilogue
+
+    if not matmul_accepts(x, w, bias, spec, generator, quantize_w):
+        raise ValueError(f"the CPU matmul kernel does not cover {spec} here")
+    q, A = spec.q, spec.A
+    M, K = x.shape
+    N = w.shape[1]
+    if M == 0 or N == 0:
+        return w.new_zeros(M, N, dtype=x.dtype)
+    final = spec.accumulate == "final"
+    if K == 0:
+        return fixed_epilogue(torch.zeros(M, N, dtype=torch.int64), bias, spec, generator, x.dtype)
+    kx, ax = grid_ints(x, q)  # [M, K]
+    kwt, aw = grid_ints(w.t(), q)  # [N, K]: the weight as stored, no copy for a linear layer's w
+    out = torch.empty(M, N, dtype=torch.int64)
+    if N < JB32 and M > N:  # few outputs: rows are w's columns, the long loop runs over x's rows
+        A_, B_, R, C, G, so_r, so_c = kwt, kx.t().contiguous(), N, M, N, 1, N
+    else:
+        A_, B_, R, C, G, so_r, so_c = kx, kwt.t().contiguous(), M, N, 4, N, 1
+    fn = getattr(load(), f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_"
+                        f"{'i32' if _use_int32(q, A, K, final) else 'i64'}")
+    rc = fn(A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
+            B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
+            q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), max(1, torch.get_num_threads()))
+    if rc != 0:
+        raise MemoryError("qlab CPU kernel: out of memory")
+    calls += 1
+    s = out
+    if final:  # as the reference: the exact sum rescaled to A, clamped
+        s = rescale(s, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
+    return fixed_epilogue(s, bias, spec, generator, x.dtype)
+
+
+def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
+                 generator=None) -> bool:
+    """Whether :func:`fixed_conv2d` computes this intrinsic conv2d."""
+    if not CONV_KERNEL or w is None or x.dim() != 4 or w.dim() != 4:
+        return False
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
+        return False
+    return _operands_ok(x, w, bias, spec, w.shape[1] * w.shape[2] * w.shape[3])
 
 
 def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=None):
@@ -249,7 +331,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     integers as its tile needs it (no im2col tensor), then the reference's epilogue (bias,
     back to Q's grid).  Bit-identical to the reference."""
     global calls
-    from qlab.core.intrinsic import _grid_int, fixed_epilogue
+    from qlab.core.intrinsic import fixed_epilogue
 
     if not conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
         raise ValueError(f"the CPU conv kernel does not cover {spec} here")
@@ -265,8 +347,9 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     final = spec.accumulate == "final"
     if P == 0 or O == 0 or K == 0:
         return fixed_epilogue(torch.zeros(B, O, HO, WO, dtype=torch.int64), bias, spec, generator, x.dtype, (1, O, 1, 1))
-    kx = _grid_int(x, q, generator).to(torch.int32).contiguous()
-    kw = _grid_int(w, q, generator).to(torch.int32).reshape(groups, og, K).contiguous()  # [G, og, K]
+    kx, ax = grid_ints(x, q)
+    kw, aw = grid_ints(w, q)
+    kw = kw.reshape(groups, og, K)  # [G, og, K]
     # columns (the vectorised loop) are blocks of positions, each block's windows gathered once
     # for all the group's channels -- unless there are fewer positions than a block and more
     # channels (then rows are positions, columns channels)
@@ -278,7 +361,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     fn = getattr(lib, f"qlab_conv_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
     rc = fn(kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
             DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
-            _product_bound(kx, kw, q.F), max(1, torch.get_num_threads()))
+            _bound_of(ax, aw, q.F), max(1, torch.get_num_threads()))
     if rc != 0:
         raise MemoryError("qlab CPU kernel: out of memory")
     calls += 1

@@ -497,5 +497,50 @@ DEFINE_ALL_CONV(down)
 DEFINE_ALL_CONV(up)
 DEFINE_ALL_CONV(zero)
 
+/* ------------------------------------------------------------------ grid integers */
+/* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
+ * (kind 2) or float64 (kind 3) x, contiguous; *amax = max |k|.  The scaled value is
+ * exact in double (0 <= F <= 62: a power of two times a float32/float64; overflow
+ * saturates either way), so this is qlab.core.formats.fixed_to_grid for the
+ * deterministic modes (0 none = nearest with F = 0 unused, 1 nearest: ties away, 2 even,
+ * 3 down, 4 up, 5 zero).  NaN gives k = 0 (as the CUDA kernels; the reference's integer
+ * cast of NaN is undefined). */
+#include <math.h>
+#define GRID_LOOP(T, EXPR)                                                                      \
+    do {                                                                                        \
+        const T *xs = (const T *)x;                                                             \
+        _Pragma("omp parallel for num_threads(nt) if(nt > 1) reduction(max:m) schedule(static)") \
+        for (int64_t t = 0; t < n; t++) {                                                       \
+            double y = (double)xs[t] * scale;                                                   \
+            y = y < lo ? lo : (y > hi ? hi : y); /* NaN passes through */                      \
+            y = EXPR;                                                                           \
+            const int32_t k = y == y ? (int32_t)y : 0;                                          \
+            out[t] = k;                                                                         \
+            const int64_t a = k < 0 ? -(int64_t)k : k;                                          \
+            m = a > m ? a : m;                                                                  \
+        }                                                                                       \
+    } while (0)
+#define GRID_MODES(T)                                                                           \
+    switch (mode) {                                                                             \
+    case 1: GRID_LOOP(T, round(y)); break;                                                      \
+    case 2: GRID_LOOP(T, nearbyint(y)); break;                                                  \
+    case 3: GRID_LOOP(T, floor(y)); break;                                                      \
+    case 4: GRID_LOOP(T, ceil(y)); break;                                                       \
+    default: GRID_LOOP(T, trunc(y)); break;                                                     \
+    }
+int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, int32_t *out, int64_t *amax,
+                  int nthreads) {
+    const double scale = ldexp(1.0, F), lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
+    const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
+    int64_t m = 0;
+    if (kind == KIND_F32) {
+        GRID_MODES(float)
+    } else {
+        GRID_MODES(double)
+    }
+    *amax = m;
+    return 0;
+}
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 5; }
+int qlab_cpu_abi(void) { return 6; }
