@@ -22,17 +22,14 @@ import time
 import torch
 
 import qlab
+from intrinsic_cpu import best_of  # bench/ is on the path when this script runs
 from qlab.ext import cpu, zoo
 
 
 def best(fn, repeats):
+    """Best of ``repeats`` timed calls after one warm-up call."""
     fn()
-    t = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        t = min(t, time.perf_counter() - t0)
-    return t
+    return best_of(fn, repeats)
 
 
 def side_by_side(fn, repeats):

@@ -251,11 +251,49 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
 #define V4_i32 1
 #define V4_i64 0
 
+/* Rows r0 <= r < r1 of a tile against its column block (bb, ldb; columns j0 .. j0+jn-1):
+ * four at a time through the int32 micro-kernel where the block is full, else one at a
+ * time.  ROW(r, buf) is row r's K int32 values (filled into buf, K entries, where it must
+ * be); PUT(SFX, r, vals) stores the row's jn sums.  Shared by the matmul and conv kernels. */
+#define TILE_ROWS(MODE, T, SFX, ACC, JB, r0, r1, ROW, PUT)                                      \
+    do {                                                                                        \
+        int64_t r = (r0);                                                                       \
+        for (; V4_##SFX && jn == JB && r + 4 <= (r1); r += 4) {                                 \
+            const int32_t *a4[4];                                                               \
+            for (int i = 0; i < 4; i++) a4[i] = ROW(r + i, abuf + i * K);                       \
+            ROW4_##SFX(MODE, ACC, a4, out4);                                                    \
+            for (int i = 0; i < 4; i++) PUT(SFX, r + i, out4[i]);                               \
+        }                                                                                       \
+        for (; r < (r1); r++) {                                                                 \
+            const int32_t *ar = ROW(r, abuf);                                                   \
+            if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                                 \
+            else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                          \
+            PUT(SFX, r, acc);                                                                   \
+        }                                                                                       \
+    } while (0)
+
+/* row r of a strided operand of any kind, as int32 in buf */
+static inline const int32_t *mm_row(int32_t *buf, const void *A, int a_kind, int64_t sa_r, int64_t sa_k,
+                                    int64_t K, int64_t r) {
+    load_i32(buf, (const char *)A + (size_t)(r * sa_r) * elsize(a_kind), a_kind, sa_k, K);
+    return buf;
+}
+
 /* For r < R rows and c < C columns:
  *   out[r * so_r + c * so_c] = accumulate over k of addend(A[r * sa_r + k * sa_k], B[k * sb_k + c]).
  * Tiles: G rows (1, or R when the rows are few) x JB columns, in parallel.  B's block is
  * read in place when it is int32 (kind 0), else converted once per tile; A's row is
  * converted once per (tile, row).  Operand and output types: KIND_*. */
+/* the formats' constants of a kernel, from its arguments s, d, qlo_, qhi_, lo_, hi_ */
+#define KERNEL_CONSTANTS(T)                                                                     \
+    const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                             \
+    const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                            \
+    const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;                  \
+    (void)lo; (void)hi; (void)d; (void)pm
+
+#define MM_ROW(r, buf) mm_row(buf, A, a_kind, sa_r, sa_k, K, r)
+#define MM_PUT(SFX, r, vals)                                                                    \
+    store_##SFX((char *)out + (size_t)((r) * so_r + j0 * so_c) * elsize(o_kind), o_kind, so_c, vals, jn)
 #define DEFINE_KERNEL(MODE, T, SFX, JB, NAME, ACC)                                              \
     int NAME##_##MODE##_##SFX(const void *A, int a_kind, int64_t sa_r, int64_t sa_k,            \
                               const void *B, int b_kind, int64_t sb_k,                          \
@@ -263,10 +301,7 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
                               int64_t R, int64_t K, int64_t C, int64_t G,                       \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
                               int64_t pm, int nthreads) {                                       \
-        const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                         \
-        const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                        \
-        const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;              \
-        (void)lo; (void)hi; (void)d; (void)pm;                                                  \
+        KERNEL_CONSTANTS(T);                                                                    \
         if (G < 1) G = 1;                                                                       \
         const int64_t ngrp = (R + G - 1) / G;                                                   \
         const int64_t nblk = (C + JB - 1) / JB;                                                 \
@@ -301,46 +336,12 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
                     ldb = JB;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (g + 1) * G < R ? (g + 1) * G : R;                           \
-                int64_t r = g * G;                                                              \
-                for (; V4_##SFX && jn == JB && r + 4 <= r1; r += 4) {                           \
-                    const int32_t *a4[4];                                                       \
-                    for (int i = 0; i < 4; i++) {                                               \
-                        load_i32(abuf + i * K, (const char *)A + (size_t)((r + i) * sa_r) * elsize(a_kind), \
-                                 a_kind, sa_k, K);                                              \
-                        a4[i] = abuf + i * K;                                                   \
-                    }                                                                           \
-                    ROW4_##SFX(MODE, ACC, a4, out4);                                           \
-                    for (int i = 0; i < 4; i++)                                                 \
-                        store_##SFX((char *)out + (size_t)((r + i) * so_r + j0 * so_c) * elsize(o_kind), \
-                                    o_kind, so_c, out4[i], JB);                                 \
-                }                                                                               \
-                for (; r < r1; r++) {                                                           \
-                    load_i32(abuf, (const char *)A + (size_t)(r * sa_r) * elsize(a_kind),       \
-                             a_kind, sa_k, K);                                                  \
-                    const int32_t *ar = abuf;                                                   \
-                    if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                         \
-                    else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                  \
-                    store_##SFX((char *)out + (size_t)(r * so_r + j0 * so_c) * elsize(o_kind),  \
-                                o_kind, so_c, acc, jn);                                         \
-                }                                                                               \
+                TILE_ROWS(MODE, T, SFX, ACC, JB, g * G, r1, MM_ROW, MM_PUT);                    \
             }                                                                                   \
         }                                                                                       \
         free(bufs);                                                                             \
         return 0;                                                                 \
     }
-
-#define DEFINE_ALL(MODE)                                                                        \
-    DEFINE_KERNEL(MODE, int32_t, i32, JB32, qlab_seq, ACC_SEQUENTIAL)                           \
-    DEFINE_KERNEL(MODE, int64_t, i64, JB64, qlab_seq, ACC_SEQUENTIAL)                           \
-    DEFINE_KERNEL(MODE, int32_t, i32, JB32, qlab_fin, ACC_FINAL)                                \
-    DEFINE_KERNEL(MODE, int64_t, i64, JB64, qlab_fin, ACC_FINAL)
-
-DEFINE_ALL(none)
-DEFINE_ALL(nearest)
-DEFINE_ALL(even)
-DEFINE_ALL(down)
-DEFINE_ALL(up)
-DEFINE_ALL(zero)
 
 /* ------------------------------------------------------------------ convolution */
 /* Intrinsic conv2d without an im2col tensor: the operands are gathered from the input's
@@ -403,6 +404,9 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
     }
 }
 
+/* row r: the weights of channel r (swap) or position r's window, gathered into buf */
+#define CONV_ROW(r, buf) (swap ? wt + (grp * og + (r)) * K : (gather_row(buf, &geo, r, grp), (const int32_t *)(buf)))
+#define CONV_PUT(SFX, r, vals) store_##SFX(out + (grp * R + (r)) * NC + j0, KIND_I64, 1, vals, jn)
 #define DEFINE_CONV(MODE, T, SFX, JB, NAME, ACC)                                                \
     int NAME##_##MODE##_##SFX(const int32_t *x, const int32_t *wt, const int32_t *wk, int64_t *out,  \
                               int64_t B, int64_t C, int64_t H, int64_t W, int64_t HO, int64_t WO,  \
@@ -410,10 +414,7 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                               int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,          \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
                               int64_t pm, int nthreads) {                                       \
-        const T qlo = (T)qlo_, qhi = (T)qhi_, lo = (T)lo_, hi = (T)hi_;                         \
-        const T half = s > 0 ? (T)((T)1 << (s - 1)) : 0;                                        \
-        const T mask = s > 0 ? (T)(((T)1 << (s - 1)) - 1 + ((T)1 << (s - 1))) : 0;              \
-        (void)lo; (void)hi; (void)d; (void)pm;                                                  \
+        KERNEL_CONSTANTS(T);                                                                    \
         const conv_geo geo = {x, C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, C / G};        \
         const int64_t K = geo.CG * KH * KW, P = B * HO * WO;                                    \
         const int64_t R = swap ? og : P, NC = swap ? P : og;  /* rows, columns per group */      \
@@ -451,51 +452,30 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                     ldb = og;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (rg + 1) * rows_per < R ? (rg + 1) * rows_per : R;           \
-                int64_t r = rg * rows_per;                                                      \
-                for (; V4_##SFX && jn == JB && r + 4 <= r1; r += 4) {                           \
-                    const int32_t *a4[4];                                                       \
-                    for (int i = 0; i < 4; i++) {                                               \
-                        if (swap) {                                                             \
-                            a4[i] = wt + (grp * og + r + i) * K;                                \
-                        } else {                                                                \
-                            gather_row(abuf + i * K, &geo, r + i, grp);                         \
-                            a4[i] = abuf + i * K;                                               \
-                        }                                                                       \
-                    }                                                                           \
-                    ROW4_##SFX(MODE, ACC, a4, out4);                                           \
-                    for (int i = 0; i < 4; i++)                                                 \
-                        store_##SFX(out + (grp * R + r + i) * NC + j0, KIND_I64, 1, out4[i], JB); \
-                }                                                                               \
-                for (; r < r1; r++) {                                                           \
-                    const int32_t *ar;                                                          \
-                    if (swap) {                                                                 \
-                        ar = wt + (grp * og + r) * K;                                           \
-                    } else {                                                                    \
-                        gather_row(abuf, &geo, r, grp);                                         \
-                        ar = abuf;                                                              \
-                    }                                                                           \
-                    if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                         \
-                    else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                  \
-                    store_##SFX(out + (grp * R + r) * NC + j0, KIND_I64, 1, acc, jn);           \
-                }                                                                               \
+                TILE_ROWS(MODE, T, SFX, ACC, JB, rg * rows_per, r1, CONV_ROW, CONV_PUT);        \
             }                                                                                   \
         }                                                                                       \
         free(bufs);                                                                             \
         return 0;                                                                               \
     }
 
-#define DEFINE_ALL_CONV(MODE)                                                                   \
+/* every kernel: (matmul, conv) x (sequential, final) x (int32, int64) per rounding mode */
+#define DEFINE_ALL(MODE)                                                                        \
+    DEFINE_KERNEL(MODE, int32_t, i32, JB32, qlab_seq, ACC_SEQUENTIAL)                           \
+    DEFINE_KERNEL(MODE, int64_t, i64, JB64, qlab_seq, ACC_SEQUENTIAL)                           \
+    DEFINE_KERNEL(MODE, int32_t, i32, JB32, qlab_fin, ACC_FINAL)                                \
+    DEFINE_KERNEL(MODE, int64_t, i64, JB64, qlab_fin, ACC_FINAL)                                \
     DEFINE_CONV(MODE, int32_t, i32, JB32, qlab_conv_seq, ACC_SEQUENTIAL)                        \
     DEFINE_CONV(MODE, int64_t, i64, JB64, qlab_conv_seq, ACC_SEQUENTIAL)                        \
     DEFINE_CONV(MODE, int32_t, i32, JB32, qlab_conv_fin, ACC_FINAL)                             \
     DEFINE_CONV(MODE, int64_t, i64, JB64, qlab_conv_fin, ACC_FINAL)
 
-DEFINE_ALL_CONV(none)
-DEFINE_ALL_CONV(nearest)
-DEFINE_ALL_CONV(even)
-DEFINE_ALL_CONV(down)
-DEFINE_ALL_CONV(up)
-DEFINE_ALL_CONV(zero)
+DEFINE_ALL(none)
+DEFINE_ALL(nearest)
+DEFINE_ALL(even)
+DEFINE_ALL(down)
+DEFINE_ALL(up)
+DEFINE_ALL(zero)
 
 /* ------------------------------------------------------------------ grid integers */
 /* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
