@@ -39,12 +39,13 @@ def register_triton(device_type: str = "cuda") -> bool:
 
 
 def register_cpu() -> bool:
-    """Register the compiled CPU kernels (``fixed_accumulate``, ``fixed_matmul``, ``fixed_conv2d``,
-    ``float_matmul``, ``float``) for CPU tensors.  Nothing is compiled here: the first
+    """Register the compiled CPU kernels (``fixed``, ``fixed_accumulate``, ``fixed_matmul``,
+    ``fixed_conv2d``, ``float_matmul``, ``float``) for CPU tensors.  Nothing is compiled here: the first
     accepted call builds it (or warns once and declines)."""
     from qlab.ext import cpu
 
     backends.register("fixed_accumulate", "cpu", "cpu", cpu.fixed_accumulate, cpu.accepts)
+    backends.register("fixed", "cpu", "cpu", cpu.fixed_quantize, cpu.fixed_accepts)
     backends.register("fixed_matmul", "cpu", "cpu", cpu.fixed_matmul, cpu.matmul_accepts)
     backends.register("fixed_conv2d", "cpu", "cpu", cpu.fixed_conv2d, cpu.conv_accepts)
     backends.register("float_matmul", "cpu", "cpu", cpu.float_matmul, cpu.float_matmul_accepts)

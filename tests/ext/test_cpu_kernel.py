@@ -362,3 +362,46 @@ def test_linear_kernel_equals_reference(monkeypatch):
         assert got.shape == ref.shape == (M, N) and torch.equal(got, ref)
     monkeypatch.setattr(cpu, "MATMUL_KERNEL", False)
     assert not cpu.matmul_accepts(x, w.t(), None, as_intrinsic("fixed(8,4)"))
+
+
+def test_fixed_quantizer_equals_reference(monkeypatch):
+    """The elementwise fixed(W, F) quantizer in one C pass (float32 and float64 CPU
+    tensors): the reference's values bit for bit -- random bit patterns (every exponent,
+    subnormals, inf, NaN), ties on the grid, signed zeros, saturation, W = 1..32, F from
+    -700 to 600 -- and the reference runs where it declines (F out of its exact range,
+    float16, stochastic)."""
+    import math
+
+    g = torch.Generator().manual_seed(2)
+    bits = torch.randint(-2 ** 31, 2 ** 31, (20000,), dtype=torch.int64, generator=g).to(torch.int32).view(torch.float32)
+    specials = torch.tensor([0., -0., math.nan, -math.nan, math.inf, -math.inf, 0.49999997, -0.49999997, 1e-40, -1e-40,
+                             1e-45, -1e-45, 3e38, -3e38, 0.5, -0.5, 1.5, -1.5, 2.5])
+    x = torch.cat([torch.randn(3000, generator=g) * 20, specials, (torch.arange(-300, 300) + 0.5) / 16, bits])
+    xd = torch.cat([x.double(), torch.randn(2000, dtype=torch.float64, generator=g) * 1e6,
+                    torch.tensor([2.0 ** 40 + 0.5, -1e-300, 5e-324, 0.49999999999999994], dtype=torch.float64)])
+
+    def same(a, b):
+        m = ~a.isnan()
+        return (a.dtype == b.dtype and torch.equal(a.isnan(), b.isnan()) and torch.equal(a[m], b[m])
+                and torch.equal(torch.signbit(a[m]), torch.signbit(b[m])))
+
+    n = 0
+    for W, Fq in [(8, 4), (4, 0), (1, 0), (16, 8), (24, 10), (32, 16), (32, 0), (12, 20), (6, 62), (30, 29), (8, -2),
+                  (24, -3), (12, 600), (31, -700), (25, 140), (8, 150)]:
+        for mode in MODES:
+            q = FixedPoint(W, Fq, mode)
+            for t in (x, xd):
+                if not cpu.fixed_accepts(t, q):
+                    assert t.dtype == torch.float64 and Fq < 0
+                    continue
+                monkeypatch.setenv("QLAB_BACKEND", "torch")
+                ref = q(t)
+                monkeypatch.delenv("QLAB_BACKEND")
+                before = cpu.fixed_calls
+                got = q(t)
+                assert cpu.fixed_calls == before + 1 and same(got, ref), (str(q), t.dtype)
+                n += 1
+    assert n == 16 * 5 * 2 - 3 * 5  # float64 with F < 0 declined
+    for t, q in [(x.half(), FixedPoint(8, 4)), (x, FixedPoint(8, 4, "stochastic")), (x, FixedPoint(8, 900))]:
+        assert not cpu.fixed_accepts(t, q)
+    assert cpu.fixed_quantize(torch.empty(0), FixedPoint(8, 4)).shape == (0,)

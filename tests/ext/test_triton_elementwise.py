@@ -42,7 +42,7 @@ def test_cpu_tensors_keep_the_torch_path():
     from qlab.ext.triton import elementwise as tri
 
     x = torch.zeros(3)
-    assert backends.lookup("fixed", x, qlab.FixedPoint(8, 4)) is None
-    # float32 CPU tensors: the compiled C quantizer (qlab.ext.cpu) or the reference, never Triton
+    # float32 CPU tensors: the compiled C quantizers (qlab.ext.cpu) or the reference, never Triton
+    assert backends.lookup("fixed", x, qlab.FixedPoint(8, 4)) is not tri.fixed_quantize
     assert backends.lookup("float", x, qlab.Float(5, 10)) is not tri.float_quantize
     assert backends.lookup("log", x, qlab.Log(4, 2)) is None

@@ -1,6 +1,8 @@
-"""Compiled CPU kernels: intrinsic fixed-point accumulation (``fixed_accumulate``), the
-intrinsic float(E, M) matmul (``float_matmul``) and the elementwise float(E, M) quantizer
-(``float``), all bit-identical to the torch reference.  The float kernels live in
+"""Compiled CPU kernels: the elementwise fixed(W, F) quantizer (``fixed``), intrinsic
+fixed-point linear/matmul, convolution and accumulation (``fixed_matmul``,
+``fixed_conv2d``, ``fixed_accumulate``), the intrinsic float(E, M) matmul
+(``float_matmul``) and the elementwise float(E, M) quantizer (``float``), all
+bit-identical to the torch reference.  The float kernels live in
 ``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
 tensors and deterministic modes for the quantizer; float32/float16/bfloat16 for the matmul,
 every mode (stochastic draws from a counter-based hash seeded from torch's generator: the
@@ -49,9 +51,12 @@ from qlab.core.formats import FixedPoint
 from qlab.core.grid import rescale
 
 SOURCE = Path(__file__).with_name("fixed_accumulate.c")
-FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11"]
+# -fno-trapping-math lets gcc vectorise the float loops (grid integers, the quantizer) with
+# blends; no value changes (no fast-math, no contraction)
+FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-trapping-math",
+         "-ffp-contract=off"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 6
+ABI = 7
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -120,6 +125,8 @@ def _build() -> ctypes.CDLL:
     conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
     lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, ptr, ptr, i32]
     lib.qlab_grid_i32.restype = ctypes.c_int
+    lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, i32]
+    lib.qlab_fixed_quantize.restype = ctypes.c_int
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES):
             for sfx in ("i32", "i64"):
@@ -196,6 +203,40 @@ def grid_ints(t: torch.Tensor, q: FixedPoint) -> tuple[torch.Tensor, int]:
                          out.data_ptr(), ctypes.byref(amax), max(1, torch.get_num_threads()))
     grid_calls += 1
     return out, amax.value
+
+
+FIXED_KERNEL = True  # False: the elementwise fixed quantizer by the reference's torch steps
+fixed_calls = 0  # fixed_quantize calls
+
+
+def fixed_accepts(x, q, generator=None) -> bool:
+    """The elementwise fixed(W, F) quantizer: float32 and float64 CPU tensors, deterministic
+    modes, F where x * 2**F is exact in double."""
+    if not (FIXED_KERNEL and x.device.type == "cpu" and q.rounding in _GRID_MODES):
+        return False
+    if x.dtype == torch.float32:
+        ok = -800 <= q.F <= 800
+    elif x.dtype == torch.float64:
+        ok = 0 <= q.F <= 900
+    else:
+        return False
+    return ok and load() is not None
+
+
+def fixed_quantize(x, q, generator=None):
+    """Q(x) for fixed(W, F) in one C pass (the reference's values: NaN stays, inf
+    saturates, a zero result is +0)."""
+    global fixed_calls
+    if not fixed_accepts(x, q, generator):
+        raise ValueError(f"the CPU fixed quantizer covers float32/float64 CPU tensors and deterministic modes, "
+                         f"not {q} on {x.dtype}")
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    if xc.numel():
+        load().qlab_fixed_quantize(xc.data_ptr(), y.data_ptr(), KINDS[xc.dtype], xc.numel(), q.W, q.F,
+                                   _GRID_MODES[q.rounding], max(1, torch.get_num_threads()))
+    fixed_calls += 1
+    return y
 
 
 def _product_bound(a: torch.Tensor, b: torch.Tensor, s: int) -> int:
@@ -377,7 +418,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
 
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
-FLOAT_FLAGS = FLAGS + ["-ffp-contract=off", "-fno-fast-math", "-fno-trapping-math"]
+FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
 FLOAT_ABI = 9
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)

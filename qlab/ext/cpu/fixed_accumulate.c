@@ -486,6 +486,12 @@ DEFINE_ALL(zero)
  * 3 down, 4 up, 5 zero).  NaN gives k = 0 (as the CUDA kernels; the reference's integer
  * cast of NaN is undefined). */
 #include <math.h>
+/* nearest, ties away from zero, exactly (as C's round, which gcc calls out of line):
+ * t = trunc(y), d = y - t exact, one step away from zero where |d| >= 1/2 */
+static inline double round_away(double y) {
+    const double t = trunc(y), d = y - t;
+    return t + (double)(d >= 0.5) - (double)(d <= -0.5);
+}
 #define GRID_LOOP(T, EXPR)                                                                      \
     do {                                                                                        \
         const T *xs = (const T *)x;                                                             \
@@ -502,7 +508,7 @@ DEFINE_ALL(zero)
     } while (0)
 #define GRID_MODES(T)                                                                           \
     switch (mode) {                                                                             \
-    case 1: GRID_LOOP(T, round(y)); break;                                                      \
+    case 1: GRID_LOOP(T, round_away(y)); break;                                                 \
     case 2: GRID_LOOP(T, nearbyint(y)); break;                                                  \
     case 3: GRID_LOOP(T, floor(y)); break;                                                      \
     case 4: GRID_LOOP(T, ceil(y)); break;                                                       \
@@ -522,5 +528,42 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
     return 0;
 }
 
+/* y[t] = Q(x[t]) = k * 2**-F with k as above, in x's type (float32: kind 2, float64: 3;
+ * contiguous): the elementwise fixed(W, F) quantizer.  k * 2**-F is exact in double and
+ * rounded once to float32 (nearest even), as the reference's float64 step and cast; NaN
+ * stays NaN, a zero result is +0.  The caller keeps F where x * 2**F is exact in double
+ * (float32: |F| <= 800; float64: 0 <= F <= 900). */
+#define QUANT_LOOP(T, EXPR)                                                                     \
+    do {                                                                                        \
+        const T *xs = (const T *)x;                                                             \
+        T *ys = (T *)y;                                                                         \
+        _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
+        for (int64_t t = 0; t < n; t++) {                                                       \
+            double v = (double)xs[t] * scale;                                                   \
+            v = v < lo ? lo : (v > hi ? hi : v);                                                \
+            v = EXPR;                                                                           \
+            ys[t] = v == v ? (T)(v * unscale + 0.0) : xs[t];                                    \
+        }                                                                                       \
+    } while (0)
+#define QUANT_MODES(T)                                                                          \
+    switch (mode) {                                                                             \
+    case 1: QUANT_LOOP(T, round_away(v)); break;                                                \
+    case 2: QUANT_LOOP(T, nearbyint(v)); break;                                                 \
+    case 3: QUANT_LOOP(T, floor(v)); break;                                                     \
+    case 4: QUANT_LOOP(T, ceil(v)); break;                                                      \
+    default: QUANT_LOOP(T, trunc(v)); break;                                                    \
+    }
+int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, int nthreads) {
+    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
+    const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
+    const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
+    if (kind == KIND_F32) {
+        QUANT_MODES(float)
+    } else {
+        QUANT_MODES(double)
+    }
+    return 0;
+}
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 6; }
+int qlab_cpu_abi(void) { return 7; }

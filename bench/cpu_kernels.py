@@ -1,5 +1,5 @@
-"""Intrinsic fixed point on the CPU, side by side in one process (alternating, best of
-``--repeats``, results checked equal):
+"""The fixed-point CPU kernels (qlab.ext.cpu), side by side in one process with what each
+replaces (alternating, best of ``--repeats``, results checked equal):
 
 * the C conv kernel (windows gathered from the input's grid integers,
   ``qlab.ext.cpu.fixed_conv2d``) beside the path it replaces (unfold the gridded input,
@@ -8,13 +8,15 @@
   intrinsic fixed(16,8) (random weights; one forward pass);
 * the accumulation kernel with every clamp (its product bound withheld) beside the
   default, which leaves out the clamps the bound shows idle: 256x512x256 grid integers,
-  weights N(0, 1/K) or N(0, 1).
-
+  weights N(0, 1/K) or N(0, 1);
+* the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
+  reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
+  layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
 * with ``--lenet``: the trained LeNet-5 (``zoo.pretrained``) over the 10,000 Fashion-MNIST
   test images, every layer intrinsic fixed(16,8), batch 1000 (the issue-2 row of
   docs/benchmarks.md), with the linear and conv kernels and with both switched off.
 
-    PYTHONPATH=. python bench/conv_cpu.py [--threads 2] [--repeats 5] [--images 250] [--lenet]
+    PYTHONPATH=. python bench/cpu_kernels.py [--threads 2] [--repeats 5] [--images 250] [--lenet]
 """
 import argparse
 import time
@@ -32,17 +34,16 @@ def best(fn, repeats):
     return best_of(fn, repeats)
 
 
-def side_by_side(fn, repeats):
-    """(seconds with unfold, seconds with the conv kernel, the two results); the linear
-    kernel (MATMUL_KERNEL) stays on in both."""
+def side_by_side_switch(switch, fn, repeats):
+    """(seconds with ``cpu.<switch>`` off, with it on, the two results), alternating."""
     times, outs = {False: [], True: []}, {}
     try:
         for on in (False, True, False, True):
-            cpu.CONV_KERNEL = on
+            setattr(cpu, switch, on)
             times[on].append(best(fn, repeats))
             outs[on] = fn()
     finally:
-        cpu.CONV_KERNEL = True
+        setattr(cpu, switch, True)
     return min(times[False]), min(times[True]), outs
 
 
@@ -62,8 +63,8 @@ def main(argv=None):
     for C, S, O, k in [(1, 28, 6, 5), (6, 14, 16, 5), (32, 14, 32, 3), (32, 14, 64, 3), (64, 7, 64, 3)]:
         x, w = torch.randn(B, C, S, S), torch.randn(O, C, k, k) * (C * k * k) ** -0.5
         macs = B * S * S * O * C * k * k
-        t0, t1, outs = side_by_side(lambda: qlab.intrinsic_conv(x, w, None, padding=k // 2, spec="fixed(16,8)"),
-                                    a.repeats)
+        t0, t1, outs = side_by_side_switch(
+            "CONV_KERNEL", lambda: qlab.intrinsic_conv(x, w, None, padding=k // 2, spec="fixed(16,8)"), a.repeats)
         assert torch.equal(outs[False], outs[True])
         print(f"| conv {B}x{C}x{S}x{S} -> {O}, {k}x{k}, fixed(16,8) | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | "
               f"{macs / t1 / 1e9:.2f} | {t0 / t1:.1f}x |")
@@ -103,10 +104,33 @@ def main(argv=None):
             with torch.no_grad(), qlab.quantize(model, plan):
                 return model(xs)
 
-        t0, t1, outs = side_by_side(run, max(1, a.repeats // 2))
+        t0, t1, outs = side_by_side_switch("CONV_KERNEL", run, max(1, a.repeats // 2))
         assert torch.equal(outs[False], outs[True])
         print(f"| {name}, every conv and fc intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
+    print()
+    print("| extrinsic fixed(8,4) | torch steps (ms) | C quantizer (ms) | float model (ms) | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    q = qlab.FixedPoint(8, 4)
+    xq = torch.randn(B, 48, 14, 14)
+    t0, t1, outs = side_by_side_switch("FIXED_KERNEL", lambda: q(xq), a.repeats)
+    assert torch.equal(outs[False], outs[True])
+    print(f"| quantize {xq.numel()} float32 values (copy: {best(lambda: xq.clone(), a.repeats) * 1e3:.2f} ms) | "
+          f"{t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
+    ext = qlab.Plan(extrinsic={"*": "fixed(8,4)"})
+    for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
+        model = zoo.build(name).eval()
+        with torch.no_grad():
+            tf = best(lambda: model(xs), max(1, a.repeats // 2))
+
+            def run():
+                with qlab.quantize(model, ext):
+                    return model(xs)
+
+            t0, t1, outs = side_by_side_switch("FIXED_KERNEL", run, max(1, a.repeats // 2))
+        assert torch.equal(outs[False], outs[True])
+        print(f"| {name}, every layer's output fixed(8,4), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+              f"{tf * 1e3:.0f} | {t0 / t1:.1f}x |")
     if a.lenet:
         from qlab.ext import data
 
