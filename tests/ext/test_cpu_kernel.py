@@ -129,7 +129,7 @@ def test_random_specs(monkeypatch):
 
 def test_declined_cases_still_equal(monkeypatch):
     for spec in (_spec(8, 4, 8, 2, "nearest"), _spec(8, 4, 12, 2, "even", "final"),  # coarser accumulator
-                 _spec(8, 4, mode="stochastic"), _spec(8, -1), _spec(8, 63, 8, 63),  # stochastic, F < 0, F > 62
+                 _spec(8, 40, 8, 40, mode="stochastic"), _spec(8, -1), _spec(8, 63, 8, 63),  # draws of 32 bits, F < 0, F > 62
                  _spec(32, 10, 32, 45)):  # the shifted products could overflow int64
         xT, kw, dt = _operands(spec, 5, 7, 6, 2.0, 2.0, torch.Generator().manual_seed(0))
         assert not cpu.accepts(xT, kw, spec, None, dt, True)
@@ -405,3 +405,53 @@ def test_fixed_quantizer_equals_reference(monkeypatch):
     for t, q in [(x.half(), FixedPoint(8, 4)), (x, FixedPoint(8, 4, "stochastic")), (x, FixedPoint(8, 900))]:
         assert not cpu.fixed_accepts(t, q)
     assert cpu.fixed_quantize(torch.empty(0), FixedPoint(8, 4)).shape == (0,)
+
+
+def test_stochastic_products(monkeypatch):
+    """Stochastic products in the accumulation kernel (draws from a counter-based hash
+    seeded from torch's generator: the reference's distribution, not its draws):
+    torch.manual_seed repeats a run and another seed changes it, every result lies between
+    the all-down and all-up results, and over 400 identical rows the mean is the exact
+    product sum within 5 sigma and the variance that of independent draws (each product
+    rounds up with probability equal to its remainder) within 30%."""
+    import math
+
+    g = torch.Generator().manual_seed(3)
+    K, R = 40, 400
+    xr = torch.randint(-12, 13, (1, K), generator=g) / 16.0
+    w = torch.randint(-12, 13, (3, K), generator=g) / 16.0
+    x = xr.repeat(R, 1)
+    exact = (xr.double() @ w.double().t())[0]
+    frac = ((xr.double().t() * w.double().t()) * 16) % 1.0
+    var_exact = (frac * (1 - frac)).sum(0) * 2.0 ** -8
+    for acc in ("sequential", "final"):
+        spec = _spec(8, 4, 16, 4, "stochastic", acc)
+        before = cpu.calls
+        torch.manual_seed(7)
+        y1 = qlab.intrinsic_linear(x, w, None, spec)
+        assert cpu.calls > before
+        torch.manual_seed(7)
+        assert torch.equal(y1, qlab.intrinsic_linear(x, w, None, spec))
+        torch.manual_seed(8)
+        assert not torch.equal(y1, qlab.intrinsic_linear(x, w, None, spec))
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+        lo = qlab.intrinsic_linear(x, w, None, _spec(8, 4, 16, 4, "down", acc))
+        hi = qlab.intrinsic_linear(x, w, None, _spec(8, 4, 16, 4, "up", acc))
+        monkeypatch.delenv("QLAB_BACKEND")
+        assert bool(((y1 >= lo) & (y1 <= hi)).all()) and bool((lo < hi).any())
+        sigma = math.sqrt(K * 0.25 / R) * 2 ** -4
+        assert (y1.double().mean(0) - exact).abs().max().item() <= 5 * sigma, acc
+        var = y1.double().var(0)
+        assert bool(((var - var_exact).abs() <= 0.3 * var_exact).all()), (acc, var, var_exact)
+    # int64 sums (W = 20) and a conv (its windows unfolded by the reference, then this kernel)
+    spec = _spec(20, 10, 24, 10, "stochastic")
+    torch.manual_seed(1)
+    a = qlab.intrinsic_linear(x[:8] * 5, w, None, spec)
+    torch.manual_seed(1)
+    assert torch.equal(a, qlab.intrinsic_linear(x[:8] * 5, w, None, spec))
+    xc, wc = torch.randn(2, 3, 6, 6, generator=g), torch.randn(4, 3, 3, 3, generator=g)
+    before = cpu.calls
+    torch.manual_seed(2)
+    c1 = qlab.intrinsic_conv(xc, wc, padding=1, spec="fixed(8,4,stochastic)")
+    torch.manual_seed(2)
+    assert torch.equal(c1, qlab.intrinsic_conv(xc, wc, padding=1, spec="fixed(8,4,stochastic)")) and cpu.calls > before

@@ -21,10 +21,12 @@ reference's epilogue.  ``MATMUL_KERNEL`` / ``CONV_KERNEL = False`` restore the
 reference's steps around the accumulation kernel.
 
 Covered (:func:`accepts`): grid-exact inputs (``inputs=True``), deterministic rounding
-(nearest, even, down, up, zero), 0 <= q.F <= 62, an accumulator at least as fine as the
-operands (A.F >= q.F) with ``q.W - 1 + A.F - q.F <= 61``, both accumulate modes.
-Declined (the reference runs): stochastic rounding, ``inputs=False``, A.F < q.F,
-negative or larger F, shifts that could overflow int64, non-CPU tensors.
+(nearest, even, down, up, zero) with 0 <= q.F <= 62, stochastic products with
+0 <= q.F <= 30 (draws from ``draws.h``, seeded from torch's generator), an accumulator
+at least as fine as the operands (A.F >= q.F) with ``q.W - 1 + A.F - q.F <= 61``, both
+accumulate modes.  Declined (the reference runs): ``inputs=False``, A.F < q.F, negative
+or larger F, shifts that could overflow int64, non-CPU tensors; the linear, conv and
+grid-integer paths take deterministic modes only.
 
 The shared library is built with gcc at first use into
 ``qlab.ext.store.cache_root()/"cpu-kernels"``, under a name keyed by a hash of the
@@ -56,7 +58,7 @@ SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-trapping-math",
          "-ffp-contract=off"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 7
+ABI = 8
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -86,8 +88,9 @@ def library_path(cc: str, source: Path = SOURCE, flags=FLAGS) -> Path:
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     h = hashlib.sha256()
-    for part in (source.read_bytes(), " ".join(flags).encode(), platform.machine().encode(), version.encode(),
-                 _cpu_id().encode()):
+    headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))  # draws.h, included by both
+    for part in (source.read_bytes(), headers, " ".join(flags).encode(), platform.machine().encode(),
+                 version.encode(), _cpu_id().encode()):
         h.update(part)
         h.update(b"\0")
     return cache_root() / "cpu-kernels" / f"qlab_cpu_{h.hexdigest()[:16]}.so"
@@ -121,16 +124,18 @@ def _build() -> ctypes.CDLL:
         raise RuntimeError(f"{lib._name}: unexpected ABI")
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
-            i64, i32]
+            i64, ctypes.c_uint64, i32]
     conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
     lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, ptr, ptr, i32]
     lib.qlab_grid_i32.restype = ctypes.c_int
     lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, i32]
     lib.qlab_fixed_quantize.restype = ctypes.c_int
     for acc in ("seq", "fin"):
-        for mode in ("none", *MODES):
+        for mode in ("none", *MODES, "stochastic"):
             for sfx in ("i32", "i64"):
                 for name, a in ((f"qlab_{acc}_{mode}_{sfx}", args), (f"qlab_conv_{acc}_{mode}_{sfx}", conv_args)):
+                    if mode == "stochastic" and "conv" in name:  # stochastic products: accumulation only
+                        continue
                     fn = getattr(lib, name)
                     fn.argtypes = a
                     fn.restype = ctypes.c_int
@@ -151,12 +156,18 @@ def load():
     return _lib or None
 
 
-def covers(spec, grid_exact) -> bool:
-    """Whether the kernel computes ``spec``'s accumulation (without building it)."""
+def covers(spec, grid_exact, stochastic: bool = False) -> bool:
+    """Whether the kernel computes ``spec``'s accumulation (without building it);
+    ``stochastic``: products rounded stochastically too (the accumulation kernel only,
+    F <= 30: draws of 32 bits), with any rounding of A (its grid is as fine as Q's: sums
+    are exact, the final rescaling is the caller's)."""
     q, A = spec.q, spec.A
     if not (isinstance(q, FixedPoint) and isinstance(A, FixedPoint) and grid_exact):
         return False
-    if q.rounding not in MODES or A.rounding not in MODES:
+    if stochastic and q.rounding == "stochastic":
+        if q.F > 30 or A.rounding not in (*MODES, "stochastic"):
+            return False
+    elif q.rounding not in MODES or A.rounding not in MODES:
         return False
     if spec.accumulate not in ("sequential", "final"):
         return False
@@ -167,7 +178,7 @@ def covers(spec, grid_exact) -> bool:
 def accepts(xT, w, spec, generator, dt, grid_exact) -> bool:
     if not (xT.device.type == "cpu" and w.device.type == "cpu" and xT.dim() == 2 and w.dim() == 2
             and xT.shape[0] == w.shape[0] and dt in (torch.float32, torch.float64, torch.int64)
-            and xT.dtype == dt and w.dtype == dt and covers(spec, grid_exact)):
+            and xT.dtype == dt and w.dtype == dt and covers(spec, grid_exact, stochastic=True)):
         return False
     q, A = spec.q, spec.A
     if dt == torch.float32 and (A.W > 24 or q.W > 24):  # results exact in the reference's dtype
@@ -273,7 +284,7 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     fn = getattr(lib, f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
     rc = fn(A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
             out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
-            A.min_int, A.max_int, _product_bound(A_, B_, q.F), max(1, torch.get_num_threads()))
+            A.min_int, A.max_int, _product_bound(A_, B_, q.F), _seed(spec, generator), max(1, torch.get_num_threads()))
     if rc != 0:
         raise MemoryError("qlab CPU kernel: out of memory")
     calls += 1
@@ -346,7 +357,7 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
                         f"{'i32' if _use_int32(q, A, K, final) else 'i64'}")
     rc = fn(A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
             B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
-            q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), max(1, torch.get_num_threads()))
+            q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), 0, max(1, torch.get_num_threads()))
     if rc != 0:
         raise MemoryError("qlab CPU kernel: out of memory")
     calls += 1

@@ -32,33 +32,35 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <omp.h>
+#include "draws.h" /* row_key, draw: the stochastic draws */
 
 #define JB32 32 /* columns per tile: 4 AVX2 registers of int32 */
 #define JB64 16 /* 4 AVX2 registers of int64 */
 
 /* ------------------------------------------------------------------ rounding */
 #define DEFINE_ROUNDERS(T, U, SFX, BITS)                                                        \
-    static inline T rnd_none_##SFX(T n, int s, T half, T mask) {                               \
-        (void)s; (void)half; (void)mask;                                                        \
+    static inline T rnd_none_##SFX(T n, int s, T half, T mask, uint32_t u) {                   \
+        (void)s; (void)half; (void)mask; (void)u;                                               \
         return n;                                                                               \
     }                                                                                           \
-    static inline T rnd_down_##SFX(T n, int s, T half, T mask) {                               \
-        (void)half; (void)mask;                                                                 \
+    static inline T rnd_down_##SFX(T n, int s, T half, T mask, uint32_t u) {                   \
+        (void)half; (void)mask; (void)u;                                                        \
         return n >> s;                                                                          \
     }                                                                                           \
-    static inline T rnd_up_##SFX(T n, int s, T half, T mask) {                                 \
-        (void)half;                                                                             \
+    static inline T rnd_up_##SFX(T n, int s, T half, T mask, uint32_t u) {                     \
+        (void)half; (void)u;                                                                    \
         return (n + mask) >> s;                                                                 \
     }                                                                                           \
-    static inline T rnd_zero_##SFX(T n, int s, T half, T mask) {                               \
-        (void)half;                                                                             \
+    static inline T rnd_zero_##SFX(T n, int s, T half, T mask, uint32_t u) {                   \
+        (void)half; (void)u;                                                                    \
         return (n + ((n >> (BITS - 1)) & mask)) >> s;                                           \
     }                                                                                           \
-    static inline T rnd_nearest_##SFX(T n, int s, T half, T mask) {                            \
-        (void)mask;                                                                             \
+    static inline T rnd_nearest_##SFX(T n, int s, T half, T mask, uint32_t u) {                \
+        (void)mask; (void)u;                                                                    \
         return (n + (n >> (BITS - 1)) + half) >> s;                                             \
     }                                                                                           \
-    static inline T rnd_even_##SFX(T n, int s, T half, T mask) {                               \
+    static inline T rnd_even_##SFX(T n, int s, T half, T mask, uint32_t u) {                   \
+        (void)u;                                                                                \
         T q = (n + half) >> s;                                                                  \
         T tie = (T)((n & mask) == half);                                                        \
         return q - (tie & q & 1);                                                               \
@@ -76,6 +78,24 @@ DEFINE_ROUNDERS(int64_t, uint64_t, i64, 64)
 DEFINE_CLAMP(int32_t, i32)
 DEFINE_CLAMP(int64_t, i64)
 
+/* stochastic: floor(n / 2**s) + 1 with probability (n mod 2**s) / 2**s, from the s low
+ * bits of the draw u (s <= 30 for int32, <= 32 for int64: the caller's limits) */
+#define STOCH_none 0
+#define STOCH_nearest 0
+#define STOCH_even 0
+#define STOCH_down 0
+#define STOCH_up 0
+#define STOCH_zero 0
+#define STOCH_stochastic 1
+static inline int32_t rnd_stochastic_i32(int32_t n, int s, int32_t half, int32_t mask, uint32_t u) {
+    (void)half;
+    return (n >> s) + (int32_t)((int32_t)(u & (uint32_t)mask) < (n & mask));
+}
+static inline int64_t rnd_stochastic_i64(int64_t n, int s, int64_t half, int64_t mask, uint32_t u) {
+    (void)half;
+    return (n >> s) + (int64_t)((int64_t)(u & (uint64_t)mask) < (n & mask));
+}
+
 /* The same rounders on 16 int32 lanes (GCC vector types: one AVX-512 register, two AVX2
  * ones), for the int32 micro-kernel below.  The clamp takes the CPU's min/max where the
  * compiler targets it (gcc turns a mask-and-blend into compare + masked move, two
@@ -83,6 +103,10 @@ DEFINE_CLAMP(int64_t, i64)
 typedef int32_t v16 __attribute__((vector_size(64)));
 typedef uint32_t uv16 __attribute__((vector_size(64)));
 DEFINE_ROUNDERS(v16, uv16, v16, 32)
+static inline v16 rnd_stochastic_v16(v16 n, int s, v16 half, v16 mask, uint32_t u) {
+    (void)s; (void)half; (void)mask; (void)u;
+    return n; /* never called: stochastic rows run one at a time (TILE_ROWS) */
+}
 #if defined(__AVX512F__)
 #include <immintrin.h>
 static inline v16 clamp_v16(v16 v, v16 lo, v16 hi) {
@@ -153,7 +177,8 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
 /* ------------------------------------------------------------------ kernels */
 /* The addend for row value av and column value bv (T-typed product of two int32). */
 #define ADDEND(MODE, T, SFX, av, bv)                                                            \
-    clamp_##SFX(rnd_##MODE##_##SFX((T)(av) * (T)(bv), s, half, mask), qlo, qhi)
+    clamp_##SFX(rnd_##MODE##_##SFX((T)(av) * (T)(bv), s, half, mask,                            \
+                                   STOCH_##MODE ? draw(key, j0 + jj, K, k, 0) : 0u), qlo, qhi)
 
 /* acc[0:JN] for one row (its K values in ar) and a block of columns (bb, row stride ldb). */
 #define ROW_BODY(MODE, T, SFX, ACC, JN)                                                         \
@@ -189,7 +214,7 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
 #define V_CHUNK 64
 #define V_STEP(MODE, c, b, av, PCL, KIND)                                                       \
     do {                                                                                        \
-        v16 v_ = rnd_##MODE##_v16((b) * (int32_t)(av), s, vhalf, vmask);                        \
+        v16 v_ = rnd_##MODE##_v16((b) * (int32_t)(av), s, vhalf, vmask, 0u);                    \
         if (PCL) v_ = clamp_v16(v_, vqlo, vqhi);                                                \
         if ((KIND) == 1) c = clamp_v16(c + shl_v16(v_, d), vlo, vhi);                           \
         else if ((KIND) == 2) c = c + shl_v16(v_, d);                                           \
@@ -258,7 +283,7 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
 #define TILE_ROWS(MODE, T, SFX, ACC, JB, r0, r1, ROW, PUT)                                      \
     do {                                                                                        \
         int64_t r = (r0);                                                                       \
-        for (; V4_##SFX && jn == JB && r + 4 <= (r1); r += 4) {                                 \
+        for (; V4_##SFX && !STOCH_##MODE && jn == JB && r + 4 <= (r1); r += 4) {                \
             const int32_t *a4[4];                                                               \
             for (int i = 0; i < 4; i++) a4[i] = ROW(r + i, abuf + i * K);                       \
             ROW4_##SFX(MODE, ACC, a4, out4);                                                    \
@@ -266,6 +291,8 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
         }                                                                                       \
         for (; r < (r1); r++) {                                                                 \
             const int32_t *ar = ROW(r, abuf);                                                   \
+            const uint32_t key = STOCH_##MODE ? row_key(seed, r) : 0u;                         \
+            (void)key;                                                                          \
             if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                                 \
             else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                          \
             PUT(SFX, r, acc);                                                                   \
@@ -300,7 +327,7 @@ static inline const int32_t *mm_row(int32_t *buf, const void *A, int a_kind, int
                               void *out, int o_kind, int64_t so_r, int64_t so_c,                \
                               int64_t R, int64_t K, int64_t C, int64_t G,                       \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
-                              int64_t pm, int nthreads) {                                       \
+                              int64_t pm, uint64_t seed, int nthreads) {                        \
         KERNEL_CONSTANTS(T);                                                                    \
         if (G < 1) G = 1;                                                                       \
         const int64_t ngrp = (R + G - 1) / G;                                                   \
@@ -415,6 +442,7 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
                               int64_t pm, int nthreads) {                                       \
         KERNEL_CONSTANTS(T);                                                                    \
+        const uint64_t seed = 0; /* deterministic modes only */                                 \
         const conv_geo geo = {x, C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, C / G};        \
         const int64_t K = geo.CG * KH * KW, P = B * HO * WO;                                    \
         const int64_t R = swap ? og : P, NC = swap ? P : og;  /* rows, columns per group */      \
@@ -476,6 +504,12 @@ DEFINE_ALL(even)
 DEFINE_ALL(down)
 DEFINE_ALL(up)
 DEFINE_ALL(zero)
+/* stochastic products: the accumulation kernels only (the conv kernel's operands are
+ * deterministic grid integers) */
+DEFINE_KERNEL(stochastic, int32_t, i32, JB32, qlab_seq, ACC_SEQUENTIAL)
+DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_seq, ACC_SEQUENTIAL)
+DEFINE_KERNEL(stochastic, int32_t, i32, JB32, qlab_fin, ACC_FINAL)
+DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_fin, ACC_FINAL)
 
 /* ------------------------------------------------------------------ grid integers */
 /* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
@@ -566,4 +600,4 @@ int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int 
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 7; }
+int qlab_cpu_abi(void) { return 8; }

@@ -95,18 +95,7 @@ static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
 
 static inline float round_fmt(float x, FMT_PARAMS(f_)) { return round_fmt_r(x, 0, FMT_PASS(f_)); }
 
-/* Stochastic draws: 32 random bits per (row, column, k, rounding site) from a counter-based
- * hash (murmur3's finaliser, twice) keyed by the call's seed and the row. */
-static inline uint32_t mix32(uint32_t h) {
-    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
-    return h;
-}
-static inline uint32_t row_key(uint64_t seed, int64_t r) {
-    return mix32((uint32_t)seed ^ mix32((uint32_t)r ^ (uint32_t)(seed >> 32)));
-}
-static inline uint32_t draw(uint32_t key, int64_t c, int64_t k1, int64_t k, int site) {
-    return mix32(mix32((uint32_t)(((uint64_t)c * (uint64_t)k1 + (uint64_t)k) * 8u + (uint64_t)site)) ^ key);
-}
+#include "draws.h" /* mix32, row_key, draw: the stochastic draws */
 
 /* a + b rounded to odd in float32 (inf/NaN as float addition gives them) */
 static inline float two_sum_odd(float a, float b) {
