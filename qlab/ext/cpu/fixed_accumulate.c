@@ -540,13 +540,14 @@ static inline double round_away(double y) {
             m = a > m ? a : m;                                                                  \
         }                                                                                       \
     } while (0)
-#define GRID_MODES(T)                                                                           \
+/* LOOP(T, R(V)) for the rounding R of ``mode`` (1 nearest, 2 even, 3 down, 4 up, else zero) */
+#define BY_MODE(LOOP, T, V)                                                                     \
     switch (mode) {                                                                             \
-    case 1: GRID_LOOP(T, round_away(y)); break;                                                 \
-    case 2: GRID_LOOP(T, nearbyint(y)); break;                                                  \
-    case 3: GRID_LOOP(T, floor(y)); break;                                                      \
-    case 4: GRID_LOOP(T, ceil(y)); break;                                                       \
-    default: GRID_LOOP(T, trunc(y)); break;                                                     \
+    case 1: LOOP(T, round_away(V)); break;                                                      \
+    case 2: LOOP(T, nearbyint(V)); break;                                                       \
+    case 3: LOOP(T, floor(V)); break;                                                           \
+    case 4: LOOP(T, ceil(V)); break;                                                            \
+    default: LOOP(T, trunc(V)); break;                                                          \
     }
 int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, int32_t *out, int64_t *amax,
                   int nthreads) {
@@ -554,9 +555,9 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
     int64_t m = 0;
     if (kind == KIND_F32) {
-        GRID_MODES(float)
+        BY_MODE(GRID_LOOP, float, y)
     } else {
-        GRID_MODES(double)
+        BY_MODE(GRID_LOOP, double, y)
     }
     *amax = m;
     return 0;
@@ -579,22 +580,14 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
             ys[t] = v == v ? (T)(v * unscale + 0.0) : xs[t];                                    \
         }                                                                                       \
     } while (0)
-#define QUANT_MODES(T)                                                                          \
-    switch (mode) {                                                                             \
-    case 1: QUANT_LOOP(T, round_away(v)); break;                                                \
-    case 2: QUANT_LOOP(T, nearbyint(v)); break;                                                 \
-    case 3: QUANT_LOOP(T, floor(v)); break;                                                     \
-    case 4: QUANT_LOOP(T, ceil(v)); break;                                                      \
-    default: QUANT_LOOP(T, trunc(v)); break;                                                    \
-    }
 int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, int nthreads) {
     const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
     const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
     if (kind == KIND_F32) {
-        QUANT_MODES(float)
+        BY_MODE(QUANT_LOOP, float, v)
     } else {
-        QUANT_MODES(double)
+        BY_MODE(QUANT_LOOP, double, v)
     }
     return 0;
 }
