@@ -58,7 +58,7 @@ SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-trapping-math",
          "-ffp-contract=off"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 8
+ABI = 9
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -128,7 +128,7 @@ def _build() -> ctypes.CDLL:
     conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
     lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, ptr, ptr, i32]
     lib.qlab_grid_i32.restype = ctypes.c_int
-    lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, i32]
+    lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, ctypes.c_uint64, i32]
     lib.qlab_fixed_quantize.restype = ctypes.c_int
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES, "stochastic"):
@@ -221,9 +221,10 @@ fixed_calls = 0  # fixed_quantize calls
 
 
 def fixed_accepts(x, q, generator=None) -> bool:
-    """The elementwise fixed(W, F) quantizer: float32 and float64 CPU tensors, deterministic
-    modes, F where x * 2**F is exact in double."""
-    if not (FIXED_KERNEL and x.device.type == "cpu" and q.rounding in _GRID_MODES):
+    """The elementwise fixed(W, F) quantizer: float32 and float64 CPU tensors, every mode
+    (stochastic: draws from a hash seeded from ``generator``), F where x * 2**F is exact in
+    double."""
+    if not (FIXED_KERNEL and x.device.type == "cpu" and (q.rounding in _GRID_MODES or q.rounding == "stochastic")):
         return False
     if x.dtype == torch.float32:
         ok = -800 <= q.F <= 800
@@ -239,13 +240,14 @@ def fixed_quantize(x, q, generator=None):
     saturates, a zero result is +0)."""
     global fixed_calls
     if not fixed_accepts(x, q, generator):
-        raise ValueError(f"the CPU fixed quantizer covers float32/float64 CPU tensors and deterministic modes, "
-                         f"not {q} on {x.dtype}")
+        raise ValueError(f"the CPU fixed quantizer covers float32/float64 CPU tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
+        stochastic = q.rounding == "stochastic"
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item()) if stochastic else 0
         load().qlab_fixed_quantize(xc.data_ptr(), y.data_ptr(), KINDS[xc.dtype], xc.numel(), q.W, q.F,
-                                   _GRID_MODES[q.rounding], max(1, torch.get_num_threads()))
+                                   6 if stochastic else _GRID_MODES[q.rounding], seed, max(1, torch.get_num_threads()))
     fixed_calls += 1
     return y
 

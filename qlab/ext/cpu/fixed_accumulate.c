@@ -580,11 +580,24 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
             ys[t] = v == v ? (T)(v * unscale + 0.0) : xs[t];                                    \
         }                                                                                       \
     } while (0)
-int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, int nthreads) {
+/* stochastic (mode 6): floor(v) + 1 with probability v - floor(v) (exact in double), from
+ * 32 bits of the hash per element t (key from the seed and t's block of 2**20): a bias
+ * below 2**-32 */
+static inline double round_stochastic(double v, uint64_t seed, int64_t t) {
+    const double f = floor(v);
+    const uint32_t u = draw(row_key(seed, t >> 20), t & 0xFFFFF, 1, 0, 0);
+    return f + (double)((double)u * 0x1p-32 < v - f);
+}
+int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, uint64_t seed,
+                        int nthreads) {
     const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
     const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
-    if (kind == KIND_F32) {
+    if (mode == 6 && kind == KIND_F32) {
+        QUANT_LOOP(float, round_stochastic(v, seed, t));
+    } else if (mode == 6) {
+        QUANT_LOOP(double, round_stochastic(v, seed, t));
+    } else if (kind == KIND_F32) {
         BY_MODE(QUANT_LOOP, float, v)
     } else {
         BY_MODE(QUANT_LOOP, double, v)
@@ -593,4 +606,4 @@ int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int 
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 8; }
+int qlab_cpu_abi(void) { return 9; }
