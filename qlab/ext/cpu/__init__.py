@@ -265,14 +265,32 @@ def _bound_of(amax_a: int, amax_b: int, s: int) -> int:
     return ((amax_a * amax_b) >> max(s, 0)) + 1
 
 
+def _kernel(spec, K: int, final: bool, conv: bool = False):
+    """The C function for ``spec``'s rounding, accumulation and integer width."""
+    q, A = spec.q, spec.A
+    return getattr(load(), f"qlab_{'conv_' if conv else ''}{'fin' if final else 'seq'}_"
+                           f"{q.rounding if q.F > 0 else 'none'}_{'i32' if _use_int32(q, A, K, final) else 'i64'}")
+
+
+def _ran(rc: int) -> None:
+    global calls
+    if rc != 0:
+        raise MemoryError("qlab CPU kernel: out of memory")
+    calls += 1
+
+
+def _final_sum(s, spec, generator):
+    """As the reference: the exact sum rescaled to A's grid, clamped to its range."""
+    A = spec.A
+    return rescale(s, spec.q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
+
+
 def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     """``_fixed_accumulate`` (qlab.core.intrinsic) with the fused kernel: same dtype, same values."""
-    global calls
     q, A = spec.q, spec.A
     K, M = xT.shape
     N = w.shape[1]
     final = spec.accumulate == "final"
-    lib = load()
     out = torch.empty(M, N, dtype=dt if not final else (torch.float64 if dt != torch.int64 else torch.int64))
     if swap := (N < JB32 and M > N):
         # narrow outputs (conv layers with few channels): vectorise over the M rows of x
@@ -282,18 +300,12 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     else:
         A_, B_ = xT, w.to(torch.int32).contiguous()  # w is re-read for every row: int32 once
         R, C, G, so_r, so_c = M, N, 4, N, 1  # tiles of 4 rows: the int32 micro-kernel's
-    i32 = _use_int32(q, A, K, final)
-    fn = getattr(lib, f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
-    rc = fn(A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
-            out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
-            A.min_int, A.max_int, _product_bound(A_, B_, q.F), _seed(spec, generator), max(1, torch.get_num_threads()))
-    if rc != 0:
-        raise MemoryError("qlab CPU kernel: out of memory")
-    calls += 1
-    if final:  # as the reference: rescale the exact sum to A, clamp
-        s = rescale(out, q.F - A.F, A.rounding, generator)
-        return s.clamp_(A.min_int, A.max_int).to(dt)
-    return out
+    pm = -1 if q.stochastic else _product_bound(A_, B_, q.F)  # stochastic products: no clamps left out
+    _ran(_kernel(spec, K, final)(
+        A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
+        out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
+        A.min_int, A.max_int, pm, _seed(spec, generator), max(1, torch.get_num_threads())))
+    return _final_sum(out, spec, generator).to(dt) if final else out
 
 
 # --------------------------------------------------------------------------- linear and convolution
@@ -335,7 +347,6 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     layer): both operands to grid integers in one C pass each (no float64 copies, no
     transposed copy of x), the accumulation kernel, then the reference's epilogue.
     Bit-identical to the reference."""
-    global calls
     from qlab.core.intrinsic import fixed_epilogue
 
     if not matmul_accepts(x, w, bias, spec, generator, quantize_w):
@@ -355,18 +366,11 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
         A_, B_, R, C, G, so_r, so_c = kwt, kx.t().contiguous(), N, M, N, 1, N
     else:
         A_, B_, R, C, G, so_r, so_c = kx, kwt.t().contiguous(), M, N, 4, N, 1
-    fn = getattr(load(), f"qlab_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_"
-                        f"{'i32' if _use_int32(q, A, K, final) else 'i64'}")
-    rc = fn(A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
-            B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
-            q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), 0, max(1, torch.get_num_threads()))
-    if rc != 0:
-        raise MemoryError("qlab CPU kernel: out of memory")
-    calls += 1
-    s = out
-    if final:  # as the reference: the exact sum rescaled to A, clamped
-        s = rescale(s, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
-    return fixed_epilogue(s, bias, spec, generator, x.dtype)
+    _ran(_kernel(spec, K, final)(
+        A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
+        B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
+        q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), 0, max(1, torch.get_num_threads())))
+    return fixed_epilogue(_final_sum(out, spec, generator) if final else out, bias, spec, generator, x.dtype)
 
 
 def conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
@@ -384,7 +388,6 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     right, top, bottom) zeros: one C pass that gathers each window from the input's grid
     integers as its tile needs it (no im2col tensor), then the reference's epilogue (bias,
     back to Q's grid).  Bit-identical to the reference."""
-    global calls
     from qlab.core.intrinsic import fixed_epilogue
 
     if not conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
@@ -410,23 +413,17 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     swap = P >= JB32 or og <= P
     wk = kw if swap else kw.transpose(1, 2).contiguous()  # [G, K, og] for columns = channels
     out = torch.empty(groups, og, P, dtype=torch.int64) if swap else torch.empty(groups, P, og, dtype=torch.int64)
-    i32 = _use_int32(q, A, K, final)
-    lib = load()
-    fn = getattr(lib, f"qlab_conv_{'fin' if final else 'seq'}_{q.rounding if q.F > 0 else 'none'}_{'i32' if i32 else 'i64'}")
-    rc = fn(kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
-            DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
-            _bound_of(ax, aw, q.F), max(1, torch.get_num_threads()))
-    if rc != 0:
-        raise MemoryError("qlab CPU kernel: out of memory")
-    calls += 1
+    _ran(_kernel(spec, K, final, conv=True)(
+        kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
+        DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
+        _bound_of(ax, aw, q.F), max(1, torch.get_num_threads())))
     if swap:  # [G, og, B, L] -> [B, G, og, L]
         s = out.view(groups, og, B, HO * WO).permute(2, 0, 1, 3)
     else:  # [G, B, L, og] -> [B, G, og, L]
         s = out.view(groups, B, HO * WO, og).permute(1, 0, 3, 2)
     s = s.reshape(B, O, HO, WO)
-    if final:  # as the reference: the exact sum rescaled to A, clamped
-        s = rescale(s, q.F - A.F, A.rounding, generator).clamp_(A.min_int, A.max_int)
-    return fixed_epilogue(s, bias, spec, generator, x.dtype, (1, O, 1, 1))
+    return fixed_epilogue(_final_sum(s, spec, generator) if final else s, bias, spec, generator, x.dtype,
+                          (1, O, 1, 1))
 
 
 # --------------------------------------------------------------------------- float formats
