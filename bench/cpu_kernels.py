@@ -9,6 +9,9 @@ replaces (alternating, best of ``--repeats``, results checked equal):
 * the accumulation kernel with every clamp (its product bound withheld) beside the
   default, which leaves out the clamps the bound shows idle: 256x512x256 grid integers,
   weights N(0, 1/K) or N(0, 1);
+* intrinsic batch norm, elementwise add and the linear/conv epilogue in one C pass each
+  (``cpu.EPILOGUE_KERNEL``) beside the reference's torch steps: single ops on
+  250x32x14x14 values and every zoo CNN all-intrinsic fixed(16,8) (random weights);
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
@@ -17,6 +20,7 @@ replaces (alternating, best of ``--repeats``, results checked equal):
   docs/benchmarks.md), with the linear and conv kernels and with both switched off.
 
     PYTHONPATH=. python bench/cpu_kernels.py [--threads 2] [--repeats 5] [--images 250] [--lenet]
+        [--only conv,accumulation,models,pointwise,extrinsic]
 """
 import argparse
 import time
@@ -47,17 +51,41 @@ def side_by_side_switch(switch, fn, repeats):
     return min(times[False]), min(times[True]), outs
 
 
+SECTIONS = ("conv", "accumulation", "models", "pointwise", "extrinsic")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--images", type=int, default=250)
     ap.add_argument("--lenet", action="store_true", help="also the trained LeNet-5 over the 10k test images")
+    ap.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
     a = ap.parse_args(argv)
+    only = set(a.only.split(","))
+    if only - set(SECTIONS):
+        ap.error(f"unknown sections {sorted(only - set(SECTIONS))}; choose from {','.join(SECTIONS)}")
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     B = a.images
     print(f"torch {torch.__version__}, {a.threads} threads, best of {a.repeats}, alternating")
+    xs = torch.randn(B, 1, 28, 28)
+    plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
+    if "conv" in only:
+        conv_rows(a, B)
+    if "accumulation" in only:
+        accumulation_rows(a)
+    if "models" in only:
+        model_rows(a, B, xs, plan)
+    if "pointwise" in only:
+        pointwise_rows(a, B, xs, plan)
+    if "extrinsic" in only:
+        extrinsic_rows(a, B, xs)
+    if a.lenet:
+        lenet_row(plan)
+
+
+def conv_rows(a, B):
     print("| case | unfold + accumulation (ms) | conv kernel (ms) | G QMAC/s (kernel) | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for C, S, O, k in [(1, 28, 6, 5), (6, 14, 16, 5), (32, 14, 32, 3), (32, 14, 64, 3), (64, 7, 64, 3)]:
@@ -69,6 +97,9 @@ def main(argv=None):
         print(f"| conv {B}x{C}x{S}x{S} -> {O}, {k}x{k}, fixed(16,8) | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | "
               f"{macs / t1 / 1e9:.2f} | {t0 / t1:.1f}x |")
     print()
+
+
+def accumulation_rows(a):
     print("| accumulation 256x512x256 (grid integers) | every clamp (ms) | default (ms) | speed-up |")
     print("|---|---:|---:|---:|")
     from qlab.core.intrinsic import as_intrinsic
@@ -93,10 +124,11 @@ def main(argv=None):
             t0, t1 = min(times[0]), min(times[1])
             print(f"| {spec}, x N(0, 1), w {wname} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | {t0 / t1:.2f}x |")
     print()
+
+
+def model_rows(a, B, xs, plan):
     print("| model | unfold + accumulation (ms) | conv kernel (ms) | | speed-up |")
     print("|---|---:|---:|---:|---:|")
-    xs = torch.randn(B, 1, 28, 28)
-    plan = qlab.Plan(intrinsic={"*": "fixed(16,8,nearest)"})
     for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
         model = zoo.build(name).eval()
 
@@ -109,6 +141,39 @@ def main(argv=None):
         print(f"| {name}, every conv and fc intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
     print()
+
+
+def pointwise_rows(a, B, xs, plan):
+    print("| intrinsic fixed(16,8), pointwise steps | torch steps (ms) | one C pass (ms) | | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(B, 32, 14, 14, generator=g) * 4, torch.randn(B, 32, 14, 14, generator=g) * 4
+    mean, var = torch.randn(32, generator=g), torch.rand(32, generator=g) + 0.5
+    gamma, beta = torch.randn(32, generator=g), torch.randn(32, generator=g)
+    w = torch.randn(32, 32, 3, 3, generator=g) / 17
+    for label, fn in [
+        (f"batch norm {B}x32x14x14", lambda: qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, "fixed(16,8)")),
+        (f"add {B}x32x14x14", lambda: qlab.intrinsic_elementwise("add", x, y, "fixed(16,8)")),
+        (f"conv {B}x32x14x14 -> 32, 3x3 (the epilogue's share)", lambda: qlab.intrinsic_conv(x, w, gamma, padding=1,
+                                                                                             spec="fixed(16,8)"))]:
+        t0, t1, outs = side_by_side_switch("EPILOGUE_KERNEL", fn, a.repeats)
+        assert torch.equal(outs[False], outs[True])
+        print(f"| {label} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
+    for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
+        model = zoo.build(name).eval()
+
+        def run():
+            with torch.no_grad(), qlab.quantize(model, plan):
+                return model(xs)
+
+        t0, t1, outs = side_by_side_switch("EPILOGUE_KERNEL", run, max(1, a.repeats // 2))
+        assert torch.equal(outs[False], outs[True])
+        print(f"| {name}, every layer intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+              f"| {t0 / t1:.1f}x |")
+    print()
+
+
+def extrinsic_rows(a, B, xs):
     print("| extrinsic fixed(8,4) | torch steps (ms) | C quantizer (ms) | float model (ms) | speed-up |")
     print("|---|---:|---:|---:|---:|")
     q = qlab.FixedPoint(8, 4)
@@ -131,30 +196,32 @@ def main(argv=None):
         assert torch.equal(outs[False], outs[True])
         print(f"| {name}, every layer's output fixed(8,4), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"{tf * 1e3:.0f} | {t0 / t1:.1f}x |")
-    if a.lenet:
-        from qlab.ext import data
 
-        model = zoo.pretrained("lenet5").eval()
-        test = data.fashion_mnist("test")
-        images, labels = test.images, test.labels
 
-        def lenet():
-            with torch.no_grad(), qlab.quantize(model, plan):
-                return torch.cat([model(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+def lenet_row(plan):
+    from qlab.ext import data
 
-        times, outs = {}, {}
-        for on in (False, True, False, True):
-            cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = on
-            t = time.perf_counter()
-            outs[on] = lenet()
-            times.setdefault(on, []).append(time.perf_counter() - t)
-        cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = True
-        assert torch.equal(outs[False], outs[True])
-        acc = (outs[True].argmax(1) == labels).double().mean().item()
-        print()
-        print(f"| LeNet-5 (trained), every layer intrinsic fixed(16,8), 10,000 test images, batch 1000 "
-              f"(accuracy {acc:.4f}) | unfold + accumulation {min(times[False]):.2f} s | linear and conv kernels "
-              f"{min(times[True]):.2f} s | {min(times[False]) / min(times[True]):.1f}x |")
+    model = zoo.pretrained("lenet5").eval()
+    test = data.fashion_mnist("test")
+    images, labels = test.images, test.labels
+
+    def lenet():
+        with torch.no_grad(), qlab.quantize(model, plan):
+            return torch.cat([model(images[i:i + 1000]) for i in range(0, len(images), 1000)])
+
+    times, outs = {}, {}
+    for on in (False, True, False, True):
+        cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = on
+        t = time.perf_counter()
+        outs[on] = lenet()
+        times.setdefault(on, []).append(time.perf_counter() - t)
+    cpu.CONV_KERNEL = cpu.MATMUL_KERNEL = True
+    assert torch.equal(outs[False], outs[True])
+    acc = (outs[True].argmax(1) == labels).double().mean().item()
+    print()
+    print(f"| LeNet-5 (trained), every layer intrinsic fixed(16,8), 10,000 test images, batch 1000 "
+          f"(accuracy {acc:.4f}) | unfold + accumulation {min(times[False]):.2f} s | linear and conv kernels "
+          f"{min(times[True]):.2f} s | {min(times[False]) / min(times[True]):.1f}x |")
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ which a later rounding to <= 51 bits turns into the correctly rounded sum.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Optional
 
@@ -647,6 +648,10 @@ def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint):
     v = var.detach().double().cpu().tolist()
     ga = weight.detach().double().cpu().tolist() if weight is not None else [1.0] * C
     be = bias.detach().double().cpu().tolist() if bias is not None else [0.0] * C
+    key = (q, float(eps), tuple(m), tuple(v), tuple(ga), tuple(be))
+    hit = _BN_CONSTANTS.get(key) if q.rounding != "stochastic" else None
+    if hit is not None:  # one exact evaluation per layer and format
+        return hit
     two_f = Fraction(2) ** q.F
     gs, rs = [], []
     for c in range(C):
@@ -661,7 +666,17 @@ def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint):
         kr = round_fraction(Fraction(be[c]) * two_f - kmg, q)  # Q(beta - Q(mean g))
         gs.append(kg)
         rs.append(kr)
+    if q.rounding != "stochastic":
+        _BN_CONSTANTS[key] = (tuple(gs), tuple(rs))
+        while len(_BN_CONSTANTS) > 512:
+            _BN_CONSTANTS.popitem(last=False)
     return gs, rs
+
+
+# deterministic batch-norm constants by (format, eps, statistics, affine values), oldest
+# dropped first: a sweep evaluates each layer at each format many times, and the exact
+# rationals cost ~4 ms a layer
+_BN_CONSTANTS: OrderedDict = OrderedDict()
 
 
 def _sqrt_grid(v, q: FixedPoint) -> int:
@@ -708,6 +723,9 @@ def intrinsic_batch_norm(x, running_mean, running_var, weight=None, bias=None, e
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if spec.fixed:
             gs, rs = _bn_constants_fixed(running_mean, running_var, weight, bias, eps, Q)
+            fast = backends.lookup("fixed_batch_norm", x, gs, rs, spec, generator)
+            if fast is not None:  # one compiled pass (qlab.ext): the same values
+                return fast(x, gs, rs, spec, generator)
             kg = torch.tensor(gs, dtype=torch.int64, device=x.device).reshape(shape)
             kr = torch.tensor(rs, dtype=torch.int64, device=x.device).reshape(shape)
             kx = _grid_int(x, Q, generator) if spec.inputs else None
@@ -752,6 +770,10 @@ def intrinsic_elementwise(op: str, a, b, spec="fixed(8,4,nearest)", generator=No
     def q(a_t, b_t):
         Q = spec.q
         if spec.fixed:
+            fast = backends.lookup("fixed_elementwise", a_t, b_t, op, spec, generator)
+            if fast is not None:  # one compiled pass (qlab.ext): the same values
+                return fast(a_t, b_t, op, spec, generator)
+
             def grid(t):
                 if spec.inputs:
                     return _grid_int(t, Q, generator)

@@ -40,7 +40,8 @@ def register_triton(device_type: str = "cuda") -> bool:
 
 def register_cpu() -> bool:
     """Register the compiled CPU kernels (``fixed``, ``fixed_accumulate``, ``fixed_matmul``,
-    ``fixed_conv2d``, ``float_matmul``, ``float``) for CPU tensors.  Nothing is compiled here: the first
+    ``fixed_conv2d``, ``fixed_batch_norm``, ``fixed_elementwise``, ``float_matmul``, ``float``)
+    for CPU tensors.  Nothing is compiled here: the first
     accepted call builds it (or warns once and declines)."""
     from qlab.ext import cpu
 
@@ -48,6 +49,8 @@ def register_cpu() -> bool:
     backends.register("fixed", "cpu", "cpu", cpu.fixed_quantize, cpu.fixed_accepts)
     backends.register("fixed_matmul", "cpu", "cpu", cpu.fixed_matmul, cpu.matmul_accepts)
     backends.register("fixed_conv2d", "cpu", "cpu", cpu.fixed_conv2d, cpu.conv_accepts)
+    backends.register("fixed_batch_norm", "cpu", "cpu", cpu.fixed_batch_norm, cpu.batch_norm_accepts)
+    backends.register("fixed_elementwise", "cpu", "cpu", cpu.fixed_elementwise, cpu.elementwise_accepts)
     backends.register("float_matmul", "cpu", "cpu", cpu.float_matmul, cpu.float_matmul_accepts)
     backends.register("float", "cpu", "cpu", cpu.float_quantize, cpu.float_accepts)
     return True

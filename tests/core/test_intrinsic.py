@@ -172,6 +172,37 @@ def test_batch_norm_formula():
             assert yv == float(q(q(q(Fraction(xv)) * gg) + r))
 
 
+def test_batch_norm_constants_follow_the_statistics():
+    """The constants are remembered by value: statistics changed in place (training, a
+    loaded checkpoint) give new constants; equal statistics and format give equal ones."""
+    from qlab.core import intrinsic as I
+
+    Q = FixedPoint(10, 5, "nearest")
+    g = torch.Generator().manual_seed(3)
+    mean, var = torch.randn(3, generator=g), torch.rand(3, generator=g) + 0.1
+    gamma, beta = torch.randn(3, generator=g), torch.randn(3, generator=g)
+    x = torch.randn(2, 3, 4, 4, generator=g) * 2
+    spec = qlab.Intrinsic(Q)
+    y1 = qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, spec)
+    assert torch.equal(qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, spec), y1)
+    I._BN_CONSTANTS.clear()
+    assert torch.equal(qlab.intrinsic_batch_norm(x, mean.clone(), var.clone(), gamma, beta, 1e-5, spec), y1)
+    var.mul_(4)  # in place: the next call must see it
+    y2 = qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, spec)
+    I._BN_CONSTANTS.clear()
+    assert torch.equal(qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, spec), y2)
+    assert not torch.equal(y1, y2)
+    gamma.neg_()
+    y3 = qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, spec)
+    assert not torch.equal(y3, y2)
+    assert torch.equal(qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, qlab.Intrinsic(FixedPoint(10, 5, "even"))),
+                       qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, qlab.Intrinsic(FixedPoint(10, 5, "even"))))
+    assert I._BN_CONSTANTS  # deterministic formats are remembered ...
+    n = len(I._BN_CONSTANTS)
+    qlab.intrinsic_batch_norm(x, mean, var, gamma, beta, 1e-5, qlab.Intrinsic(FixedPoint(10, 5, "stochastic")))
+    assert len(I._BN_CONSTANTS) == n  # ... stochastic ones are drawn anew each call
+
+
 @pytest.mark.parametrize("op", ["add", "sub", "mul"])
 def test_elementwise(op):
     Q = FixedPoint(6, 2, "nearest")

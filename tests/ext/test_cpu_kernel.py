@@ -496,3 +496,110 @@ def test_stochastic_quantizer():
     for lag in (1, 2, 3, 4, 5, 2 ** 20):
         agree = (up[lag:] == up[:-lag]).double().mean().item()
         assert abs(agree - 0.5) <= 5 * math.sqrt(0.25 / (n2 - lag)), (lag, agree)
+
+
+# ------------------------------------------------------------------ pointwise steps in C
+def _both_pointwise(monkeypatch, fn):
+    """(reference, kernel) results of fn() and how many pointwise C calls the kernel run made."""
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    ref = fn()
+    monkeypatch.delenv("QLAB_BACKEND")
+    before = cpu.epilogue_calls
+    got = fn()
+    return ref, got, cpu.epilogue_calls - before
+
+
+def _awkward(shape, scale, F, gen, dtype, inf=True):
+    """Values at scale, a quarter of them exact ties of the grid (odd multiples of 2**-(F+1)),
+    a few +-inf (else +-1e30) and huge ones (saturation), and signed zeros."""
+    x = torch.randn(shape, generator=gen, dtype=torch.float64) * scale
+    flat = x.view(-1)
+    n = flat.numel()
+    if n:
+        idx = torch.randperm(n, generator=gen)
+        ties = idx[: n // 4]
+        flat[ties] = (torch.randint(-2 ** 12, 2 ** 12, (len(ties),), generator=gen) * 2 + 1).double() * 2.0 ** -(F + 1)
+        flat[idx[n // 4: n // 4 + 3]] = torch.tensor([float("inf") if inf else 1e30, float("-inf") if inf else -1e30, 1e30],
+                                                            dtype=torch.float64)[: min(3, n - n // 4)]
+        flat[idx[-2:]] = torch.tensor([0.0, -0.0], dtype=torch.float64)[: min(2, n)]
+    return x.to(dtype)
+
+
+def test_batch_norm_kernel_equals_reference(monkeypatch):
+    """Intrinsic batch norm in one C pass = the reference's torch steps, for random fixed
+    formats (W 2..32, F 0..W+3), every deterministic mode, inputs on and off, 2-, 3- and
+    4-d inputs, float32/float64, ties, saturation, +-inf, signed zeros, empty batches."""
+    rng = random.Random(7)
+    gen = torch.Generator().manual_seed(7)
+    for trial in range(60):
+        W = rng.choice([2, 4, 8, 12, 16, 20, 24, 31, 32])
+        Fq = rng.randint(0, W + 3)
+        mode = rng.choice(MODES)
+        inputs = rng.random() < 0.7
+        spec = qlab.Intrinsic(FixedPoint(W, Fq, mode), inputs=inputs)
+        C = rng.choice([1, 3, 16])
+        shape = rng.choice([(5, C), (4, C, 7), (3, C, 5, 6), (0, C, 2, 2)])
+        dtype = rng.choice([torch.float32, torch.float64])
+        scale = 2.0 ** (W - 1 - Fq) * rng.choice([0.05, 0.5, 3.0])
+        # without inputs x * g is formed as is: inf * 0 would be NaN, whose integer the
+        # reference leaves undefined (the kernel takes 0)
+        x = _awkward(shape, scale, Fq, gen, dtype, inf=inputs)
+        mean, var = torch.randn(C, generator=gen) * scale, torch.rand(C, generator=gen) * scale ** 2 + 0.01
+        gamma, beta = torch.randn(C, generator=gen) * rng.choice([1.0, 30.0]), torch.randn(C, generator=gen) * scale
+        ref, got, ran = _both_pointwise(monkeypatch, lambda: qlab.intrinsic_batch_norm(
+            x, mean.to(dtype), var.to(dtype), gamma.to(dtype), beta.to(dtype), 1e-5, spec))
+        assert ran == (1 if x.numel() else 0), (trial, spec)
+        assert got.dtype == ref.dtype and got.shape == ref.shape, (trial, spec)
+        assert torch.equal(got, ref) and torch.equal(torch.signbit(got), torch.signbit(ref)), \
+            (trial, spec, shape, dtype, (got != ref).sum())
+    assert not cpu.batch_norm_accepts(x.half(), [1] * C, [0] * C, spec)  # float16: the reference
+    assert not cpu.batch_norm_accepts(x, [1] * C, [0] * C, qlab.Intrinsic(FixedPoint(8, -2, "nearest")))
+    assert not cpu.batch_norm_accepts(x, [1] * C, [0] * C, qlab.Intrinsic(FixedPoint(8, 4, "stochastic")))
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_elementwise_kernel_equals_reference(monkeypatch, op):
+    """Intrinsic add/sub/mul of same-shape tensors in one C pass = the reference, for
+    random formats (W up to 32, F 0..W+3, F = 62), every mode, inputs on and off, ties,
+    saturation, +-inf, signed zeros; other shapes (broadcasting) stay with the reference."""
+    rng = random.Random({"add": 1, "sub": 2, "mul": 3}[op])
+    gen = torch.Generator().manual_seed(11)
+    for trial in range(40):
+        W = rng.choice([1, 2, 5, 8, 12, 16, 24, 32])
+        Fq = 62 if trial == 0 else rng.randint(0, W + 3)
+        spec = qlab.Intrinsic(FixedPoint(W, Fq, rng.choice(MODES)), inputs=rng.random() < 0.7)
+        shape = rng.choice([(0,), (7,), (3, 17), (2, 4, 5, 5)])
+        dtype = rng.choice([torch.float32, torch.float64])
+        scale = 2.0 ** (W - 1 - Fq) * rng.choice([0.05, 0.7, 4.0])
+        a, b = _awkward(shape, scale, Fq, gen, dtype), _awkward(shape, scale, Fq, gen, dtype)
+        ref, got, ran = _both_pointwise(monkeypatch, lambda: qlab.intrinsic_elementwise(op, a, b, spec))
+        assert ran == (1 if a.numel() else 0), (trial, spec)
+        assert got.dtype == ref.dtype and got.shape == ref.shape
+        assert torch.equal(got, ref) and torch.equal(torch.signbit(got), torch.signbit(ref)), \
+            (trial, spec, shape, dtype, (got != ref).sum())
+    full, row = torch.randn(3, 17, generator=gen) * 4, torch.randn(1, 17, generator=gen) * 4
+    ref, got, ran = _both_pointwise(monkeypatch, lambda: qlab.intrinsic_elementwise(op, full, row, "fixed(8,4)"))
+    assert ran == 0 and torch.equal(got, ref)  # broadcasting: the reference
+
+
+def test_epilogue_kernel_runs_and_equals_the_torch_epilogue(monkeypatch):
+    """The linear and conv kernels end in the C epilogue (bias, final sums, back to Q);
+    switched off they end in the reference's torch steps: the same values."""
+    gen = torch.Generator().manual_seed(4)
+    x, w, b = torch.randn(9, 40, generator=gen) * 4, torch.randn(6, 40, generator=gen), torch.randn(6, generator=gen)
+    xc, wc, bc = torch.randn(2, 4, 9, 9, generator=gen) * 4, torch.randn(40, 2, 3, 3, generator=gen), torch.randn(40)
+    for spec in ["fixed(8,4,nearest)", "intrinsic(fixed(10,5,even),acc=fixed(16,9,down),accumulate=final)",
+                 "intrinsic(fixed(12,3,zero),acc=fixed(20,11,up))", "fixed(32,30,up)",
+                 "intrinsic(fixed(8,4,nearest),acc=fixed(8,6,nearest))"]:  # A's range inside Q's: s + b clamps
+        runs = [lambda: qlab.intrinsic_linear(x, w, b, spec),
+                lambda: qlab.intrinsic_linear(x.double(), w.double(), None, spec),
+                lambda: qlab.intrinsic_conv(xc, wc, bc, padding=1, groups=2, spec=spec),
+                lambda: qlab.intrinsic_conv(xc[:1, :, :3, :3], wc, bc, groups=2, spec=spec)]  # rows are positions
+        for run in runs:
+            before = cpu.epilogue_calls
+            got = run()
+            assert cpu.epilogue_calls == before + 1, spec
+            monkeypatch.setattr(cpu, "EPILOGUE_KERNEL", False)
+            ref = run()
+            monkeypatch.setattr(cpu, "EPILOGUE_KERNEL", True)
+            assert got.dtype == ref.dtype and torch.equal(got, ref), spec

@@ -58,7 +58,7 @@ SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-trapping-math",
          "-ffp-contract=off"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 9
+ABI = 10
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -130,6 +130,11 @@ def _build() -> ctypes.CDLL:
     lib.qlab_grid_i32.restype = ctypes.c_int
     lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, ctypes.c_uint64, i32]
     lib.qlab_fixed_quantize.restype = ctypes.c_int
+    lib.qlab_fixed_epilogue.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i64, i64, i64, i64, i32, i32]
+    lib.qlab_fixed_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, i32, i32, i32, i32, i32]
+    lib.qlab_fixed_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, i32, i32, i32, i32, i32]
+    for name in ("qlab_fixed_epilogue", "qlab_fixed_bn", "qlab_fixed_binary"):
+        getattr(lib, name).restype = ctypes.c_int
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES, "stochastic"):
             for sfx in ("i32", "i64"):
@@ -370,6 +375,8 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
         A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
         B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
         q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), 0, max(1, torch.get_num_threads())))
+    if _epilogue_ok(x.dtype):  # sums [M, N] as a [M, 1, 1, N] view, the bias along N
+        return _epilogue(out, (M, 1, 1, N), (N, 0, 0, 1), bias, (0, 0, 1), spec, generator, x.dtype, (M, N))
     return fixed_epilogue(_final_sum(out, spec, generator) if final else out, bias, spec, generator, x.dtype)
 
 
@@ -417,6 +424,10 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
         kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
         DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
         _bound_of(ax, aw, q.F), max(1, torch.get_num_threads())))
+    L = HO * WO
+    if _epilogue_ok(x.dtype):  # read as [B, G, og, L] from either layout, written contiguous
+        st = (L, og * B * L, B * L, 1) if swap else (L * og, B * L * og, 1, og)
+        return _epilogue(out, (B, groups, og, L), st, bias, (og, 1, 0), spec, generator, x.dtype, (B, O, HO, WO))
     if swap:  # [G, og, B, L] -> [B, G, og, L]
         s = out.view(groups, og, B, HO * WO).permute(2, 0, 1, 3)
     else:  # [G, B, L, og] -> [B, G, og, L]
@@ -424,6 +435,98 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     s = s.reshape(B, O, HO, WO)
     return fixed_epilogue(_final_sum(s, spec, generator) if final else s, bias, spec, generator, x.dtype,
                           (1, O, 1, 1))
+
+
+# --------------------------------------------------------------------------- pointwise steps
+EPILOGUE_KERNEL = True  # False: the linear/conv epilogue, batch norm and elementwise ops by torch steps
+epilogue_calls = 0  # C calls of the three below (tests check that they ran)
+
+
+def _epilogue_ok(dtype) -> bool:
+    return EPILOGUE_KERNEL and dtype in (torch.float32, torch.float64)
+
+
+def _counted(rc: int) -> None:
+    global epilogue_calls
+    if rc != 0:
+        raise RuntimeError("qlab CPU kernel: pointwise step failed")
+    epilogue_calls += 1
+
+
+def _epilogue(s, sizes, strides, bias, bias_strides, spec, generator, dtype, shape):
+    """:func:`qlab.core.intrinsic.fixed_epilogue` (and, for ``final``, the exact sum's move
+    to A first) in one C pass over the int64 sums ``s`` read as a 4-d view (``sizes``,
+    ``strides`` in elements), the bias's grid integers indexed by the view's last three
+    dims (``bias_strides``); the values in ``dtype`` (float32/float64), shaped ``shape``."""
+    from qlab.core.intrinsic import _grid_int
+
+    q, A = spec.q, spec.A
+    y = torch.empty(shape, dtype=dtype)
+    kb = _grid_int(bias, q, generator).contiguous() if bias is not None else None
+    n = torch.tensor(sizes, dtype=torch.int64)
+    st = torch.tensor(strides, dtype=torch.int64)
+    bs = torch.tensor(bias_strides, dtype=torch.int64)
+    _counted(load().qlab_fixed_epilogue(
+        s.data_ptr(), n.data_ptr(), st.data_ptr(), kb.data_ptr() if kb is not None else None, bs.data_ptr(),
+        y.data_ptr(), KINDS[dtype], int(spec.accumulate == "final"), A.F - q.F, _GRID_MODES[q.rounding],
+        A.min_int, A.max_int, q.min_int, q.max_int, q.F, max(1, torch.get_num_threads())))
+    return y
+
+
+def _pointwise_ok(x, spec) -> bool:
+    """CPU float32/float64 values, a fixed format with a deterministic rounding, 0 <= F <= 62."""
+    if not (EPILOGUE_KERNEL and getattr(spec, "fixed", False) and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64)):
+        return False
+    q = spec.q
+    return q.rounding in _GRID_MODES and 0 <= q.F <= 62 and q.W <= 32 and load() is not None
+
+
+def batch_norm_accepts(x, g=None, r=None, spec=None, generator=None) -> bool:
+    """Whether :func:`fixed_batch_norm` computes this intrinsic batch norm."""
+    return spec is not None and x.dim() >= 2 and len(g) == x.shape[1] and _pointwise_ok(x, spec)
+
+
+def fixed_batch_norm(x, g, r, spec, generator=None):
+    """Intrinsic batch norm (eval) y = Q(Q(Q(x) g) + r) with the per-channel grid integers
+    g, r (``_bn_constants_fixed``) in one C pass; the reference's values."""
+    if not batch_norm_accepts(x, g, r, spec, generator):
+        raise ValueError(f"the CPU batch-norm kernel does not cover {spec} on {x.dtype}")
+    q = spec.q
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    N, C = xc.shape[0], xc.shape[1]
+    L = xc[0, 0].numel() if xc.numel() else 0
+    if xc.numel():
+        kg = torch.tensor(list(g), dtype=torch.int64)
+        kr = torch.tensor(list(r), dtype=torch.int64)
+        _counted(load().qlab_fixed_bn(xc.data_ptr(), y.data_ptr(), KINDS[xc.dtype], N, C, L, kg.data_ptr(),
+                                      kr.data_ptr(), q.W, q.F, _GRID_MODES[q.rounding], int(spec.inputs),
+                                      max(1, torch.get_num_threads())))
+    return y
+
+
+_BINARY_OPS = {"add": 0, "sub": 1, "mul": 2}
+
+
+def elementwise_accepts(a, b=None, op=None, spec=None, generator=None) -> bool:
+    """Whether :func:`fixed_elementwise` computes this intrinsic a op b (same shape and dtype)."""
+    return (isinstance(b, torch.Tensor) and op in _BINARY_OPS and a.shape == b.shape and a.dtype == b.dtype
+            and b.device.type == "cpu" and _pointwise_ok(a, spec))
+
+
+def fixed_elementwise(a, b, op, spec, generator=None):
+    """Intrinsic y = Q(Q(a) op Q(b)) in one C pass; the reference's values."""
+    if not elementwise_accepts(a, b, op, spec, generator):
+        raise ValueError(f"the CPU elementwise kernel does not cover {op} with {spec} here")
+    q = spec.q
+    ac, bc = a.contiguous(), b.contiguous()
+    y = torch.empty_like(ac)
+    if ac.numel():
+        _counted(load().qlab_fixed_binary(ac.data_ptr(), bc.data_ptr(), y.data_ptr(), KINDS[ac.dtype], ac.numel(),
+                                          _BINARY_OPS[op], q.W, q.F, _GRID_MODES[q.rounding], int(spec.inputs),
+                                          max(1, torch.get_num_threads())))
+    return y
 
 
 # --------------------------------------------------------------------------- float formats

@@ -605,5 +605,175 @@ int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int 
     return 0;
 }
 
+/* ------------------------------------------------------------------ pointwise steps */
+#define INLINE_EARLY static inline __attribute__((always_inline))
+/* R(n * 2**-s) for int64 n and 0 <= s <= 62 (rescale_int's rounding; mode 1 nearest: ties
+ * away, 2 even, 3 down, 4 up, else zero); s = 0 leaves n as it is */
+INLINE_EARLY int64_t rnd_int(int64_t n, int s, int mode) {
+    if (s == 0) return n;
+    const int64_t half = (int64_t)1 << (s - 1), mask = half - 1 + half;
+    switch (mode) {
+    case 1: return rnd_nearest_i64(n, s, half, mask, 0u);
+    case 2: return rnd_even_i64(n, s, half, mask, 0u);
+    case 3: return rnd_down_i64(n, s, half, mask, 0u);
+    case 4: return rnd_up_i64(n, s, half, mask, 0u);
+    default: return rnd_zero_i64(n, s, half, mask, 0u);
+    }
+}
+/* R(y) for a double (the grid's rounding of a scaled value, as qlab_grid_i32) */
+INLINE_EARLY double rnd_dbl(double y, int mode) {
+    switch (mode) {
+    case 1: return round_away(y);
+    case 2: return nearbyint(y);
+    case 3: return floor(y);
+    case 4: return ceil(y);
+    default: return trunc(y);
+    }
+}
+/* k = clamp(R(v * scale), lo, hi) as int64, NaN -> 0 (v * scale exact: a power of two) */
+INLINE_EARLY int64_t grid_of(double v, double scale, double lo, double hi, int mode) {
+    double y = v * scale;
+    y = y < lo ? lo : (y > hi ? hi : y);
+    y = rnd_dbl(y, mode);
+    return y == y ? (int64_t)y : 0;
+}
+static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static inline void put_value(void *y, int kind, int64_t t, int64_t k, double unscale) {
+    const double v = (double)k * unscale; /* exact: |k| < 2**32, a power of two */
+    if (kind == KIND_F32) ((float *)y)[t] = (float)v; /* one rounding, nearest even */
+    else ((double *)y)[t] = v;
+}
+
+#define INLINE static inline __attribute__((always_inline))
+/* Each step below is written once as an always-inlined body taking the rounding mode, and
+ * entered through BY_MODE_CALL with the mode as a constant, so gcc compiles (and
+ * vectorises) one loop per mode with no switch inside. */
+#define BY_MODE_CALL(CALL)                                                                      \
+    switch (mode) {                                                                             \
+    case 1: CALL(1); break;                                                                     \
+    case 2: CALL(2); break;                                                                     \
+    case 3: CALL(3); break;                                                                     \
+    case 4: CALL(4); break;                                                                     \
+    default: CALL(5); break;                                                                    \
+    }
+
+/* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue, deterministic
+ * modes): from sums s on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides)
+ * to values y (float32/float64, contiguous in the view's order): with final, the exact
+ * sum moved to A (s << dA, clamped); with a bias (grid integers kb, index i1*bs[0] +
+ * i2*bs[1] + i3*bs[2]), A(s + kb << dA); then Q: R(s * 2**-dA) clamped, times 2**-F.
+ * dA = A.F - q.F >= 0; F in 0..62; shifts and sums wrap as torch's int64 ops do. */
+INLINE void epilogue_body(const int64_t *s, const int64_t *n, const int64_t *st, const int64_t *kb,
+                          const int64_t *bs, void *y, int kind, int final, int dA, const int mode, int64_t Alo,
+                          int64_t Ahi, int64_t qlo, int64_t qhi, double unscale, int nt) {
+    const int64_t rows = n[0] * n[1] * n[2];
+    _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
+    for (int64_t r = 0; r < rows; r++) {
+        const int64_t i2 = r % n[2], i1 = (r / n[2]) % n[1], i0 = r / (n[2] * n[1]);
+        const int64_t *sr = s + i0 * st[0] + i1 * st[1] + i2 * st[2];
+        const int64_t *kr = kb ? kb + i1 * bs[0] + i2 * bs[1] : NULL;
+        for (int64_t i3 = 0; i3 < n[3]; i3++) {
+            int64_t v = sr[i3 * st[3]];
+            if (final) v = clamp64(shl_i64(v, dA), Alo, Ahi);
+            if (kr) v = clamp64(wrap_add(v, shl_i64(kr[i3 * bs[2]], dA)), Alo, Ahi);
+            put_value(y, kind, r * n[3] + i3, clamp64(rnd_int(v, dA, mode), qlo, qhi), unscale);
+        }
+    }
+}
+int qlab_fixed_epilogue(const int64_t *s, const int64_t *n, const int64_t *st, const int64_t *kb,
+                        const int64_t *bs, void *y, int kind, int final, int dA, int mode, int64_t Alo,
+                        int64_t Ahi, int64_t qlo, int64_t qhi, int F, int nthreads) {
+    const double unscale = ldexp(1.0, -F);
+    const int nt = nthreads > 1 && n[0] * n[1] * n[2] * n[3] >= 65536 ? nthreads : 1;
+#define EPILOGUE(M) epilogue_body(s, n, st, kb, bs, y, kind, final, dA, M, Alo, Ahi, qlo, qhi, unscale, nt)
+    BY_MODE_CALL(EPILOGUE)
+#undef EPILOGUE
+    return 0;
+}
+
+/* Intrinsic batch norm (eval) on x [N, C, L] (float32/float64, contiguous) with the
+ * per-channel constants g, r (grid integers, qlab.core.intrinsic._bn_constants_fixed):
+ * kx = Q's grid integer of x (inputs; NaN -> 0), kxg = clamp(R(kx * g * 2**-F)), or
+ * without inputs kxg = clamp(R(x * (g 2**-F) * 2**F)) from the same float64 product as
+ * the reference; y = clamp(kxg + r) * 2**-F in x's type.  0 <= F <= 62, W <= 32. */
+#define BN_BODY(T, M)                                                                           \
+    do {                                                                                        \
+        const T *xs = (const T *)x;                                                             \
+        T *ys = (T *)y;                                                                         \
+        _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
+        for (int64_t nc = 0; nc < N * C; nc++) {                                                \
+            const int64_t c = nc % C, gc = g[c], rc = rr[c];                                    \
+            const double gs = (double)gc * unscale;                                             \
+            const T *xr = xs + nc * L;                                                          \
+            T *yr = ys + nc * L;                                                                \
+            if (inputs)                                                                         \
+                for (int64_t l = 0; l < L; l++) {                                               \
+                    const int64_t kx = grid_of((double)xr[l], scale, lo, hi, M);                \
+                    const int64_t kxg = clamp64(rnd_int(kx * gc, F, M), qlo, qhi);              \
+                    yr[l] = (T)((double)clamp64(kxg + rc, qlo, qhi) * unscale);                 \
+                }                                                                               \
+            else                                                                                \
+                for (int64_t l = 0; l < L; l++) {                                               \
+                    const int64_t kxg = grid_of((double)xr[l] * gs, scale, lo, hi, M);          \
+                    yr[l] = (T)((double)clamp64(kxg + rc, qlo, qhi) * unscale);                 \
+                }                                                                               \
+        }                                                                                       \
+    } while (0)
+int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_t L, const int64_t *g,
+                  const int64_t *rr, int W, int F, int mode, int inputs, int nthreads) {
+    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
+    const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
+    const int64_t qlo = -((int64_t)1 << (W - 1)), qhi = ((int64_t)1 << (W - 1)) - 1;
+    const int nt = nthreads > 1 && N * C * L >= 65536 ? nthreads : 1;
+#define BN_F32(M) BN_BODY(float, M)
+#define BN_F64(M) BN_BODY(double, M)
+    if (kind == KIND_F32) {
+        BY_MODE_CALL(BN_F32)
+    } else {
+        BY_MODE_CALL(BN_F64)
+    }
+    return 0;
+}
+
+/* Intrinsic elementwise a op b (0 add, 1 sub, 2 mul) for same-shape contiguous
+ * float32/float64 a, b: ka, kb their grid integers (inputs: Q's, else fixed(32, F,
+ * nearest)'s; NaN -> 0), y = clamp(ka +- kb) or clamp(R(ka * kb * 2**-F)), times 2**-F. */
+#define BINARY_BODY(T, M, MI, OP)                                                               \
+    do {                                                                                        \
+        const T *as = (const T *)a, *bs_ = (const T *)b;                                        \
+        T *ys = (T *)y;                                                                         \
+        _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
+        for (int64_t t = 0; t < n; t++) {                                                       \
+            const int64_t ka = grid_of((double)as[t], scale, lo, hi, MI);                       \
+            const int64_t kb = grid_of((double)bs_[t], scale, lo, hi, MI);                      \
+            const int64_t k = (OP) == 2 ? rnd_int(ka * kb, F, M) : ((OP) == 0 ? ka + kb : ka - kb); \
+            ys[t] = (T)((double)clamp64(k, qlo, qhi) * unscale);                                \
+        }                                                                                       \
+    } while (0)
+#define BINARY_OPS(T, M, MI)                                                                    \
+    do {                                                                                        \
+        if (op == 0) BINARY_BODY(T, M, MI, 0);                                                  \
+        else if (op == 1) BINARY_BODY(T, M, MI, 1);                                             \
+        else BINARY_BODY(T, M, MI, 2);                                                          \
+    } while (0)
+int qlab_fixed_binary(const void *a, const void *b, void *y, int kind, int64_t n, int op, int W, int F,
+                      int mode, int inputs, int nthreads) {
+    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
+    const int Wi = inputs ? W : 32;
+    const double lo = -ldexp(1.0, Wi - 1), hi = ldexp(1.0, Wi - 1) - 1.0;
+    const int64_t qlo = -((int64_t)1 << (W - 1)), qhi = ((int64_t)1 << (W - 1)) - 1;
+    const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
+    /* the operands' grid: Q's rounding with inputs, else nearest (they are on it already) */
+#define BIN_F32(M) do { if (inputs) BINARY_OPS(float, M, M); else BINARY_OPS(float, M, 1); } while (0)
+#define BIN_F64(M) do { if (inputs) BINARY_OPS(double, M, M); else BINARY_OPS(double, M, 1); } while (0)
+    if (kind == KIND_F32) {
+        BY_MODE_CALL(BIN_F32)
+    } else {
+        BY_MODE_CALL(BIN_F64)
+    }
+    return 0;
+}
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 9; }
+int qlab_cpu_abi(void) { return 10; }
