@@ -12,6 +12,9 @@ replaces (alternating, best of ``--repeats``, results checked equal):
 * intrinsic batch norm, elementwise add and the linear/conv epilogue in one C pass each
   (``cpu.EPILOGUE_KERNEL``) beside the reference's torch steps: single ops on
   250x32x14x14 values and every zoo CNN all-intrinsic fixed(16,8) (random weights);
+* fp16 and bf16 with nearest even rounded by a short sequence (the CPU's half conversion;
+  a rounding at bit 16: ``cpu.FLOAT_HW``) beside the general bit arithmetic: the float
+  quantizer and zoo CNNs all-intrinsic (random weights);
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
@@ -51,7 +54,7 @@ def side_by_side_switch(switch, fn, repeats):
     return min(times[False]), min(times[True]), outs
 
 
-SECTIONS = ("conv", "accumulation", "models", "pointwise", "extrinsic")
+SECTIONS = ("conv", "accumulation", "models", "pointwise", "extrinsic", "float")
 
 
 def main(argv=None):
@@ -81,6 +84,8 @@ def main(argv=None):
         pointwise_rows(a, B, xs, plan)
     if "extrinsic" in only:
         extrinsic_rows(a, B, xs)
+    if "float" in only:
+        float_rows(a, B, xs)
     if a.lenet:
         lenet_row(plan)
 
@@ -196,6 +201,31 @@ def extrinsic_rows(a, B, xs):
         assert torch.equal(outs[False], outs[True])
         print(f"| {name}, every layer's output fixed(8,4), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"{tf * 1e3:.0f} | {t0 / t1:.1f}x |")
+
+
+def float_rows(a, B, xs):
+    print("| fp16 / bf16, nearest even | general rounding (ms) | short rounding (ms) | | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    xq = torch.randn(B, 48, 14, 14) * 100
+    for fmt in ("fp16", "bf16"):
+        q = qlab.parse(fmt)
+        t0, t1, outs = side_by_side_switch("FLOAT_HW", lambda: q(xq), a.repeats)
+        assert torch.equal(outs[False], outs[True])
+        print(f"| quantize {xq.numel()} float32 values to {fmt} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
+    for name in ["lenet5", "resnet_small"]:
+        model = zoo.build(name).eval()
+        for fmt in ("fp16", "bf16"):
+            fplan = qlab.Plan(intrinsic={"*": fmt})
+
+            def run():
+                with torch.no_grad(), qlab.quantize(model, fplan):
+                    return model(xs)
+
+            t0, t1, outs = side_by_side_switch("FLOAT_HW", run, 1)
+            assert torch.equal(outs[False], outs[True])
+            print(f"| {name}, every layer intrinsic {fmt}, {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+                  f"| {t0 / t1:.1f}x |")
+    print()
 
 
 def lenet_row(plan):

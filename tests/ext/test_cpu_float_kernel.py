@@ -363,3 +363,61 @@ def test_float32_sum_then_rounding_only_where_it_is_exact(monkeypatch):
         assert ran == 1 and same(ref, got), n
         wrong = Float(5, 2, "even").quantize(s[:rows] + p[:rows]) != ref[:, -1]  # what sum32 would give
         assert int(wrong.sum()) > 0  # such pairs are in the sample: the test can tell
+
+
+@pytest.mark.parametrize("E,M", [(5, 10), (8, 7)])
+def test_short_fp16_bf16_roundings_equal_the_general_one(monkeypatch, E, M):
+    """fp16 (the CPU's half conversion) and bf16 (a rounding at bit 16) with nearest even
+    take a short rounding (``FLOAT_HW``) in the quantizer and the matmul's vector tiles: the
+    same bits as the general rounding for every float32 high half (2**16 of them) with low
+    halves at and around each format's rounding points, for saturating formats and for
+    inf=True (the whole float32 range was compared once, 2026-11-30: no difference)."""
+    highs = torch.arange(0, 1 << 16, dtype=torch.int64) << 16
+    lows = torch.tensor([0, 1, 0x0FFF, 0x1000, 0x1001, 0x1FFF, 0x2000, 0x2001, 0x3FFF, 0x6000, 0x7FFF, 0x8000,
+                         0x8001, 0xBFFF, 0xC000, 0xE000, 0xFFFF], dtype=torch.int64)
+    b = (highs[:, None] | lows[None, :]).reshape(-1)
+    x = (b - (1 << 32) * (b >= (1 << 31))).to(torch.int32).view(torch.float32)
+    for inf in (False, True):
+        q = qlab.Float(E, M, "even", inf=inf)
+        monkeypatch.setattr(cpu, "FLOAT_HW", True)
+        short = cpu.float_quantize(x, q)
+        monkeypatch.setattr(cpu, "FLOAT_HW", False)
+        general = cpu.float_quantize(x, q)
+        assert torch.equal(short.view(torch.int32), general.view(torch.int32)), q
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+        ref = q.quantize(x[::7])
+        monkeypatch.delenv("QLAB_BACKEND")
+        assert same(ref, short[::7]), q
+    # formats that share fp16's or bf16's M but not their range take the general rounding:
+    # fp16's layout without inf (FN: max 131008), other exponent widths
+    monkeypatch.setattr(cpu, "FLOAT_HW", True)
+    for q in [qlab.Float(5, 10, "even", fn=True), qlab.Float(4, 10, "even"), qlab.Float(6, M, "even"),
+              qlab.Float(E - 1, M, "even")]:
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+        ref = q.quantize(x[::3])
+        monkeypatch.delenv("QLAB_BACKEND")
+        assert same(ref, cpu.float_quantize(x[::3], q)), q
+    # the matmul: vector tiles with the short rounding for Q and A, against the general one
+    g = torch.Generator().manual_seed(E)
+    xm, wm, bm = torch.randn(9, 70, generator=g) * 30, torch.randn(64, 70, generator=g) * 30, torch.randn(64, generator=g)
+    xm[0, :5] = torch.tensor([math.inf, -math.inf, math.nan, 1e-30, -0.0])
+    spec = f"float({E},{M},even)"
+    outs = []
+    for hw in (True, False):
+        monkeypatch.setattr(cpu, "FLOAT_HW", hw)
+        outs.append(intrinsic_linear(xm, wm, bm, spec))
+    assert same(outs[0], outs[1])
+
+
+def test_ragged_outputs_vectorise_over_rows(monkeypatch):
+    """48 outputs (a ragged column block) and many rows: the kernel vectorises over x's
+    rows instead (cpu._swap); the reference's values for each mode, both accumulations."""
+    g = torch.Generator().manual_seed(12)
+    x, w, b = torch.randn(130, 20, generator=g) * 4, torch.randn(48, 20, generator=g), torch.randn(48, generator=g)
+    assert cpu._swap(130, 48) and not cpu._swap(48, 130)
+    for q in (FP16, BF16, E4M3):
+        for mode in MODES:
+            for acc in ("sequential", "final"):
+                spec = fspec(q, q, mode, acc)
+                ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec)
+                assert ran == (plan(spec, 20) is not None) and same(ref, got), str(spec)  # bf16 final: declined

@@ -106,7 +106,8 @@ def test_wide_and_integer_formats(monkeypatch):
 
 
 @pytest.mark.parametrize("M,K,N", [(1, 1, 1), (1, 50, 1), (1, 7, 40), (40, 7, 1), (3, 1, 70), (70, 1, 3),
-                                   (0, 5, 4), (4, 5, 0), (4, 0, 5), (33, 9, 31), (31, 9, 33), (65, 3, 17)])
+                                   (0, 5, 4), (4, 5, 0), (4, 0, 5), (33, 9, 31), (31, 9, 33), (65, 3, 17),
+                                   (130, 9, 48), (100, 5, 40)])  # ragged outputs: x's rows vectorised
 def test_ragged_shapes(monkeypatch, M, K, N):
     for acc in ("sequential", "final"):
         for spec in (_spec(8, 4, mode="even", acc=acc), _spec(20, 9, 30, 12, "up", acc)):

@@ -257,6 +257,14 @@ def fixed_quantize(x, q, generator=None):
     return y
 
 
+def _swap(M: int, N: int) -> bool:
+    """Whether x's M rows should be the vectorised columns of an [M, N] result instead of
+    its N outputs: where that leaves fewer outputs in ragged column blocks (the kernels'
+    scalar tail), e.g. 12250 conv positions x 48 channels: 16 of every 48 outputs ragged
+    one way, 26 of 12250 the other."""
+    return (M % JB32) * N < (N % JB32) * M
+
+
 def _product_bound(a: torch.Tensor, b: torch.Tensor, s: int) -> int:
     """pm = (max|a| * max|b| >> s) + 1, a bound on every rounded product of grid integers
     (any rounding mode); -1 where an operand is empty.  The kernel skips the clamps that
@@ -297,9 +305,9 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     N = w.shape[1]
     final = spec.accumulate == "final"
     out = torch.empty(M, N, dtype=dt if not final else (torch.float64 if dt != torch.int64 else torch.int64))
-    if swap := (N < JB32 and M > N):
-        # narrow outputs (conv layers with few channels): vectorise over the M rows of x
-        # (the products commute), each tile all N outputs of JB32 rows of x
+    if swap := _swap(M, N):
+        # narrow or ragged outputs (conv layers with few channels): vectorise over the M rows
+        # of x (the products commute), each tile all N outputs of JB32 rows of x
         A_, B_ = w, (xT if xT.stride(1) == 1 else xT.contiguous())
         R, C, G, so_r, so_c = N, M, N, 1, N
     else:
@@ -367,7 +375,9 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     kx, ax = grid_ints(x, q)  # [M, K]
     kwt, aw = grid_ints(w.t(), q)  # [N, K]: the weight as stored, no copy for a linear layer's w
     out = torch.empty(M, N, dtype=torch.int64)
-    if N < JB32 and M > N:  # few outputs: rows are w's columns, the long loop runs over x's rows
+    # few outputs: rows are w's columns, the long loop runs over x's rows (not for ragged
+    # blocks alone as _swap: x's transposed copy costs more than the ragged tail here)
+    if N < JB32 and M > N:
         A_, B_, R, C, G, so_r, so_c = kwt, kx.t().contiguous(), N, M, N, 1, N
     else:
         A_, B_, R, C, G, so_r, so_c = kx, kwt.t().contiguous(), M, N, 4, N, 1
@@ -532,7 +542,8 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 9
+FLOAT_ABI = 10
+FLOAT_HW = True  # False: fp16/bf16 nearest-even rounded by the general bit arithmetic (float_matmul.c)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -551,9 +562,9 @@ def load_float():
                     i64, i32, ptr, f32 = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p, ctypes.c_float
                     lib.qlab_float_matmul.argtypes = [ptr, i64, i64, ptr, i64, ptr, i64, i64, ptr, i64, i64, i64, i64, i64,
                                                       ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, ctypes.c_uint64, i32,
-                                                      i32, i32, i32]
+                                                      i32, i32, i32, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
-                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32]
+                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
@@ -595,7 +606,7 @@ def float_quantize(x, q, generator=None):
         emin, _, maxv = _float_params(q.E, q.M, q.fn)
         qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
         load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
-                                      max(1, torch.get_num_threads()))
+                                      max(1, torch.get_num_threads()), int(FLOAT_HW))
     global round_calls
     round_calls += 1
     return y
@@ -652,9 +663,9 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
         xin, wq, bq = operands(x, w, bias, spec, generator)
         qi, qv = _fmt_arrays(fp.q)
         ai, av = _fmt_arrays(fp.a)
-        if N < 32 and M > N:
-            # few outputs (conv layers with few channels): vectorise over x's M rows instead;
-            # the products commute and k runs in the same order
+        if _swap(M, N):
+            # few or ragged outputs (conv layers with few channels): vectorise over x's M rows
+            # instead; the products commute and k runs in the same order
             rows, cols = wq, xin.t().contiguous()  # rows (n, k) = w[k, n]; cols (k, m)
             R, C, sr, sk, sb, sy = N, M, (wq.stride(1), wq.stride(0)), cols.stride(0), (1, 0), (1, N)
         else:
@@ -665,7 +676,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32))
+            int(fp.a32), int(fp.q32), int(fp.sum32), int(FLOAT_HW))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1

@@ -239,6 +239,54 @@ static inline vf vtwo_sum_odd(vf a, vf b) {
     return (vf)sel(fix, sb + step, sb);
 }
 
+/* vround for the two formats whose nearest-even rounding a short sequence computes
+ * (FLOAT_HW in qlab/ext/cpu/__init__.py; fmt_hw picks them):
+ *   1  fp16 layout (E 5, M 10, IEEE max 65504): the CPU's conversion to half and back
+ *      (F16C, round to nearest even, subnormals exact);
+ *   2  bf16 layout (E 8, M 7): the float32 bits rounded at bit 16 to nearest even
+ *      (bits + 0x7FFF + bit 16, low half cleared: subnormals and overflow to inf alike);
+ * then, as vround: magnitudes past max (inf included) become sat with their sign, NaN
+ * keeps its bits, a zero keeps its sign (nearest even's rule).  Equal to vround for every
+ * float32 input (tests/ext/test_float_kernel.py runs both over bit patterns). */
+typedef uint32_t vu __attribute__((vector_size(32)));
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+static inline vf vround_hw(vf x, const vfmt_t *f, const int hw) {
+    (void)hw; /* 2 unless the CPU converts halves (F16C) */
+    const vi bits = (vi)x;
+    vi r;
+#if defined(__F16C__)
+    if (hw == 1) {
+        r = (vi)_mm256_cvtph_ps(_mm256_cvtps_ph((__m256)x, _MM_FROUND_TO_NEAREST_INT));
+    } else
+#endif
+    {
+        const vu u = (vu)bits;
+        r = (vi)((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
+    }
+    const vi big = (vf)(r & 0x7FFFFFFF) > f->maxv; /* NaN: false */
+    r = sel(big, (vi)f->sat | (bits & (int32_t)0x80000000), r);
+    return (vf)sel((bits & 0x7FFFFFFF) > 0x7F800000, bits, r);
+}
+
+/* vround of format f, by hw (0: the general bit arithmetic) */
+static inline __attribute__((always_inline)) vf vround_by(vf x, const vfmt_t *f, const int hw) {
+    return hw ? vround_hw(x, f, hw) : vround(x, f);
+}
+
+/* which short rounding (vround_hw) computes f's vround: 0 none */
+static int fmt_hw(const fmt_t f, int allow) {
+    const int even = f.c_gt == -1 && f.c_tie == 0 && f.c_odd == -1 && f.c_neg == 0 && f.c_pos == 0 &&
+                     f.keep_all == -1 && f.c_sto == 0;
+    if (!allow || !even) return 0;
+#if defined(__F16C__)
+    if (f.emin == -14 && f.M == 10 && f.maxv == 65504.0f) return 1;
+#endif
+    if (f.emin == -126 && f.M == 7 && as_i(f.maxv) == 0x7F7F0000) return 2;
+    return 0;
+}
+
 /* x * w for 8 columns in float32; with check, lanes whose float32 product may be inexact
  * (a nonzero product that underflowed below 2**-126 or overflowed) are redone in float64
  * and rounded to odd.  Both operands have <= 12 significant bits, so every other lane is exact. */
@@ -260,8 +308,9 @@ static inline vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
 }
 
 /* A full tile (JB = 4 vectors of 8 columns), sequential, float32 products */
-static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
-                        const fmt_t af, int check, const int a32, const int sum32, float *acc) {
+static inline __attribute__((always_inline)) void row_seq_body(const float *x, int64_t sx_k, const float *w,
+        int64_t sw_k, int64_t K, const fmt_t qf, const fmt_t af, int check, const int a32, const int sum32, float *acc,
+        const int hq, const int ha) {
     const vfmt_t q = vfmt(qf), A = vfmt(af);
     vf s0 = {0}, s1 = {0}, s2 = {0}, s3 = {0};
     for (int64_t k = 0; k < K; k++) {
@@ -270,19 +319,37 @@ static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
         const float *wr = w + k * sw_k;
         vf w0, w1, w2, w3;
         memcpy(&w0, wr, 32); memcpy(&w1, wr + 8, 32); memcpy(&w2, wr + 16, 32); memcpy(&w3, wr + 24, 32);
-        const vf p0 = vround(vproduct(xv, w0, xs, wr, check), &q), p1 = vround(vproduct(xv, w1, xs, wr + 8, check), &q);
-        const vf p2 = vround(vproduct(xv, w2, xs, wr + 16, check), &q), p3 = vround(vproduct(xv, w3, xs, wr + 24, check), &q);
+        const vf p0 = vround_by(vproduct(xv, w0, xs, wr, check), &q, hq), p1 = vround_by(vproduct(xv, w1, xs, wr + 8, check), &q, hq);
+        const vf p2 = vround_by(vproduct(xv, w2, xs, wr + 16, check), &q, hq), p3 = vround_by(vproduct(xv, w3, xs, wr + 24, check), &q, hq);
         if (a32) {
             s0 = vclamp32(s0 + p0, &A); s1 = vclamp32(s1 + p1, &A);
             s2 = vclamp32(s2 + p2, &A); s3 = vclamp32(s3 + p3, &A);
         } else if (sum32) {
-            s0 = vround(s0 + p0, &A); s1 = vround(s1 + p1, &A); s2 = vround(s2 + p2, &A); s3 = vround(s3 + p3, &A);
+            s0 = vround_by(s0 + p0, &A, ha); s1 = vround_by(s1 + p1, &A, ha); s2 = vround_by(s2 + p2, &A, ha); s3 = vround_by(s3 + p3, &A, ha);
         } else {
-            s0 = vround(vtwo_sum_odd(s0, p0), &A); s1 = vround(vtwo_sum_odd(s1, p1), &A);
-            s2 = vround(vtwo_sum_odd(s2, p2), &A); s3 = vround(vtwo_sum_odd(s3, p3), &A);
+            s0 = vround_by(vtwo_sum_odd(s0, p0), &A, ha); s1 = vround_by(vtwo_sum_odd(s1, p1), &A, ha);
+            s2 = vround_by(vtwo_sum_odd(s2, p2), &A, ha); s3 = vround_by(vtwo_sum_odd(s3, p3), &A, ha);
         }
     }
     memcpy(acc, &s0, 32); memcpy(acc + 8, &s1, 32); memcpy(acc + 16, &s2, 32); memcpy(acc + 24, &s3, 32);
+}
+
+/* row_seq_body compiled for each pair of roundings (general or short, for Q and for A) */
+static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
+                        const fmt_t af, int check, const int a32, const int sum32, float *acc, int hq, int ha) {
+#define ROW_SEQ(HQ, HA) row_seq_body(x, sx_k, w, sw_k, K, qf, af, check, a32, sum32, acc, HQ, HA)
+    switch (hq * 3 + ha) {
+    case 0: ROW_SEQ(0, 0); break;
+    case 1: ROW_SEQ(0, 1); break;
+    case 2: ROW_SEQ(0, 2); break;
+    case 3: ROW_SEQ(1, 0); break;
+    case 4: ROW_SEQ(1, 1); break;
+    case 5: ROW_SEQ(1, 2); break;
+    case 6: ROW_SEQ(2, 0); break;
+    case 7: ROW_SEQ(2, 1); break;
+    default: ROW_SEQ(2, 2); break;
+    }
+#undef ROW_SEQ
 }
 
 /* A full tile, final: the products summed in float64, exact while every partial sum is a
@@ -373,7 +440,7 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
                       int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                       int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
-                      int nthreads, int a32, int q32, int sum32) {
+                      int nthreads, int a32, int q32, int sum32, int allow_hw) {
     /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
@@ -383,6 +450,7 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
     const int64_t nblk = (C + JB - 1) / JB;
     const int64_t ntiles = R * nblk;
     const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 16384;
+    const int hq = fmt_hw(qf, allow_hw), ha = a32 ? 0 : fmt_hw(af, allow_hw);
     _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")
     for (int64_t t = 0; t < ntiles; t++) {
         const int64_t r = t / nblk;
@@ -395,7 +463,7 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
         const uint32_t key = sto ? row_key(seed, r) : 0;
         const int vec = p64 != 1 && jn == JB && !sto;
         const int vec_fin = vec && !seq && dsum_ok;
-        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, sum32, acc);
+        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, hq, ha);
         else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, a32, acc);
         else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32,
                               sum32, to_steps, acc, isum, nonfin);
@@ -427,10 +495,12 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
 }
 
 /* y = Q(x) elementwise for n float32 values (the "float" quantizer on CPU tensors). */
-int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, const float *qv, int nthreads) {
+int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, const float *qv, int nthreads,
+                     int allow_hw) {
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const int64_t nv = n / 8;
     const int par = nthreads > 1 && n >= 65536;
+    const int hw = fmt_hw(qf, allow_hw);
     _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")
     {
         const vfmt_t q = vfmt(qf);
@@ -438,7 +508,7 @@ int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, con
         for (int64_t i = 0; i < nv; i++) {
             vf v;
             memcpy(&v, x + 8 * i, 32);
-            v = vround(v, &q);
+            v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : vround(v, &q));
             memcpy(y + 8 * i, &v, 32);
         }
     }
@@ -447,4 +517,4 @@ int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, con
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 9; }
+int qlab_float_abi(void) { return 10; }
