@@ -451,10 +451,13 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
     const int64_t ntiles = R * nblk;
     const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 16384;
     const int hq = fmt_hw(qf, allow_hw), ha = a32 ? 0 : fmt_hw(af, allow_hw);
+    const int colmajor = C > R;
     _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")
     for (int64_t t = 0; t < ntiles; t++) {
-        const int64_t r = t / nblk;
-        const int64_t j0 = (t - r * nblk) * JB;
+        /* tiles in the order that streams the larger operand once: a column block kept in
+         * cache for every row where the columns outnumber the rows, else each row for every block */
+        const int64_t r = colmajor ? t % R : t / nblk;
+        const int64_t j0 = (colmajor ? t / R : t - r * nblk) * JB;
         const int64_t jn = C - j0 < JB ? C - j0 : JB;
         float acc[JB], nonfin[JB];
         int64_t isum[JB];
