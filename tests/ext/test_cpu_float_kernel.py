@@ -179,7 +179,8 @@ def test_elementwise_float_quantizer_matches_reference(monkeypatch):
             ref = q.quantize(x)
             monkeypatch.delenv("QLAB_BACKEND")
             assert same(ref, got), str(q)
-    assert backends.lookup("float", x.double(), qlab.Float(5, 2)) is None  # float64: the reference
+    assert backends.lookup("float", x.double(), qlab.Float(8, 23)) is None  # float64 with M > 21: the reference
+    assert backends.lookup("float", x.half(), qlab.Float(5, 2)) is None  # float16 tensors: the reference
     assert backends.lookup("float", x, qlab.Float(5, 2, "stochastic")) is None
     assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
 
@@ -421,3 +422,36 @@ def test_ragged_outputs_vectorise_over_rows(monkeypatch):
                 spec = fspec(q, q, mode, acc)
                 ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec)
                 assert ran == (plan(spec, 20) is not None) and same(ref, got), str(spec)  # bf16 final: declined
+
+
+def test_float64_quantizer_matches_reference(monkeypatch):
+    """float64 values (the float formats' batch norm and elementwise steps work in float64):
+    rounded to odd in float32, then rounded to the format -- the reference's bits for
+    random float64 patterns across float32's range and past it, values one float64 step
+    either side of each format's ties, float64 subnormals, NaN, inf, signed zeros; every
+    deterministic mode; formats with M <= 21 (others: the reference)."""
+    g = torch.Generator().manual_seed(8)
+    e = torch.randint(-160, 140, (4000,), generator=g).double()
+    m = torch.rand(4000, generator=g, dtype=torch.float64) + 1.0
+    x = m * torch.pow(2.0, e) * torch.where(torch.rand(4000, generator=g) < 0.5, -1.0, 1.0).double()
+    specials = torch.tensor([0., -0., math.nan, math.inf, -math.inf, 5e-324, -5e-324, 1e-310, 3.4028235e38,
+                             3.4028236e38, 1e39, -1e300, 448., 464., 65504., 65520., 65519.99999], dtype=torch.float64)
+    for E, M, fn, inf in [(5, 10, False, False), (8, 7, False, True), (4, 3, True, False), (5, 2, False, False),
+                          (8, 21, False, False), (3, 1, False, True), (6, 12, True, False)]:
+        q0 = qlab.Float(E, M, "even", fn=fn, inf=inf)
+        tie_bits = x.float().view(torch.int32) & ~((1 << (23 - M)) - 1) | (1 << (22 - M))  # float32 ties of Q
+        ties = tie_bits.view(torch.float32).double()
+        near = torch.cat([ties, torch.nextafter(ties, ties * 2), torch.nextafter(ties, ties * 0)])
+        xs = torch.cat([x, specials, near])
+        for mode in MODES:
+            q = qlab.Float(E, M, mode, fn=fn, inf=inf)
+            before = cpu.round_calls
+            got = q.quantize(xs)
+            assert cpu.round_calls == before + 1, q
+            monkeypatch.setenv("QLAB_BACKEND", "torch")
+            ref = q.quantize(xs)
+            monkeypatch.delenv("QLAB_BACKEND")
+            assert same(ref, got), str(q)
+        assert q0.M <= 21
+    assert not cpu.float_accepts(x, qlab.Float(8, 23, "even"))  # M > 21: the reference
+    assert not cpu.float_accepts(x, qlab.Float(5, 10, "stochastic"))  # stochastic: the reference

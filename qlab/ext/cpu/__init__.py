@@ -542,7 +542,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 10
+FLOAT_ABI = 11
 FLOAT_HW = True  # False: fp16/bf16 nearest-even rounded by the general bit arithmetic (float_matmul.c)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
@@ -566,6 +566,8 @@ def load_float():
                     lib.qlab_float_matmul.restype = ctypes.c_int
                     lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
+                    lib.qlab_float_round64.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32]
+                    lib.qlab_float_round64.restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
                     _flib = False
@@ -589,24 +591,33 @@ def _fmt_arrays(fmt):
 
 
 def float_accepts(x, q, generator=None) -> bool:
-    """The elementwise float(E, M) quantizer: float32 CPU tensors, deterministic modes."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and q.rounding in MODES
-            and not (q.fn and q.E == 8) and load_float() is not None)
+    """The elementwise float(E, M) quantizer: float32 CPU tensors, and float64 ones for
+    formats with M <= 21 inside float32's exponent range (E <= 8); deterministic modes."""
+    if not (x.device.type == "cpu" and q.rounding in MODES and not (q.fn and q.E == 8)):
+        return False
+    if x.dtype == torch.float64:
+        if not (q.M <= 21 and q.E <= 8):
+            return False
+    elif x.dtype != torch.float32:
+        return False
+    return load_float() is not None
 
 
 def float_quantize(x, q, generator=None):
-    """Q(x) for a float32 CPU tensor with the compiled rounding (same bits as the reference)."""
+    """Q(x) for a float32 (or float64, see float_accepts) CPU tensor with the compiled rounding (same bits as the reference)."""
     from qlab.core.formats import _float_params
 
     if not float_accepts(x, q, generator):
-        raise ValueError(f"the CPU float kernel covers float32 CPU tensors and deterministic modes, not {q} on {x.dtype}")
+        raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21 and E <= 8, float64) CPU tensors "
+                         f"and deterministic modes, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
         emin, _, maxv = _float_params(q.E, q.M, q.fn)
         qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
-        load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
-                                      max(1, torch.get_num_threads()), int(FLOAT_HW))
+        fn = load_float().qlab_float_round64 if xc.dtype == torch.float64 else load_float().qlab_float_round
+        fn(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(), max(1, torch.get_num_threads()),
+           int(FLOAT_HW))
     global round_calls
     round_calls += 1
     return y
