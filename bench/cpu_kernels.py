@@ -201,6 +201,7 @@ def extrinsic_rows(a, B, xs):
         assert torch.equal(outs[False], outs[True])
         print(f"| {name}, every layer's output fixed(8,4), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"{tf * 1e3:.0f} | {t0 / t1:.1f}x |")
+    print()
 
 
 def float_rows(a, B, xs):
