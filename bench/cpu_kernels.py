@@ -134,18 +134,23 @@ def accumulation_rows(a):
 def model_rows(a, B, xs, plan):
     print("| model | unfold + accumulation (ms) | conv kernel (ms) | | speed-up |")
     print("|---|---:|---:|---:|---:|")
-    for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
+    zoo_rows("CONV_KERNEL", "every conv and fc", a, B, xs, plan)
+    print()
+
+
+def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "resnet_small", "inception_small")):
+    """One row per zoo CNN (random weights) under ``plan``: ``cpu.<switch>`` off, on."""
+    for name in names:
         model = zoo.build(name).eval()
 
         def run():
             with torch.no_grad(), qlab.quantize(model, plan):
                 return model(xs)
 
-        t0, t1, outs = side_by_side_switch("CONV_KERNEL", run, max(1, a.repeats // 2))
+        t0, t1, outs = side_by_side_switch(switch, run, max(1, a.repeats // 2))
         assert torch.equal(outs[False], outs[True])
-        print(f"| {name}, every conv and fc intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+        print(f"| {name}, {what} {plan.intrinsic['*']}, {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
-    print()
 
 
 def pointwise_rows(a, B, xs, plan):
@@ -164,17 +169,7 @@ def pointwise_rows(a, B, xs, plan):
         t0, t1, outs = side_by_side_switch("EPILOGUE_KERNEL", fn, a.repeats)
         assert torch.equal(outs[False], outs[True])
         print(f"| {label} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
-    for name in ["lenet5", "alexnet_small", "resnet_small", "inception_small"]:
-        model = zoo.build(name).eval()
-
-        def run():
-            with torch.no_grad(), qlab.quantize(model, plan):
-                return model(xs)
-
-        t0, t1, outs = side_by_side_switch("EPILOGUE_KERNEL", run, max(1, a.repeats // 2))
-        assert torch.equal(outs[False], outs[True])
-        print(f"| {name}, every layer intrinsic fixed(16,8), {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
-              f"| {t0 / t1:.1f}x |")
+    zoo_rows("EPILOGUE_KERNEL", "every layer", a, B, xs, plan)
     print()
 
 
@@ -213,19 +208,8 @@ def float_rows(a, B, xs):
         t0, t1, outs = side_by_side_switch("FLOAT_HW", lambda: q(xq), a.repeats)
         assert torch.equal(outs[False], outs[True])
         print(f"| quantize {xq.numel()} float32 values to {fmt} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
-    for name in ["lenet5", "resnet_small"]:
-        model = zoo.build(name).eval()
-        for fmt in ("fp16", "bf16"):
-            fplan = qlab.Plan(intrinsic={"*": fmt})
-
-            def run():
-                with torch.no_grad(), qlab.quantize(model, fplan):
-                    return model(xs)
-
-            t0, t1, outs = side_by_side_switch("FLOAT_HW", run, 1)
-            assert torch.equal(outs[False], outs[True])
-            print(f"| {name}, every layer intrinsic {fmt}, {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
-                  f"| {t0 / t1:.1f}x |")
+    for fmt in ("fp16", "bf16"):
+        zoo_rows("FLOAT_HW", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}), ("lenet5", "resnet_small"))
     print()
 
 

@@ -49,6 +49,17 @@ def both(monkeypatch, fn, *args, **kw):
     return ref, got, cpu.float_calls - before
 
 
+def quantizer_matches_reference(monkeypatch, q, x):
+    """q's quantizer on x runs the CPU kernel once and gives the reference's values."""
+    before = cpu.round_calls
+    got = q.quantize(x)
+    assert cpu.round_calls == before + 1, q
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    ref = q.quantize(x)
+    monkeypatch.delenv("QLAB_BACKEND")
+    assert same(ref, got), str(q)
+
+
 CASES = [  # Q, A, input scale: float32 products, checked products (bf16), saturation, overflow to inf
     (FP16, FP16, 8.0), (E4M3, E4M3, 6.0), (E5M2, FP16, 3.0), (E4M3, (5, 7, False, False), 20.0),
     (BF16, BF16, 1e3), ((3, 1, False, True), (3, 2, False, True), 2.0), ((6, 5, False, False), (8, 12, False, False), 1e4),
@@ -171,14 +182,7 @@ def test_elementwise_float_quantizer_matches_reference(monkeypatch):
         ties = ((bits & ~((1 << (tie + 1)) - 1)) | (1 << tie)).view(torch.float32)
         x = torch.cat([bits.view(torch.float32), specials, ties])
         for mode in MODES:
-            q = qlab.Float(E, M, mode, fn=fn, inf=inf)
-            before = cpu.round_calls
-            got = q.quantize(x)
-            assert cpu.round_calls == before + 1, q
-            monkeypatch.setenv("QLAB_BACKEND", "torch")
-            ref = q.quantize(x)
-            monkeypatch.delenv("QLAB_BACKEND")
-            assert same(ref, got), str(q)
+            quantizer_matches_reference(monkeypatch, qlab.Float(E, M, mode, fn=fn, inf=inf), x)
     assert backends.lookup("float", x.double(), qlab.Float(8, 23)) is None  # float64 with M > 21: the reference
     assert backends.lookup("float", x.half(), qlab.Float(5, 2)) is None  # float16 tensors: the reference
     assert backends.lookup("float", x, qlab.Float(5, 2, "stochastic")) is None
@@ -438,20 +442,11 @@ def test_float64_quantizer_matches_reference(monkeypatch):
                              3.4028236e38, 1e39, -1e300, 448., 464., 65504., 65520., 65519.99999], dtype=torch.float64)
     for E, M, fn, inf in [(5, 10, False, False), (8, 7, False, True), (4, 3, True, False), (5, 2, False, False),
                           (8, 21, False, False), (3, 1, False, True), (6, 12, True, False)]:
-        q0 = qlab.Float(E, M, "even", fn=fn, inf=inf)
         tie_bits = x.float().view(torch.int32) & ~((1 << (23 - M)) - 1) | (1 << (22 - M))  # float32 ties of Q
         ties = tie_bits.view(torch.float32).double()
         near = torch.cat([ties, torch.nextafter(ties, ties * 2), torch.nextafter(ties, ties * 0)])
         xs = torch.cat([x, specials, near])
         for mode in MODES:
-            q = qlab.Float(E, M, mode, fn=fn, inf=inf)
-            before = cpu.round_calls
-            got = q.quantize(xs)
-            assert cpu.round_calls == before + 1, q
-            monkeypatch.setenv("QLAB_BACKEND", "torch")
-            ref = q.quantize(xs)
-            monkeypatch.delenv("QLAB_BACKEND")
-            assert same(ref, got), str(q)
-        assert q0.M <= 21
+            quantizer_matches_reference(monkeypatch, qlab.Float(E, M, mode, fn=fn, inf=inf), xs)
     assert not cpu.float_accepts(x, qlab.Float(8, 23, "even"))  # M > 21: the reference
     assert not cpu.float_accepts(x, qlab.Float(5, 10, "stochastic"))  # stochastic: the reference

@@ -564,10 +564,8 @@ def load_float():
                                                       ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, ctypes.c_uint64, i32,
                                                       i32, i32, i32, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
-                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32]
+                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
-                    lib.qlab_float_round64.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32]
-                    lib.qlab_float_round64.restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
                     _flib = False
@@ -615,9 +613,8 @@ def float_quantize(x, q, generator=None):
     if xc.numel():
         emin, _, maxv = _float_params(q.E, q.M, q.fn)
         qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
-        fn = load_float().qlab_float_round64 if xc.dtype == torch.float64 else load_float().qlab_float_round
-        fn(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(), max(1, torch.get_num_threads()),
-           int(FLOAT_HW))
+        load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
+                                      max(1, torch.get_num_threads()), int(FLOAT_HW), int(xc.dtype == torch.float64))
     global round_calls
     round_calls += 1
     return y

@@ -497,34 +497,20 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
     return 0;
 }
 
-/* y = Q(x) elementwise for n float32 values (the "float" quantizer on CPU tensors). */
-int qlab_float_round(const float *x, float *y, int64_t n, const int32_t *qi, const float *qv, int nthreads,
-                     int allow_hw) {
-    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
-    const int64_t nv = n / 8;
-    const int par = nthreads > 1 && n >= 65536;
-    const int hw = fmt_hw(qf, allow_hw);
-    _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")
-    {
-        const vfmt_t q = vfmt(qf);
-        _Pragma("omp for schedule(static)")
-        for (int64_t i = 0; i < nv; i++) {
-            vf v;
-            memcpy(&v, x + 8 * i, 32);
-            v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : vround(v, &q));
-            memcpy(y + 8 * i, &v, 32);
-        }
-    }
-    for (int64_t i = 8 * nv; i < n; i++) y[i] = round_fmt(x[i], FMT_ARGS(qf));
-    return 0;
+/* y = Q(x) elementwise for n values (the "float" quantizer on CPU tensors): float32, or
+ * with f64 float64 in and out, exact: each x rounded to odd in float32 first
+ * (f64_to_f32_odd: magnitudes past float32's range become +-FLT_MAX or inf, both past
+ * Q's), which keeps what Q's rounding needs where Q has M <= 21 and float32's exponent
+ * range (the caller's limits: at least two more bits than Q everywhere). */
+static inline float load_f(const void *x, int f64, int64_t i) {
+    return f64 ? f64_to_f32_odd(((const double *)x)[i]) : ((const float *)x)[i];
 }
-
-/* y = Q(x) elementwise for n float64 values, results exact in float64: each x rounded to odd
- * in float32 first (f64_to_f32_odd: magnitudes past float32's range become +-FLT_MAX or inf,
- * both past Q's), which keeps what Q's rounding needs where Q has M <= 21 and float32's
- * exponent range (the caller's limits: at least two more bits than Q everywhere). */
-int qlab_float_round64(const double *x, double *y, int64_t n, const int32_t *qi, const float *qv, int nthreads,
-                       int allow_hw) {
+static inline void store_f(void *y, int f64, int64_t i, float v) {
+    if (f64) ((double *)y)[i] = (double)v;
+    else ((float *)y)[i] = v;
+}
+int qlab_float_round(const void *x, void *y, int64_t n, const int32_t *qi, const float *qv, int nthreads,
+                     int allow_hw, int f64) {
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const int64_t nv = n / 8;
     const int par = nthreads > 1 && n >= 65536;
@@ -535,12 +521,12 @@ int qlab_float_round64(const double *x, double *y, int64_t n, const int32_t *qi,
         _Pragma("omp for schedule(static)")
         for (int64_t i = 0; i < nv; i++) {
             vf v;
-            for (int l = 0; l < 8; l++) v[l] = f64_to_f32_odd(x[8 * i + l]);
+            for (int l = 0; l < 8; l++) v[l] = load_f(x, f64, 8 * i + l);
             v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : vround(v, &q));
-            for (int l = 0; l < 8; l++) y[8 * i + l] = (double)v[l];
+            for (int l = 0; l < 8; l++) store_f(y, f64, 8 * i + l, v[l]);
         }
     }
-    for (int64_t i = 8 * nv; i < n; i++) y[i] = (double)round_fmt(f64_to_f32_odd(x[i]), FMT_ARGS(qf));
+    for (int64_t i = 8 * nv; i < n; i++) store_f(y, f64, i, round_fmt(load_f(x, f64, i), FMT_ARGS(qf)));
     return 0;
 }
 
