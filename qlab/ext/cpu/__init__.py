@@ -1,8 +1,11 @@
 """Compiled CPU kernels: the elementwise fixed(W, F) quantizer (``fixed``), intrinsic
 fixed-point linear/matmul, convolution and accumulation (``fixed_matmul``,
-``fixed_conv2d``, ``fixed_accumulate``), the intrinsic float(E, M) matmul
-(``float_matmul``) and the elementwise float(E, M) quantizer (``float``), all
-bit-identical to the torch reference.  The float kernels live in
+``fixed_conv2d``, ``fixed_accumulate``; the step after the sums in one C pass too,
+``EPILOGUE_KERNEL``), intrinsic fixed-point batch norm and elementwise add/sub/mul
+(``fixed_batch_norm``, ``fixed_elementwise``), the intrinsic float(E, M) matmul
+(``float_matmul``) and the elementwise float(E, M) quantizer (``float``; fp16 and bf16
+with nearest even by a short rounding, ``FLOAT_HW``), all bit-identical to the torch
+reference.  The float kernels live in
 ``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
 tensors and deterministic modes for the quantizer; float32/float16/bfloat16 for the matmul,
 every mode (stochastic draws from a counter-based hash seeded from torch's generator: the

@@ -27,7 +27,9 @@
  * once in GCC vector registers, leaving out the clamps a bound shows idle (ROW4_i32).
  * Work is split over (rows, column block) tiles with OpenMP; the thread count is the
  * caller's (torch.get_num_threads()).  The convolution (qlab_conv_*, at the end) shares
- * all of it, its operands gathered from the input's grid integers per tile.
+ * all of it, its operands gathered from the input's grid integers per tile.  After it:
+ * the grid integers of a tensor, the elementwise quantizer, and the pointwise steps
+ * (the linear/conv epilogue, batch norm, elementwise add/sub/mul).
  */
 #include <stdint.h>
 #include <stdlib.h>
