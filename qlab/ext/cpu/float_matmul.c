@@ -178,13 +178,14 @@ typedef float vf __attribute__((vector_size(32)));
 typedef struct {
     vi emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in;
     vf maxv, sat;
+    vi ebmax; /* float32 biased exponent of the binade above maxv (vround_hw's mode 3) */
 } vfmt_t;
 
 static inline vfmt_t vfmt(const fmt_t f) {
     const vi z = {0};
     const vf zf = {0};
     vfmt_t v = {z + f.emin, z + f.M, z + f.c_gt, z + f.c_tie, z + f.c_odd, z + f.c_neg, z + f.c_pos,
-                z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat};
+                z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat, z + (((as_i(f.maxv) >> 23) & 0xFF) + 1)};
     return v;
 }
 
@@ -239,12 +240,17 @@ static inline vf vtwo_sum_odd(vf a, vf b) {
     return (vf)sel(fix, sb + step, sb);
 }
 
-/* vround for the two formats whose nearest-even rounding a short sequence computes
+/* vround for the formats whose nearest-even rounding a short sequence computes
  * (FLOAT_HW in qlab/ext/cpu/__init__.py; fmt_hw picks them):
  *   1  fp16 layout (E 5, M 10, IEEE max 65504): the CPU's conversion to half and back
  *      (F16C, round to nearest even, subnormals exact);
  *   2  bf16 layout (E 8, M 7): the float32 bits rounded at bit 16 to nearest even
  *      (bits + 0x7FFF + bit 16, low half cleared: subnormals and overflow to inf alike);
+ *   3  any other nearest-even format whose binades stay 2**(23 - M) below float32's top
+ *      (E <= 7): (x + C) - C with C = +-2**(e + 23 - M), e = x's exponent clamped to
+ *      [emin, the binade above max], rounds x to a multiple of 2**(e - M) by the float32
+ *      addition's own nearest even (x + C stays in C's binade, the subtraction is exact);
+ *      the sign of x is put back (a zero result keeps it, as nearest even does);
  * then, as vround: magnitudes past max (inf included) become sat with their sign, NaN
  * keeps its bits, a zero keeps its sign (nearest even's rule).  Equal to vround for every
  * float32 input (tests/ext/test_float_kernel.py runs both over bit patterns). */
@@ -261,7 +267,15 @@ static inline vf vround_hw(vf x, const vfmt_t *f, const int hw) {
         r = (vi)_mm256_cvtph_ps(_mm256_cvtps_ph((__m256)x, _MM_FROUND_TO_NEAREST_INT));
     } else
 #endif
-    {
+    if (hw == 3) {
+        const vi sign = bits & (int32_t)0x80000000;
+        vi eb = (bits & 0x7FFFFFFF) >> 23;
+        eb = sel(eb < f->emin + 127, f->emin + 127, eb);
+        eb = sel(eb > f->ebmax, f->ebmax, eb);
+        const vf c = (vf)(((eb + 23 - f->M) << 23) | sign);
+        r = (vi)((x + c) - c);
+        r = (r & 0x7FFFFFFF) | sign;
+    } else {
         const vu u = (vu)bits;
         r = (vi)((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
     }
@@ -284,6 +298,7 @@ static int fmt_hw(const fmt_t f, int allow) {
     if (f.emin == -14 && f.M == 10 && f.maxv == 65504.0f) return 1;
 #endif
     if (f.emin == -126 && f.M == 7 && as_i(f.maxv) == 0x7F7F0000) return 2;
+    if (f.M <= 21 && ((as_i(f.maxv) >> 23) & 0xFF) + 1 + 23 - f.M <= 254) return 3;
     return 0;
 }
 
@@ -338,17 +353,20 @@ static inline __attribute__((always_inline)) void row_seq_body(const float *x, i
 static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
                         const fmt_t af, int check, const int a32, const int sum32, float *acc, int hq, int ha) {
 #define ROW_SEQ(HQ, HA) row_seq_body(x, sx_k, w, sw_k, K, qf, af, check, a32, sum32, acc, HQ, HA)
-    switch (hq * 3 + ha) {
-    case 0: ROW_SEQ(0, 0); break;
-    case 1: ROW_SEQ(0, 1); break;
-    case 2: ROW_SEQ(0, 2); break;
-    case 3: ROW_SEQ(1, 0); break;
-    case 4: ROW_SEQ(1, 1); break;
-    case 5: ROW_SEQ(1, 2); break;
-    case 6: ROW_SEQ(2, 0); break;
-    case 7: ROW_SEQ(2, 1); break;
-    default: ROW_SEQ(2, 2); break;
+#define ROW_SEQ_A(HQ)                                                                           \
+    switch (ha) {                                                                               \
+    case 0: ROW_SEQ(HQ, 0); break;                                                              \
+    case 1: ROW_SEQ(HQ, 1); break;                                                              \
+    case 2: ROW_SEQ(HQ, 2); break;                                                              \
+    default: ROW_SEQ(HQ, 3); break;                                                             \
     }
+    switch (hq) {
+    case 0: ROW_SEQ_A(0); break;
+    case 1: ROW_SEQ_A(1); break;
+    case 2: ROW_SEQ_A(2); break;
+    default: ROW_SEQ_A(3); break;
+    }
+#undef ROW_SEQ_A
 #undef ROW_SEQ
 }
 
@@ -522,7 +540,7 @@ int qlab_float_round(const void *x, void *y, int64_t n, const int32_t *qi, const
         for (int64_t i = 0; i < nv; i++) {
             vf v;
             for (int l = 0; l < 8; l++) v[l] = load_f(x, f64, 8 * i + l);
-            v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : vround(v, &q));
+            v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : (hw == 3 ? vround_hw(v, &q, 3) : vround(v, &q)));
             for (int l = 0; l < 8; l++) store_f(y, f64, 8 * i + l, v[l]);
         }
     }
