@@ -253,13 +253,13 @@ static inline vf vtwo_sum_odd(vf a, vf b) {
  *      the sign of x is put back (a zero result keeps it, as nearest even does);
  * then, as vround: magnitudes past max (inf included) become sat with their sign, NaN
  * keeps its bits, a zero keeps its sign (nearest even's rule).  Equal to vround for every
- * float32 input (tests/ext/test_float_kernel.py runs both over bit patterns). */
+ * float32 input (tests/ext/test_cpu_float_kernel.py runs both over bit patterns). */
 typedef uint32_t vu __attribute__((vector_size(32)));
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
 static inline vf vround_hw(vf x, const vfmt_t *f, const int hw) {
-    (void)hw; /* 2 unless the CPU converts halves (F16C) */
+    (void)hw; /* never 1 where the CPU has no half conversion (F16C) */
     const vi bits = (vi)x;
     vi r;
 #if defined(__F16C__)
