@@ -514,52 +514,104 @@ DEFINE_KERNEL(stochastic, int32_t, i32, JB32, qlab_fin, ACC_FINAL)
 DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_fin, ACC_FINAL)
 
 /* ------------------------------------------------------------------ grid integers */
-/* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
- * (kind 2) or float64 (kind 3) x, contiguous; *amax = max |k|.  The scaled value is
- * exact in double (0 <= F <= 62: a power of two times a float32/float64; overflow
- * saturates either way), so this is qlab.core.formats.fixed_to_grid for the
- * deterministic modes (0 none = nearest with F = 0 unused, 1 nearest: ties away, 2 even,
- * 3 down, 4 up, 5 zero).  NaN gives k = 0 (as the CUDA kernels; the reference's integer
- * cast of NaN is undefined). */
+/* A fixed(W, F) grid's constants and its rounding of doubles and int64s, shared by the
+ * grid integers, the quantizer and the pointwise steps below.  Each step is written once
+ * as an always-inlined body taking the rounding mode (1 nearest: ties away, 2 even,
+ * 3 down, 4 up, else zero) and entered through BY_MODE_CALL with the mode as a constant,
+ * so gcc compiles (and vectorises) one loop per mode with no switch inside. */
 #include <math.h>
+#define INLINE static inline __attribute__((always_inline))
+#define BY_MODE_CALL(CALL)                                                                      \
+    switch (mode) {                                                                             \
+    case 1: CALL(1); break;                                                                     \
+    case 2: CALL(2); break;                                                                     \
+    case 3: CALL(3); break;                                                                     \
+    case 4: CALL(4); break;                                                                     \
+    default: CALL(5); break;                                                                    \
+    }
+typedef struct {
+    double scale, unscale, lo, hi; /* 2**F, 2**-F, the range as doubles */
+    int64_t qlo, qhi;              /* the range as integers */
+} grid_t;
+static grid_t grid_fmt(int W, int F) {
+    const grid_t g = {ldexp(1.0, F), ldexp(1.0, -F), -ldexp(1.0, W - 1), ldexp(1.0, W - 1) - 1.0,
+                      -((int64_t)1 << (W - 1)), ((int64_t)1 << (W - 1)) - 1};
+    return g;
+}
 /* nearest, ties away from zero, exactly (as C's round, which gcc calls out of line):
  * t = trunc(y), d = y - t exact, one step away from zero where |d| >= 1/2 */
 static inline double round_away(double y) {
     const double t = trunc(y), d = y - t;
     return t + (double)(d >= 0.5) - (double)(d <= -0.5);
 }
-#define GRID_LOOP(T, EXPR)                                                                      \
+/* R(y) for a double */
+INLINE double rnd_dbl(double y, int mode) {
+    switch (mode) {
+    case 1: return round_away(y);
+    case 2: return nearbyint(y);
+    case 3: return floor(y);
+    case 4: return ceil(y);
+    default: return trunc(y);
+    }
+}
+/* v * 2**F clamped to the range (exact in double: the caller's F limits; NaN passes) */
+INLINE double scaled(double v, const grid_t g) { /* by value: no address taken, kept in registers */
+    const double y = v * g.scale;
+    return y < g.lo ? g.lo : (y > g.hi ? g.hi : y);
+}
+/* k = clamp(R(v * 2**F)) as int64 (clamp(R(y)) = R(clamp(y)): integer bounds), NaN -> 0 */
+INLINE int64_t grid_of(double v, const grid_t g, int mode) {
+    const double y = rnd_dbl(scaled(v, g), mode);
+    return y == y ? (int64_t)y : 0;
+}
+/* R(n * 2**-s) for int64 n and 0 <= s <= 62 (rescale_int's rounding); s = 0 leaves n */
+INLINE int64_t rnd_int(int64_t n, int s, int mode) {
+    if (s == 0) return n;
+    const int64_t half = (int64_t)1 << (s - 1), mask = half - 1 + half;
+    switch (mode) {
+    case 1: return rnd_nearest_i64(n, s, half, mask, 0u);
+    case 2: return rnd_even_i64(n, s, half, mask, 0u);
+    case 3: return rnd_down_i64(n, s, half, mask, 0u);
+    case 4: return rnd_up_i64(n, s, half, mask, 0u);
+    default: return rnd_zero_i64(n, s, half, mask, 0u);
+    }
+}
+static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
+static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
+static inline void put_value(void *y, int kind, int64_t t, int64_t k, double unscale) {
+    const double v = (double)k * unscale; /* exact: |k| < 2**32, a power of two */
+    if (kind == KIND_F32) ((float *)y)[t] = (float)v; /* one rounding, nearest even */
+    else ((double *)y)[t] = v;
+}
+
+/* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
+ * (kind 2) or float64 (kind 3) x, contiguous; *amax = max |k|.  The scaled value is
+ * exact in double (0 <= F <= 62: a power of two times a float32/float64; overflow
+ * saturates either way), so this is qlab.core.formats.fixed_to_grid for the
+ * deterministic modes.  NaN gives k = 0 (as the CUDA kernels; the reference's integer
+ * cast of NaN is undefined). */
+#define GRID_LOOP(T, M)                                                                         \
     do {                                                                                        \
         const T *xs = (const T *)x;                                                             \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) reduction(max:m) schedule(static)") \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            double y = (double)xs[t] * scale;                                                   \
-            y = y < lo ? lo : (y > hi ? hi : y); /* NaN passes through */                      \
-            y = EXPR;                                                                           \
-            const int32_t k = y == y ? (int32_t)y : 0;                                          \
+            const int32_t k = (int32_t)grid_of((double)xs[t], g, M);                           \
             out[t] = k;                                                                         \
             const int64_t a = k < 0 ? -(int64_t)k : k;                                          \
             m = a > m ? a : m;                                                                  \
         }                                                                                       \
     } while (0)
-/* LOOP(T, R(V)) for the rounding R of ``mode`` (1 nearest, 2 even, 3 down, 4 up, else zero) */
-#define BY_MODE(LOOP, T, V)                                                                     \
-    switch (mode) {                                                                             \
-    case 1: LOOP(T, round_away(V)); break;                                                      \
-    case 2: LOOP(T, nearbyint(V)); break;                                                       \
-    case 3: LOOP(T, floor(V)); break;                                                           \
-    case 4: LOOP(T, ceil(V)); break;                                                            \
-    default: LOOP(T, trunc(V)); break;                                                          \
-    }
 int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, int32_t *out, int64_t *amax,
                   int nthreads) {
-    const double scale = ldexp(1.0, F), lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
+    const grid_t g = grid_fmt(W, F);
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
     int64_t m = 0;
+#define GRID_F32(M) GRID_LOOP(float, M)
+#define GRID_F64(M) GRID_LOOP(double, M)
     if (kind == KIND_F32) {
-        BY_MODE(GRID_LOOP, float, y)
+        BY_MODE_CALL(GRID_F32)
     } else {
-        BY_MODE(GRID_LOOP, double, y)
+        BY_MODE_CALL(GRID_F64)
     }
     *amax = m;
     return 0;
@@ -569,17 +621,15 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
  * contiguous): the elementwise fixed(W, F) quantizer.  k * 2**-F is exact in double and
  * rounded once to float32 (nearest even), as the reference's float64 step and cast; NaN
  * stays NaN, a zero result is +0.  The caller keeps F where x * 2**F is exact in double
- * (float32: |F| <= 800; float64: 0 <= F <= 900). */
-#define QUANT_LOOP(T, EXPR)                                                                     \
+ * (float32: |F| <= 800; float64: 0 <= F <= 900).  ROUND(v, t): the rounded scaled value. */
+#define QUANT_LOOP(T, ROUND)                                                                    \
     do {                                                                                        \
         const T *xs = (const T *)x;                                                             \
         T *ys = (T *)y;                                                                         \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            double v = (double)xs[t] * scale;                                                   \
-            v = v < lo ? lo : (v > hi ? hi : v);                                                \
-            v = EXPR;                                                                           \
-            ys[t] = v == v ? (T)(v * unscale + 0.0) : xs[t];                                    \
+            const double v = ROUND(scaled((double)xs[t], g), t);                               \
+            ys[t] = v == v ? (T)(v * g.unscale + 0.0) : xs[t];                                  \
         }                                                                                       \
     } while (0)
 /* stochastic (mode 6): floor(v) + 1 with probability v - floor(v) (exact in double), from
@@ -592,74 +642,29 @@ static inline double round_stochastic(double v, uint64_t seed, int64_t t) {
 }
 int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, uint64_t seed,
                         int nthreads) {
-    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
-    const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
+    const grid_t g = grid_fmt(W, F);
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
+#define STOCHASTIC(v, t) round_stochastic(v, seed, t)
+#define RND_1(v, t) rnd_dbl(v, 1)
+#define RND_2(v, t) rnd_dbl(v, 2)
+#define RND_3(v, t) rnd_dbl(v, 3)
+#define RND_4(v, t) rnd_dbl(v, 4)
+#define RND_5(v, t) rnd_dbl(v, 5)
+#define Q_F32(M) QUANT_LOOP(float, RND_##M)
+#define Q_F64(M) QUANT_LOOP(double, RND_##M)
     if (mode == 6 && kind == KIND_F32) {
-        QUANT_LOOP(float, round_stochastic(v, seed, t));
+        QUANT_LOOP(float, STOCHASTIC);
     } else if (mode == 6) {
-        QUANT_LOOP(double, round_stochastic(v, seed, t));
+        QUANT_LOOP(double, STOCHASTIC);
     } else if (kind == KIND_F32) {
-        BY_MODE(QUANT_LOOP, float, v)
+        BY_MODE_CALL(Q_F32)
     } else {
-        BY_MODE(QUANT_LOOP, double, v)
+        BY_MODE_CALL(Q_F64)
     }
     return 0;
 }
 
 /* ------------------------------------------------------------------ pointwise steps */
-#define INLINE_EARLY static inline __attribute__((always_inline))
-/* R(n * 2**-s) for int64 n and 0 <= s <= 62 (rescale_int's rounding; mode 1 nearest: ties
- * away, 2 even, 3 down, 4 up, else zero); s = 0 leaves n as it is */
-INLINE_EARLY int64_t rnd_int(int64_t n, int s, int mode) {
-    if (s == 0) return n;
-    const int64_t half = (int64_t)1 << (s - 1), mask = half - 1 + half;
-    switch (mode) {
-    case 1: return rnd_nearest_i64(n, s, half, mask, 0u);
-    case 2: return rnd_even_i64(n, s, half, mask, 0u);
-    case 3: return rnd_down_i64(n, s, half, mask, 0u);
-    case 4: return rnd_up_i64(n, s, half, mask, 0u);
-    default: return rnd_zero_i64(n, s, half, mask, 0u);
-    }
-}
-/* R(y) for a double (the grid's rounding of a scaled value, as qlab_grid_i32) */
-INLINE_EARLY double rnd_dbl(double y, int mode) {
-    switch (mode) {
-    case 1: return round_away(y);
-    case 2: return nearbyint(y);
-    case 3: return floor(y);
-    case 4: return ceil(y);
-    default: return trunc(y);
-    }
-}
-/* k = clamp(R(v * scale), lo, hi) as int64, NaN -> 0 (v * scale exact: a power of two) */
-INLINE_EARLY int64_t grid_of(double v, double scale, double lo, double hi, int mode) {
-    double y = v * scale;
-    y = y < lo ? lo : (y > hi ? hi : y);
-    y = rnd_dbl(y, mode);
-    return y == y ? (int64_t)y : 0;
-}
-static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
-static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
-static inline void put_value(void *y, int kind, int64_t t, int64_t k, double unscale) {
-    const double v = (double)k * unscale; /* exact: |k| < 2**32, a power of two */
-    if (kind == KIND_F32) ((float *)y)[t] = (float)v; /* one rounding, nearest even */
-    else ((double *)y)[t] = v;
-}
-
-#define INLINE static inline __attribute__((always_inline))
-/* Each step below is written once as an always-inlined body taking the rounding mode, and
- * entered through BY_MODE_CALL with the mode as a constant, so gcc compiles (and
- * vectorises) one loop per mode with no switch inside. */
-#define BY_MODE_CALL(CALL)                                                                      \
-    switch (mode) {                                                                             \
-    case 1: CALL(1); break;                                                                     \
-    case 2: CALL(2); break;                                                                     \
-    case 3: CALL(3); break;                                                                     \
-    case 4: CALL(4); break;                                                                     \
-    default: CALL(5); break;                                                                    \
-    }
-
 /* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue, deterministic
  * modes): from sums s on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides)
  * to values y (float32/float64, contiguous in the view's order): with final, the exact
@@ -706,27 +711,25 @@ int qlab_fixed_epilogue(const int64_t *s, const int64_t *n, const int64_t *st, c
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t nc = 0; nc < N * C; nc++) {                                                \
             const int64_t c = nc % C, gc = g[c], rc = rr[c];                                    \
-            const double gs = (double)gc * unscale;                                             \
+            const double gs = (double)gc * g_.unscale;                                          \
             const T *xr = xs + nc * L;                                                          \
             T *yr = ys + nc * L;                                                                \
             if (inputs)                                                                         \
                 for (int64_t l = 0; l < L; l++) {                                               \
-                    const int64_t kx = grid_of((double)xr[l], scale, lo, hi, M);                \
-                    const int64_t kxg = clamp64(rnd_int(kx * gc, F, M), qlo, qhi);              \
-                    yr[l] = (T)((double)clamp64(kxg + rc, qlo, qhi) * unscale);                 \
+                    const int64_t kx = grid_of((double)xr[l], g_, M);                          \
+                    const int64_t kxg = clamp64(rnd_int(kx * gc, F, M), g_.qlo, g_.qhi);        \
+                    yr[l] = (T)((double)clamp64(kxg + rc, g_.qlo, g_.qhi) * g_.unscale);        \
                 }                                                                               \
             else                                                                                \
                 for (int64_t l = 0; l < L; l++) {                                               \
-                    const int64_t kxg = grid_of((double)xr[l] * gs, scale, lo, hi, M);          \
-                    yr[l] = (T)((double)clamp64(kxg + rc, qlo, qhi) * unscale);                 \
+                    const int64_t kxg = grid_of((double)xr[l] * gs, g_, M);                    \
+                    yr[l] = (T)((double)clamp64(kxg + rc, g_.qlo, g_.qhi) * g_.unscale);        \
                 }                                                                               \
         }                                                                                       \
     } while (0)
 int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_t L, const int64_t *g,
                   const int64_t *rr, int W, int F, int mode, int inputs, int nthreads) {
-    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
-    const double lo = -ldexp(1.0, W - 1), hi = ldexp(1.0, W - 1) - 1.0;
-    const int64_t qlo = -((int64_t)1 << (W - 1)), qhi = ((int64_t)1 << (W - 1)) - 1;
+    const grid_t g_ = grid_fmt(W, F);
     const int nt = nthreads > 1 && N * C * L >= 65536 ? nthreads : 1;
 #define BN_F32(M) BN_BODY(float, M)
 #define BN_F64(M) BN_BODY(double, M)
@@ -747,10 +750,10 @@ int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_
         T *ys = (T *)y;                                                                         \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            const int64_t ka = grid_of((double)as[t], scale, lo, hi, MI);                       \
-            const int64_t kb = grid_of((double)bs_[t], scale, lo, hi, MI);                      \
+            const int64_t ka = grid_of((double)as[t], gi, MI);                                 \
+            const int64_t kb = grid_of((double)bs_[t], gi, MI);                                \
             const int64_t k = (OP) == 2 ? rnd_int(ka * kb, F, M) : ((OP) == 0 ? ka + kb : ka - kb); \
-            ys[t] = (T)((double)clamp64(k, qlo, qhi) * unscale);                                \
+            ys[t] = (T)((double)clamp64(k, gq.qlo, gq.qhi) * gq.unscale);                       \
         }                                                                                       \
     } while (0)
 #define BINARY_OPS(T, M, MI)                                                                    \
@@ -761,12 +764,10 @@ int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_
     } while (0)
 int qlab_fixed_binary(const void *a, const void *b, void *y, int kind, int64_t n, int op, int W, int F,
                       int mode, int inputs, int nthreads) {
-    const double scale = ldexp(1.0, F), unscale = ldexp(1.0, -F);
-    const int Wi = inputs ? W : 32;
-    const double lo = -ldexp(1.0, Wi - 1), hi = ldexp(1.0, Wi - 1) - 1.0;
-    const int64_t qlo = -((int64_t)1 << (W - 1)), qhi = ((int64_t)1 << (W - 1)) - 1;
+    /* the operands' grid gi: Q's (range and rounding) with inputs, else fixed(32, F) with
+     * nearest (they are on it already); the result's: gq */
+    const grid_t gq = grid_fmt(W, F), gi = grid_fmt(inputs ? W : 32, F);
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
-    /* the operands' grid: Q's rounding with inputs, else nearest (they are on it already) */
 #define BIN_F32(M) do { if (inputs) BINARY_OPS(float, M, M); else BINARY_OPS(float, M, 1); } while (0)
 #define BIN_F64(M) do { if (inputs) BINARY_OPS(double, M, M); else BINARY_OPS(double, M, 1); } while (0)
     if (kind == KIND_F32) {
