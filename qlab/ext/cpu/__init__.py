@@ -3,9 +3,8 @@ fixed-point linear/matmul, convolution and accumulation (``fixed_matmul``,
 ``fixed_conv2d``, ``fixed_accumulate``; the step after the sums in one C pass too,
 ``EPILOGUE_KERNEL``), intrinsic fixed-point batch norm and elementwise add/sub/mul
 (``fixed_batch_norm``, ``fixed_elementwise``), the intrinsic float(E, M) matmul
-(``float_matmul``) and the elementwise float(E, M) quantizer (``float``; fp16 and bf16
-with nearest even by a short rounding, ``FLOAT_HW``), all bit-identical to the torch
-reference.  The float kernels live in
+(``float_matmul``) and the elementwise float(E, M) quantizer (``float``; nearest-even
+formats by a short rounding, ``FLOAT_HW``), all bit-identical to the torch reference.  The float kernels live in
 ``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
 tensors and deterministic modes for the quantizer; float32/float16/bfloat16 for the matmul,
 every mode (stochastic draws from a counter-based hash seeded from torch's generator: the
@@ -546,7 +545,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
 FLOAT_ABI = 11
-FLOAT_HW = True  # False: fp16/bf16 nearest-even rounded by the general bit arithmetic (float_matmul.c)
+FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -593,11 +592,11 @@ def _fmt_arrays(fmt):
 
 def float_accepts(x, q, generator=None) -> bool:
     """The elementwise float(E, M) quantizer: float32 CPU tensors, and float64 ones for
-    formats with M <= 21 inside float32's exponent range (E <= 8); deterministic modes."""
+    formats with M <= 21 (E <= 8 always: float32's exponent range); deterministic modes."""
     if not (x.device.type == "cpu" and q.rounding in MODES and not (q.fn and q.E == 8)):
         return False
     if x.dtype == torch.float64:
-        if not (q.M <= 21 and q.E <= 8):
+        if q.M > 21:
             return False
     elif x.dtype != torch.float32:
         return False
@@ -609,7 +608,7 @@ def float_quantize(x, q, generator=None):
     from qlab.core.formats import _float_params
 
     if not float_accepts(x, q, generator):
-        raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21 and E <= 8, float64) CPU tensors "
+        raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21, float64) CPU tensors "
                          f"and deterministic modes, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
