@@ -18,12 +18,17 @@ replaces (alternating, best of ``--repeats``, results checked equal):
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
+* stochastic rounding in every step of the linear/conv kernels, their epilogue, batch
+  norm and elementwise ops (``cpu.STOCHASTIC_KERNELS``) beside the reference's steps
+  around the stochastic accumulation kernel: single layers (the conv at the zoo's shapes)
+  and every zoo CNN all-intrinsic fixed(16,8,stochastic) (random weights; results are
+  different draws of one distribution, so they are compared by shape only);
 * with ``--lenet``: the trained LeNet-5 (``zoo.pretrained``) over the 10,000 Fashion-MNIST
   test images, every layer intrinsic fixed(16,8), batch 1000 (the issue-2 row of
   docs/benchmarks.md), with the linear and conv kernels and with both switched off.
 
     PYTHONPATH=. python bench/cpu_kernels.py [--threads 2] [--repeats 5] [--images 250] [--lenet]
-        [--only conv,accumulation,models,pointwise,extrinsic]
+        [--only conv,accumulation,models,pointwise,extrinsic,float,stochastic]
 """
 import argparse
 import time
@@ -54,7 +59,7 @@ def side_by_side_switch(switch, fn, repeats):
     return min(times[False]), min(times[True]), outs
 
 
-SECTIONS = ("conv", "accumulation", "models", "pointwise", "extrinsic", "float")
+SECTIONS = ("conv", "accumulation", "models", "pointwise", "extrinsic", "float", "stochastic")
 
 
 def main(argv=None):
@@ -86,6 +91,8 @@ def main(argv=None):
         extrinsic_rows(a, B, xs)
     if "float" in only:
         float_rows(a, B, xs)
+    if "stochastic" in only:
+        stochastic_rows(a, B, xs)
     if a.lenet:
         lenet_row(plan)
 
@@ -138,8 +145,10 @@ def model_rows(a, B, xs, plan):
     print()
 
 
-def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "resnet_small", "inception_small")):
-    """One row per zoo CNN (random weights) under ``plan``: ``cpu.<switch>`` off, on."""
+def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "resnet_small", "inception_small"),
+             same=True):
+    """One row per zoo CNN (random weights) under ``plan``: ``cpu.<switch>`` off, on
+    (``same``: the two outputs checked equal, else their shapes)."""
     for name in names:
         model = zoo.build(name).eval()
 
@@ -148,7 +157,7 @@ def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "re
                 return model(xs)
 
         t0, t1, outs = side_by_side_switch(switch, run, max(1, a.repeats // 2))
-        assert torch.equal(outs[False], outs[True])
+        assert torch.equal(outs[False], outs[True]) if same else outs[False].shape == outs[True].shape
         print(f"| {name}, {what} {plan.intrinsic['*']}, {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
 
@@ -210,6 +219,24 @@ def float_rows(a, B, xs):
         print(f"| quantize {xq.numel()} float32 values to {fmt} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
     for fmt in ("fp16", "bf16"):
         zoo_rows("FLOAT_HW", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}), ("lenet5", "resnet_small"))
+    print()
+
+
+def stochastic_rows(a, B, xs):
+    print("| fixed(16,8,stochastic) | reference steps (ms) | C kernels (ms) | G QMAC/s (C) | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    spec = "fixed(16,8,stochastic)"
+    x, w = torch.randn(256, 512), torch.randn(256, 512) * 512 ** -0.5
+    for name, run, macs in [
+        ("linear 256x512 -> 256", lambda: qlab.intrinsic_linear(x, w, None, spec), 256 * 512 * 256),
+        *[(f"conv {B}x{C}x{S}x{S} -> {O}, {k}x{k}",
+           (lambda xc=torch.randn(B, C, S, S), wc=torch.randn(O, C, k, k) * (C * k * k) ** -0.5, k=k:
+            qlab.intrinsic_conv(xc, wc, None, padding=k // 2, spec=spec)), B * S * S * O * C * k * k)
+          for C, S, O, k in [(6, 14, 16, 5), (32, 14, 32, 3)]]]:
+        t0, t1, outs = side_by_side_switch("STOCHASTIC_KERNELS", run, a.repeats)
+        assert outs[False].shape == outs[True].shape
+        print(f"| {name} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | {macs / t1 / 1e9:.2f} | {t0 / t1:.1f}x |")
+    zoo_rows("STOCHASTIC_KERNELS", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": spec}), same=False)
     print()
 
 

@@ -491,8 +491,16 @@ __all__ = [
 ]
 
 
-def round_fraction(v, q: FixedPoint) -> int:
-    """R(v) clamped to q's integer range, for an exact rational v (fractions.Fraction)."""
+def uniform_draw(generator=None) -> float:
+    """One uniform draw in [0, 1) from ``generator`` (on its device), else torch's default
+    CPU generator: the scalar stochastic roundings' draws."""
+    device = generator.device if generator is not None else "cpu"
+    return torch.rand((), generator=generator, device=device, dtype=torch.float64).item()
+
+
+def round_fraction(v, q: FixedPoint, generator=None) -> int:
+    """R(v) clamped to q's integer range, for an exact rational v (fractions.Fraction);
+    stochastic draws from ``generator`` (:func:`uniform_draw`)."""
     from fractions import Fraction
 
     v = Fraction(v)
@@ -512,5 +520,5 @@ def round_fraction(v, q: FixedPoint) -> int:
     elif mode == "even":
         k = fl + 1 if (r > Fraction(1, 2) or (r == Fraction(1, 2) and fl % 2 == 1)) else fl
     else:  # stochastic
-        k = fl + int(torch.rand(()).item() < float(r))
+        k = fl + int(uniform_draw(generator) < float(r))
     return max(q.min_int, min(q.max_int, k))

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from . import backends
-from .formats import FixedPoint, Float, Identity, Log, Quantizer, cast_exact, fixed_to_grid
+from .formats import FixedPoint, Float, Identity, Log, Quantizer, cast_exact, fixed_to_grid, uniform_draw
 from .grid import div_round_int, rescale, rescale_int
 from .rounding import check_rounding
 
@@ -637,8 +637,9 @@ def intrinsic_adaptive_avg_pool2d(x, output_size, spec="fixed(8,4,nearest)", gen
 
 
 # --------------------------------------------------------------------------- batch norm
-def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint):
-    """Per-channel g and r as grid integers, exactly (Python rationals): see SEMANTICS 4."""
+def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint, generator=None):
+    """Per-channel g and r as grid integers, exactly (Python rationals): see SEMANTICS 4
+    (stochastic: drawn from ``generator``, new at every call)."""
     from fractions import Fraction
 
     from .formats import round_fraction
@@ -656,14 +657,14 @@ def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint):
     gs, rs = [], []
     for c in range(C):
         val = Fraction(v[c]) + Fraction(eps)
-        ks = _sqrt_grid(val, q)  # Q(sqrt(var + eps))
+        ks = _sqrt_grid(val, q, generator)  # Q(sqrt(var + eps))
         if ks == 0:
             kinv = q.max_int  # 1/0 -> +inf -> saturates
         else:
-            kinv = round_fraction(two_f * two_f / ks, q)  # Q(1/s) = R(2**2F / ks)
-        kg = round_fraction(Fraction(kinv) * Fraction(ga[c]), q)  # Q(inv * gamma) = R(kinv*gamma)
-        kmg = round_fraction(Fraction(m[c]) * kg, q)  # Q(mean * g)
-        kr = round_fraction(Fraction(be[c]) * two_f - kmg, q)  # Q(beta - Q(mean g))
+            kinv = round_fraction(two_f * two_f / ks, q, generator)  # Q(1/s) = R(2**2F / ks)
+        kg = round_fraction(Fraction(kinv) * Fraction(ga[c]), q, generator)  # Q(inv * gamma) = R(kinv*gamma)
+        kmg = round_fraction(Fraction(m[c]) * kg, q, generator)  # Q(mean * g)
+        kr = round_fraction(Fraction(be[c]) * two_f - kmg, q, generator)  # Q(beta - Q(mean g))
         gs.append(kg)
         rs.append(kr)
     if q.rounding != "stochastic":
@@ -679,7 +680,7 @@ def _bn_constants_fixed(mean, var, weight, bias, eps, q: FixedPoint):
 _BN_CONSTANTS: OrderedDict = OrderedDict()
 
 
-def _sqrt_grid(v, q: FixedPoint) -> int:
+def _sqrt_grid(v, q: FixedPoint, generator=None) -> int:
     """Q(sqrt(v)) as a grid integer for a rational v >= 0: R(sqrt(v * 2**2F)), exact."""
     from fractions import Fraction
 
@@ -703,7 +704,7 @@ def _sqrt_grid(v, q: FixedPoint) -> int:
             else:
                 k = fl + 1 if mode == "nearest" or fl % 2 == 1 else fl
         else:  # stochastic: probability sqrt(t) - fl (float64 is plenty for a draw)
-            k = fl + int(torch.rand(()).item() < math.sqrt(float(t)) - fl)
+            k = fl + int(uniform_draw(generator) < math.sqrt(float(t)) - fl)
     return max(q.min_int, min(q.max_int, k))
 
 
@@ -722,7 +723,7 @@ def intrinsic_batch_norm(x, running_mean, running_var, weight=None, bias=None, e
         Q = spec.q
         shape = (1, -1) + (1,) * (x.dim() - 2)
         if spec.fixed:
-            gs, rs = _bn_constants_fixed(running_mean, running_var, weight, bias, eps, Q)
+            gs, rs = _bn_constants_fixed(running_mean, running_var, weight, bias, eps, Q, generator)
             fast = backends.lookup("fixed_batch_norm", x, gs, rs, spec, generator)
             if fast is not None:  # one compiled pass (qlab.ext): the same values
                 return fast(x, gs, rs, spec, generator)

@@ -22,13 +22,14 @@ integers in one C pass each (:func:`grid_ints`), the same accumulation code, the
 reference's epilogue.  ``MATMUL_KERNEL`` / ``CONV_KERNEL = False`` restore the
 reference's steps around the accumulation kernel.
 
-Covered (:func:`accepts`): grid-exact inputs (``inputs=True``), deterministic rounding
-(nearest, even, down, up, zero) with 0 <= q.F <= 62, stochastic products with
-0 <= q.F <= 30 (draws from ``draws.h``, seeded from torch's generator), an accumulator
-at least as fine as the operands (A.F >= q.F) with ``q.W - 1 + A.F - q.F <= 61``, both
-accumulate modes.  Declined (the reference runs): ``inputs=False``, A.F < q.F, negative
-or larger F, shifts that could overflow int64, non-CPU tensors; the linear, conv and
-grid-integer paths take deterministic modes only.
+Covered (:func:`covers`): grid-exact inputs (``inputs=True``), deterministic rounding
+(nearest, even, down, up, zero) with 0 <= q.F <= 62, stochastic rounding with
+0 <= q.F <= 30 and K < 2**24 (draws from ``draws.h``, seeded from torch's generator at
+each C call; every step: grid integers, products, epilogue), an accumulator at least as
+fine as the operands (A.F >= q.F, any rounding: it never acts) with
+``q.W - 1 + A.F - q.F <= 61``, both accumulate modes.  Declined (the reference runs):
+``inputs=False``, A.F < q.F, negative or larger F, shifts that could overflow int64,
+non-CPU tensors.
 
 The shared library is built with gcc at first use into
 ``qlab.ext.store.cache_root()/"cpu-kernels"``, under a name keyed by a hash of the
@@ -60,7 +61,7 @@ SOURCE = Path(__file__).with_name("fixed_accumulate.c")
 FLAGS = ["-O3", "-march=native", "-fopenmp", "-shared", "-fPIC", "-std=gnu11", "-fno-trapping-math",
          "-ffp-contract=off"]
 MODES = ("nearest", "even", "down", "up", "zero")
-ABI = 10
+ABI = 11
 KINDS = {torch.int32: 0, torch.int64: 1, torch.float32: 2, torch.float64: 3}  # fixed_accumulate.c
 JB32 = 32  # columns per tile of the int32 kernels (fixed_accumulate.c)
 
@@ -127,22 +128,22 @@ def _build() -> ctypes.CDLL:
     i64, i32, ptr = ctypes.c_int64, ctypes.c_int, ctypes.c_void_p
     args = [ptr, i32, i64, i64, ptr, i32, i64, ptr, i32, i64, i64, i64, i64, i64, i64, i32, i32, i64, i64, i64, i64,
             i64, ctypes.c_uint64, i32]
-    conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, i32]
-    lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, ptr, ptr, i32]
+    u64 = ctypes.c_uint64
+    conv_args = [ptr, ptr, ptr, ptr, *[i64] * 16, i32, i32, i32, i64, i64, i64, i64, i64, u64, i32]
+    lib.qlab_grid_i32.argtypes = [ptr, i32, i64, i32, i32, i32, u64, ptr, ptr, i32]
     lib.qlab_grid_i32.restype = ctypes.c_int
-    lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, ctypes.c_uint64, i32]
+    lib.qlab_fixed_quantize.argtypes = [ptr, ptr, i32, i64, i32, i32, i32, u64, i32]
     lib.qlab_fixed_quantize.restype = ctypes.c_int
-    lib.qlab_fixed_epilogue.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i64, i64, i64, i64, i32, i32]
-    lib.qlab_fixed_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, i32, i32, i32, i32, i32]
-    lib.qlab_fixed_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, i32, i32, i32, i32, i32]
+    lib.qlab_fixed_epilogue.argtypes = [ptr, ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i64, i64, i64, i64, i32, u64,
+                                        i32]
+    lib.qlab_fixed_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, i32, i32, i32, i32, u64, i32]
+    lib.qlab_fixed_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, i32, i32, i32, i32, u64, i32]
     for name in ("qlab_fixed_epilogue", "qlab_fixed_bn", "qlab_fixed_binary"):
         getattr(lib, name).restype = ctypes.c_int
     for acc in ("seq", "fin"):
         for mode in ("none", *MODES, "stochastic"):
             for sfx in ("i32", "i64"):
                 for name, a in ((f"qlab_{acc}_{mode}_{sfx}", args), (f"qlab_conv_{acc}_{mode}_{sfx}", conv_args)):
-                    if mode == "stochastic" and "conv" in name:  # stochastic products: accumulation only
-                        continue
                     fn = getattr(lib, name)
                     fn.argtypes = a
                     fn.restype = ctypes.c_int
@@ -163,20 +164,20 @@ def load():
     return _lib or None
 
 
-def covers(spec, grid_exact, stochastic: bool = False) -> bool:
-    """Whether the kernel computes ``spec``'s accumulation (without building it);
-    ``stochastic``: products rounded stochastically too (the accumulation kernel only,
-    F <= 30: draws of 32 bits), with any rounding of A (its grid is as fine as Q's: sums
-    are exact, the final rescaling is the caller's)."""
+def covers(spec, grid_exact, K: int = 0) -> bool:
+    """Whether the kernels compute ``spec``'s accumulation over ``K`` products (without
+    building them): deterministic roundings, or stochastic ones with q.F <= 30 (draws of 32
+    bits) and K < 2**24 (each draw's counter); A's rounding never acts (its grid is as fine
+    as Q's: every move to it is exact), so it may be any."""
     q, A = spec.q, spec.A
     if not (isinstance(q, FixedPoint) and isinstance(A, FixedPoint) and grid_exact):
         return False
-    if stochastic and q.rounding == "stochastic":
-        if q.F > 30 or A.rounding not in (*MODES, "stochastic"):
+    if q.rounding == "stochastic":
+        if q.F > 30 or K >= 2 ** 24:
             return False
-    elif q.rounding not in MODES or A.rounding not in MODES:
+    elif q.rounding not in MODES:
         return False
-    if spec.accumulate not in ("sequential", "final"):
+    if A.rounding not in (*MODES, "stochastic") or spec.accumulate not in ("sequential", "final"):
         return False
     d = A.F - q.F
     return 0 <= q.F <= 62 and d >= 0 and q.W - 1 + d <= 61 and q.W <= 32 and A.W <= 32
@@ -185,7 +186,7 @@ def covers(spec, grid_exact, stochastic: bool = False) -> bool:
 def accepts(xT, w, spec, generator, dt, grid_exact) -> bool:
     if not (xT.device.type == "cpu" and w.device.type == "cpu" and xT.dim() == 2 and w.dim() == 2
             and xT.shape[0] == w.shape[0] and dt in (torch.float32, torch.float64, torch.int64)
-            and xT.dtype == dt and w.dtype == dt and covers(spec, grid_exact, stochastic=True)):
+            and xT.dtype == dt and w.dtype == dt and covers(spec, grid_exact, xT.shape[0])):
         return False
     q, A = spec.q, spec.A
     if dt == torch.float32 and (A.W > 24 or q.W > 24):  # results exact in the reference's dtype
@@ -204,13 +205,22 @@ def _use_int32(q: FixedPoint, A: FixedPoint, K: int, final: bool) -> bool:
     return q.W - 1 + (A.F - q.F) <= 29 and A.W <= 30
 
 
-_GRID_MODES = {"nearest": 1, "even": 2, "down": 3, "up": 4, "zero": 5}
+_GRID_MODES = {"nearest": 1, "even": 2, "down": 3, "up": 4, "zero": 5, "stochastic": 6}  # the C side's modes
 
 
-def grid_ints(t: torch.Tensor, q: FixedPoint) -> tuple[torch.Tensor, int]:
-    """(k, max |k|): q's grid integers of t as int32 (``fixed_to_grid`` for the deterministic
-    modes and 0 <= F <= 62; NaN -> 0) in one C pass over a float32/float64 CPU tensor
-    (float16/bfloat16 widened first, exactly)."""
+def _draw_seed(q, generator) -> int:
+    """A 62-bit seed for one C call's stochastic draws, from ``generator`` (else torch's
+    default CPU generator, so torch.manual_seed repeats a run); 0 where ``q`` rounds
+    deterministically (nothing drawn)."""
+    if q.rounding != "stochastic":
+        return 0
+    return int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item())
+
+
+def grid_ints(t: torch.Tensor, q: FixedPoint, generator=None) -> tuple[torch.Tensor, int]:
+    """(k, max |k|): q's grid integers of t as int32 (``fixed_to_grid`` for 0 <= F <= 62;
+    stochastic: the reference's distribution, drawn from the hash; NaN -> 0) in one C pass
+    over a float32/float64 CPU tensor (float16/bfloat16 widened first, exactly)."""
     global grid_calls
     if t.dtype not in (torch.float32, torch.float64):
         t = t.float()
@@ -218,7 +228,8 @@ def grid_ints(t: torch.Tensor, q: FixedPoint) -> tuple[torch.Tensor, int]:
     out = torch.empty(t.shape, dtype=torch.int32)
     amax = ctypes.c_int64(0)
     load().qlab_grid_i32(t.data_ptr(), KINDS[t.dtype], t.numel(), q.W, q.F, _GRID_MODES[q.rounding],
-                         out.data_ptr(), ctypes.byref(amax), max(1, torch.get_num_threads()))
+                         _draw_seed(q, generator), out.data_ptr(), ctypes.byref(amax),
+                         max(1, torch.get_num_threads()))
     grid_calls += 1
     return out, amax.value
 
@@ -231,7 +242,7 @@ def fixed_accepts(x, q, generator=None) -> bool:
     """The elementwise fixed(W, F) quantizer: float32 and float64 CPU tensors, every mode
     (stochastic: draws from a hash seeded from ``generator``), F where x * 2**F is exact in
     double."""
-    if not (FIXED_KERNEL and x.device.type == "cpu" and (q.rounding in _GRID_MODES or q.rounding == "stochastic")):
+    if not (FIXED_KERNEL and x.device.type == "cpu" and q.rounding in _GRID_MODES):
         return False
     if x.dtype == torch.float32:
         ok = -800 <= q.F <= 800
@@ -251,10 +262,8 @@ def fixed_quantize(x, q, generator=None):
     xc = x.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
-        stochastic = q.rounding == "stochastic"
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, dtype=torch.int64).item()) if stochastic else 0
         load().qlab_fixed_quantize(xc.data_ptr(), y.data_ptr(), KINDS[xc.dtype], xc.numel(), q.W, q.F,
-                                   6 if stochastic else _GRID_MODES[q.rounding], seed, max(1, torch.get_num_threads()))
+                                   _GRID_MODES[q.rounding], _draw_seed(q, generator), max(1, torch.get_num_threads()))
     fixed_calls += 1
     return y
 
@@ -319,11 +328,12 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
     _ran(_kernel(spec, K, final)(
         A_.data_ptr(), KINDS[A_.dtype], A_.stride(1), A_.stride(0), B_.data_ptr(), KINDS[B_.dtype], B_.stride(0),
         out.data_ptr(), KINDS[out.dtype], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int, q.max_int,
-        A.min_int, A.max_int, pm, _seed(spec, generator), max(1, torch.get_num_threads())))
+        A.min_int, A.max_int, pm, _draw_seed(q, generator), max(1, torch.get_num_threads())))
     return _final_sum(out, spec, generator).to(dt) if final else out
 
 
 # --------------------------------------------------------------------------- linear and convolution
+STOCHASTIC_KERNELS = True  # False: stochastic linear/conv and pointwise steps by the reference, as before 2026-11-30
 CONV_KERNEL = True  # False: conv2d by unfold + the accumulation kernel, as before 2026-11-30
 MATMUL_KERNEL = True  # False: linear by the reference's steps around the accumulation kernel (ditto)
 
@@ -334,10 +344,12 @@ def _operands_ok(x, w, bias, spec, K: int) -> bool:
     :func:`fixed_accumulate` (same limits, same dtype rule)."""
     if spec is None or w is None or not getattr(spec, "fixed", False):
         return False
+    if spec.q.rounding == "stochastic" and not STOCHASTIC_KERNELS:
+        return False
     if not (x.device.type == "cpu" and w.device.type == "cpu" and x.dtype.is_floating_point and w.dtype == x.dtype
             and (bias is None or (bias.dtype == x.dtype and bias.device.type == "cpu"))):
         return False
-    if not covers(spec, spec.inputs):
+    if not covers(spec, spec.inputs, K):
         return False
     from qlab.core.intrinsic import _product_dtype
 
@@ -374,8 +386,8 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     final = spec.accumulate == "final"
     if K == 0:
         return fixed_epilogue(torch.zeros(M, N, dtype=torch.int64), bias, spec, generator, x.dtype)
-    kx, ax = grid_ints(x, q)  # [M, K]
-    kwt, aw = grid_ints(w.t(), q)  # [N, K]: the weight as stored, no copy for a linear layer's w
+    kx, ax = grid_ints(x, q, generator)  # [M, K]
+    kwt, aw = grid_ints(w.t(), q, generator)  # [N, K]: the weight as stored, no copy for a linear layer's w
     out = torch.empty(M, N, dtype=torch.int64)
     # few outputs: rows are w's columns, the long loop runs over x's rows (not for ragged
     # blocks alone as _swap: x's transposed copy costs more than the ragged tail here)
@@ -386,7 +398,8 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     _ran(_kernel(spec, K, final)(
         A_.data_ptr(), KINDS[torch.int32], A_.stride(0), A_.stride(1), B_.data_ptr(), KINDS[torch.int32],
         B_.stride(0), out.data_ptr(), KINDS[torch.int64], so_r, so_c, R, K, C, G, q.F, A.F - q.F, q.min_int,
-        q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), 0, max(1, torch.get_num_threads())))
+        q.max_int, A.min_int, A.max_int, _bound_of(ax, aw, q.F), _draw_seed(q, generator),
+        max(1, torch.get_num_threads())))
     if _epilogue_ok(x.dtype):  # sums [M, N] as a [M, 1, 1, N] view, the bias along N
         return _epilogue(out, (M, 1, 1, N), (N, 0, 0, 1), bias, (0, 0, 1), spec, generator, x.dtype, (M, N))
     return fixed_epilogue(_final_sum(out, spec, generator) if final else out, bias, spec, generator, x.dtype)
@@ -423,8 +436,8 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     final = spec.accumulate == "final"
     if P == 0 or O == 0 or K == 0:
         return fixed_epilogue(torch.zeros(B, O, HO, WO, dtype=torch.int64), bias, spec, generator, x.dtype, (1, O, 1, 1))
-    kx, ax = grid_ints(x, q)
-    kw, aw = grid_ints(w, q)
+    kx, ax = grid_ints(x, q, generator)
+    kw, aw = grid_ints(w, q, generator)
     kw = kw.reshape(groups, og, K)  # [G, og, K]
     # columns (the vectorised loop) are blocks of positions, each block's windows gathered once
     # for all the group's channels -- unless there are fewer positions than a block and more
@@ -435,7 +448,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
     _ran(_kernel(spec, K, final, conv=True)(
         kx.data_ptr(), kw.data_ptr(), wk.data_ptr(), out.data_ptr(), B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl,
         DH, DW, groups, og, int(swap), q.F, A.F - q.F, q.min_int, q.max_int, A.min_int, A.max_int,
-        _bound_of(ax, aw, q.F), max(1, torch.get_num_threads())))
+        _bound_of(ax, aw, q.F), _draw_seed(q, generator), max(1, torch.get_num_threads())))
     L = HO * WO
     if _epilogue_ok(x.dtype):  # read as [B, G, og, L] from either layout, written contiguous
         st = (L, og * B * L, B * L, 1) if swap else (L * og, B * L * og, 1, og)
@@ -481,16 +494,18 @@ def _epilogue(s, sizes, strides, bias, bias_strides, spec, generator, dtype, sha
     _counted(load().qlab_fixed_epilogue(
         s.data_ptr(), n.data_ptr(), st.data_ptr(), kb.data_ptr() if kb is not None else None, bs.data_ptr(),
         y.data_ptr(), KINDS[dtype], int(spec.accumulate == "final"), A.F - q.F, _GRID_MODES[q.rounding],
-        A.min_int, A.max_int, q.min_int, q.max_int, q.F, max(1, torch.get_num_threads())))
+        A.min_int, A.max_int, q.min_int, q.max_int, q.F, _draw_seed(q, generator), max(1, torch.get_num_threads())))
     return y
 
 
 def _pointwise_ok(x, spec) -> bool:
-    """CPU float32/float64 values, a fixed format with a deterministic rounding, 0 <= F <= 62."""
+    """CPU float32/float64 values, a fixed format (any rounding), 0 <= F <= 62."""
     if not (EPILOGUE_KERNEL and getattr(spec, "fixed", False) and x.device.type == "cpu"
             and x.dtype in (torch.float32, torch.float64)):
         return False
     q = spec.q
+    if q.rounding == "stochastic" and not STOCHASTIC_KERNELS:
+        return False
     return q.rounding in _GRID_MODES and 0 <= q.F <= 62 and q.W <= 32 and load() is not None
 
 
@@ -514,7 +529,7 @@ def fixed_batch_norm(x, g, r, spec, generator=None):
         kr = torch.tensor(list(r), dtype=torch.int64)
         _counted(load().qlab_fixed_bn(xc.data_ptr(), y.data_ptr(), KINDS[xc.dtype], N, C, L, kg.data_ptr(),
                                       kr.data_ptr(), q.W, q.F, _GRID_MODES[q.rounding], int(spec.inputs),
-                                      max(1, torch.get_num_threads())))
+                                      _draw_seed(q, generator), max(1, torch.get_num_threads())))
     return y
 
 
@@ -537,7 +552,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
     if ac.numel():
         _counted(load().qlab_fixed_binary(ac.data_ptr(), bc.data_ptr(), y.data_ptr(), KINDS[ac.dtype], ac.numel(),
                                           _BINARY_OPS[op], q.W, q.F, _GRID_MODES[q.rounding], int(spec.inputs),
-                                          max(1, torch.get_num_threads())))
+                                          _draw_seed(q, generator), max(1, torch.get_num_threads())))
     return y
 
 

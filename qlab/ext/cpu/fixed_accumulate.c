@@ -107,7 +107,15 @@ typedef uint32_t uv16 __attribute__((vector_size(64)));
 DEFINE_ROUNDERS(v16, uv16, v16, 32)
 static inline v16 rnd_stochastic_v16(v16 n, int s, v16 half, v16 mask, uint32_t u) {
     (void)s; (void)half; (void)mask; (void)u;
-    return n; /* never called: stochastic rows run one at a time (TILE_ROWS) */
+    return n; /* never called: the micro-kernel's stochastic step is rnd_draws_v16 */
+}
+/* stochastic on 16 lanes with draws u (a comparison gives -1 where true) */
+static inline v16 rnd_draws_v16(v16 n, int s, v16 mask, uv16 u) {
+    return (n >> s) - (v16)((v16)(u & (uv16)mask) < (n & mask));
+}
+static inline uv16 mix32_v16(uv16 h) {
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
 }
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -177,18 +185,38 @@ DEFINE_STORE(int64_t, i64)
 static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8 : 4; }
 
 /* ------------------------------------------------------------------ kernels */
-/* The addend for row value av and column value bv (T-typed product of two int32). */
+/* The addend for row value av and column value bv (T-typed product of two int32);
+ * stochastic: the column's draw ub[jj]. */
 #define ADDEND(MODE, T, SFX, av, bv)                                                            \
-    clamp_##SFX(rnd_##MODE##_##SFX((T)(av) * (T)(bv), s, half, mask,                            \
-                                   STOCH_##MODE ? draw(key, j0 + jj, K, k, 0) : 0u), qlo, qhi)
+    clamp_##SFX(rnd_##MODE##_##SFX((T)(av) * (T)(bv), s, half, mask, STOCH_##MODE ? ub[jj] : 0u), qlo, qhi)
+
+/* Step k's draws for the JB columns of a tile row (key): a product's stochastic rounding
+ * takes the draw's s <= 30 low bits, so where s <= 16 one 32-bit hash serves two columns
+ * (i and i + JB/2: bits 0-15 and 16-31); hash counter k * 32 + i (K < 2**24).  The int32
+ * micro-kernel draws the same values (V_DRAWS), so a row's results do not depend on the
+ * path it takes. */
+#define FILL_DRAWS(PER, JB)                                                                       \
+    for (uint32_t i = 0; i < JB / (PER); i++) {                                                 \
+        const uint32_t h = tile_draw(key, 32u, (uint32_t)k, i);                                 \
+        for (int p = 0; p < (PER); p++) ub[i + p * (JB / (PER))] = h >> (p * (32 / (PER)));     \
+    }
+#define DRAWS(MODE, JB)                                                                         \
+    do {                                                                                        \
+        if (!STOCH_##MODE) break;                                                               \
+        if (s <= 16) { FILL_DRAWS(2, JB) }                                                      \
+        else { FILL_DRAWS(1, JB) }                                                              \
+    } while (0)
 
 /* acc[0:JN] for one row (its K values in ar) and a block of columns (bb, row stride ldb). */
-#define ROW_BODY(MODE, T, SFX, ACC, JN)                                                         \
+#define ROW_BODY(MODE, T, SFX, ACC, JB, JN)                                                     \
     do {                                                                                        \
+        uint32_t ub[JB];                                                                        \
+        (void)ub;                                                                               \
         for (int64_t jj = 0; jj < (JN); jj++) acc[jj] = 0;                                      \
         for (int64_t k = 0; k < K; k++) {                                                       \
             const T av = (T)ar[k];                                                              \
             const int32_t *br = bb + k * ldb;                                                   \
+            DRAWS(MODE, JB);                                                                    \
             for (int64_t jj = 0; jj < (JN); jj++) {                                             \
                 T v = ADDEND(MODE, T, SFX, av, br[jj]);                                         \
                 ACC;                                                                            \
@@ -214,9 +242,10 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
  *   and d = 0 (no shift). */
 #define V_RUN 16
 #define V_CHUNK 64
-#define V_STEP(MODE, c, b, av, PCL, KIND)                                                       \
+#define V_STEP(MODE, c, b, av, PCL, KIND, U)                                                    \
     do {                                                                                        \
-        v16 v_ = rnd_##MODE##_v16((b) * (int32_t)(av), s, vhalf, vmask, 0u);                    \
+        v16 v_ = STOCH_##MODE ? rnd_draws_v16((b) * (int32_t)(av), s, vmask, U)                  \
+                              : rnd_##MODE##_v16((b) * (int32_t)(av), s, vhalf, vmask, 0u);     \
         if (PCL) v_ = clamp_v16(v_, vqlo, vqhi);                                                \
         if ((KIND) == 1) c = clamp_v16(c + shl_v16(v_, d), vlo, vhi);                           \
         else if ((KIND) == 2) c = c + shl_v16(v_, d);                                           \
@@ -228,15 +257,23 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
         v16 b0, b1;                                                                             \
         __builtin_memcpy(&b0, br, sizeof b0);                                                   \
         __builtin_memcpy(&b1, br + 16, sizeof b1);                                              \
-        V_STEP(MODE, c00, b0, r0_[k], PCL, KIND); V_STEP(MODE, c01, b1, r0_[k], PCL, KIND);     \
-        V_STEP(MODE, c10, b0, r1_[k], PCL, KIND); V_STEP(MODE, c11, b1, r1_[k], PCL, KIND);     \
-        V_STEP(MODE, c20, b0, r2_[k], PCL, KIND); V_STEP(MODE, c21, b1, r2_[k], PCL, KIND);     \
-        V_STEP(MODE, c30, b0, r3_[k], PCL, KIND); V_STEP(MODE, c31, b1, r3_[k], PCL, KIND);     \
+        uv16 u0 = {0}, u1 = {0}, u2 = {0}, u3 = {0}; /* each row's draws (stochastic, s <= 16) */ \
+        if (STOCH_##MODE) {                                                                     \
+            const uv16 m_ = mix32_v16(vlane + (uint32_t)k * 32u);                               \
+            u0 = mix32_v16(m_ ^ key4[0]); u1 = mix32_v16(m_ ^ key4[1]);                         \
+            u2 = mix32_v16(m_ ^ key4[2]); u3 = mix32_v16(m_ ^ key4[3]);                         \
+        }                                                                                       \
+        V_STEP(MODE, c00, b0, r0_[k], PCL, KIND, u0); V_STEP(MODE, c01, b1, r0_[k], PCL, KIND, u0 >> 16); \
+        V_STEP(MODE, c10, b0, r1_[k], PCL, KIND, u1); V_STEP(MODE, c11, b1, r1_[k], PCL, KIND, u1 >> 16); \
+        V_STEP(MODE, c20, b0, r2_[k], PCL, KIND, u2); V_STEP(MODE, c21, b1, r2_[k], PCL, KIND, u2 >> 16); \
+        V_STEP(MODE, c30, b0, r3_[k], PCL, KIND, u3); V_STEP(MODE, c31, b1, r3_[k], PCL, KIND, u3 >> 16); \
     }
 #define SEQ_ACC_SEQUENTIAL 1
 #define SEQ_ACC_FINAL 0
-#define ROW4_i32(MODE, ACC, a4, out4)                                                           \
+#define ROW4_i32(MODE, ACC, a4, out4, key4)                                                     \
     do {                                                                                        \
+        const uv16 vlane = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};              \
+        (void)vlane;                                                                            \
         const v16 vhalf = (v16){0} + (int32_t)half, vmask = (v16){0} + (int32_t)mask;           \
         const v16 vqlo = (v16){0} + (int32_t)qlo, vqhi = (v16){0} + (int32_t)qhi;               \
         const v16 vlo = (v16){0} + (int32_t)lo, vhi = (v16){0} + (int32_t)hi;                   \
@@ -274,29 +311,34 @@ static size_t elsize(int kind) { return kind == KIND_I64 || kind == KIND_F64 ? 8
         __builtin_memcpy((out4)[2], &c20, 64); __builtin_memcpy((out4)[2] + 16, &c21, 64);      \
         __builtin_memcpy((out4)[3], &c30, 64); __builtin_memcpy((out4)[3] + 16, &c31, 64);      \
     } while (0)
-#define ROW4_i64(MODE, ACC, a4, out4) (void)(a4) /* int64 sums: one row at a time */
+#define ROW4_i64(MODE, ACC, a4, out4, key4) (void)(a4) /* int64 sums: one row at a time */
 #define V4_i32 1
 #define V4_i64 0
 
 /* Rows r0 <= r < r1 of a tile against its column block (bb, ldb; columns j0 .. j0+jn-1):
  * four at a time through the int32 micro-kernel where the block is full, else one at a
  * time.  ROW(r, buf) is row r's K int32 values (filled into buf, K entries, where it must
- * be); PUT(SFX, r, vals) stores the row's jn sums.  Shared by the matmul and conv kernels. */
-#define TILE_ROWS(MODE, T, SFX, ACC, JB, r0, r1, ROW, PUT)                                      \
+ * be); PUT(SFX, r, vals) stores the row's jn sums; stochastic draws are keyed by (rb + r,
+ * j0).  Shared by the matmul and conv kernels. */
+#define TILE_ROWS(MODE, T, SFX, ACC, JB, r0, r1, rb, ROW, PUT)                                  \
     do {                                                                                        \
         int64_t r = (r0);                                                                       \
-        for (; V4_##SFX && !STOCH_##MODE && jn == JB && r + 4 <= (r1); r += 4) {                \
+        for (; V4_##SFX && (!STOCH_##MODE || s <= 16) && jn == JB && r + 4 <= (r1); r += 4) {   \
             const int32_t *a4[4];                                                               \
-            for (int i = 0; i < 4; i++) a4[i] = ROW(r + i, abuf + i * K);                       \
-            ROW4_##SFX(MODE, ACC, a4, out4);                                                    \
+            uint32_t key4[4];                                                                   \
+            for (int i = 0; i < 4; i++) {                                                       \
+                a4[i] = ROW(r + i, abuf + i * K);                                               \
+                key4[i] = STOCH_##MODE ? tile_key(seed, (rb) + r + i, j0) : 0u;                 \
+            }                                                                                   \
+            ROW4_##SFX(MODE, ACC, a4, out4, key4);                                              \
             for (int i = 0; i < 4; i++) PUT(SFX, r + i, out4[i]);                               \
         }                                                                                       \
         for (; r < (r1); r++) {                                                                 \
             const int32_t *ar = ROW(r, abuf);                                                   \
-            const uint32_t key = STOCH_##MODE ? row_key(seed, r) : 0u;                         \
+            const uint32_t key = STOCH_##MODE ? tile_key(seed, (rb) + r, j0) : 0u;              \
             (void)key;                                                                          \
-            if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB);                                 \
-            else ROW_BODY(MODE, T, SFX, ACC(SFX), jn);                                          \
+            if (jn == JB) ROW_BODY(MODE, T, SFX, ACC(SFX), JB, JB);                             \
+            else ROW_BODY(MODE, T, SFX, ACC(SFX), JB, jn);                                      \
             PUT(SFX, r, acc);                                                                   \
         }                                                                                       \
     } while (0)
@@ -365,7 +407,7 @@ static inline const int32_t *mm_row(int32_t *buf, const void *A, int a_kind, int
                     ldb = JB;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (g + 1) * G < R ? (g + 1) * G : R;                           \
-                TILE_ROWS(MODE, T, SFX, ACC, JB, g * G, r1, MM_ROW, MM_PUT);                    \
+                TILE_ROWS(MODE, T, SFX, ACC, JB, g * G, r1, 0, MM_ROW, MM_PUT);                 \
             }                                                                                   \
         }                                                                                       \
         free(bufs);                                                                             \
@@ -442,9 +484,8 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                               int64_t KH, int64_t KW, int64_t SH, int64_t SW, int64_t PT, int64_t PL, \
                               int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,          \
                               int s, int d, int64_t qlo_, int64_t qhi_, int64_t lo_, int64_t hi_, \
-                              int64_t pm, int nthreads) {                                       \
+                              int64_t pm, uint64_t seed, int nthreads) {                        \
         KERNEL_CONSTANTS(T);                                                                    \
-        const uint64_t seed = 0; /* deterministic modes only */                                 \
         const conv_geo geo = {x, C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, C / G};        \
         const int64_t K = geo.CG * KH * KW, P = B * HO * WO;                                    \
         const int64_t R = swap ? og : P, NC = swap ? P : og;  /* rows, columns per group */      \
@@ -482,7 +523,7 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                     ldb = og;                                                                   \
                 }                                                                               \
                 const int64_t r1 = (rg + 1) * rows_per < R ? (rg + 1) * rows_per : R;           \
-                TILE_ROWS(MODE, T, SFX, ACC, JB, rg * rows_per, r1, CONV_ROW, CONV_PUT);        \
+                TILE_ROWS(MODE, T, SFX, ACC, JB, rg * rows_per, r1, grp * R, CONV_ROW, CONV_PUT); \
             }                                                                                   \
         }                                                                                       \
         free(bufs);                                                                             \
@@ -506,19 +547,17 @@ DEFINE_ALL(even)
 DEFINE_ALL(down)
 DEFINE_ALL(up)
 DEFINE_ALL(zero)
-/* stochastic products: the accumulation kernels only (the conv kernel's operands are
- * deterministic grid integers) */
-DEFINE_KERNEL(stochastic, int32_t, i32, JB32, qlab_seq, ACC_SEQUENTIAL)
-DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_seq, ACC_SEQUENTIAL)
-DEFINE_KERNEL(stochastic, int32_t, i32, JB32, qlab_fin, ACC_FINAL)
-DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_fin, ACC_FINAL)
+DEFINE_ALL(stochastic) /* s <= 30 (the caller's limit): 32-bit draws */
 
 /* ------------------------------------------------------------------ grid integers */
 /* A fixed(W, F) grid's constants and its rounding of doubles and int64s, shared by the
  * grid integers, the quantizer and the pointwise steps below.  Each step is written once
  * as an always-inlined body taking the rounding mode (1 nearest: ties away, 2 even,
- * 3 down, 4 up, else zero) and entered through BY_MODE_CALL with the mode as a constant,
- * so gcc compiles (and vectorises) one loop per mode with no switch inside. */
+ * 3 down, 4 up, 5 zero, 6 stochastic) and entered through BY_MODE_CALL with the mode as a
+ * constant, so gcc compiles (and vectorises) one loop per mode with no switch inside.
+ * Stochastic roundings take 32 bits u of the hash per (element, site) (elem_draw; the
+ * seed is the call's, from torch's generator): floor + 1 with probability (the
+ * remainder rounded up to a multiple of 2**-32). */
 #include <math.h>
 #define INLINE static inline __attribute__((always_inline))
 #define BY_MODE_CALL(CALL)                                                                      \
@@ -527,6 +566,7 @@ DEFINE_KERNEL(stochastic, int64_t, i64, JB64, qlab_fin, ACC_FINAL)
     case 2: CALL(2); break;                                                                     \
     case 3: CALL(3); break;                                                                     \
     case 4: CALL(4); break;                                                                     \
+    case 6: CALL(6); break;                                                                     \
     default: CALL(5); break;                                                                    \
     }
 typedef struct {
@@ -544,13 +584,17 @@ static inline double round_away(double y) {
     const double t = trunc(y), d = y - t;
     return t + (double)(d >= 0.5) - (double)(d <= -0.5);
 }
-/* R(y) for a double */
-INLINE double rnd_dbl(double y, int mode) {
+/* R(y) for a double (stochastic: y - floor(y) is exact) */
+INLINE double rnd_dbl(double y, int mode, uint32_t u) {
     switch (mode) {
     case 1: return round_away(y);
     case 2: return nearbyint(y);
     case 3: return floor(y);
     case 4: return ceil(y);
+    case 6: {
+        const double f = floor(y);
+        return f + (double)((double)u * 0x1p-32 < y - f);
+    }
     default: return trunc(y);
     }
 }
@@ -560,15 +604,21 @@ INLINE double scaled(double v, const grid_t g) { /* by value: no address taken, 
     return y < g.lo ? g.lo : (y > g.hi ? g.hi : y);
 }
 /* k = clamp(R(v * 2**F)) as int64 (clamp(R(y)) = R(clamp(y)): integer bounds), NaN -> 0 */
-INLINE int64_t grid_of(double v, const grid_t g, int mode) {
-    const double y = rnd_dbl(scaled(v, g), mode);
+INLINE int64_t grid_of(double v, const grid_t g, int mode, uint32_t u) {
+    const double y = rnd_dbl(scaled(v, g), mode, u);
     return y == y ? (int64_t)y : 0;
 }
-/* R(n * 2**-s) for int64 n and 0 <= s <= 62 (rescale_int's rounding); s = 0 leaves n */
-INLINE int64_t rnd_int(int64_t n, int s, int mode) {
+/* R(n * 2**-s) for int64 n and 0 <= s <= 62 (rescale_int's rounding); s = 0 leaves n.
+ * Stochastic: the remainder r = n mod 2**s against the draw's s low bits (s <= 32: exact)
+ * or against u * 2**(s - 32) (larger s) */
+INLINE int64_t rnd_int(int64_t n, int s, int mode, uint32_t u) {
     if (s == 0) return n;
     const int64_t half = (int64_t)1 << (s - 1), mask = half - 1 + half;
     switch (mode) {
+    case 6: { /* the draw's s low bits, or the draw times 2**(s - 32) */
+        const uint64_t t = ((uint64_t)u << (s > 32 ? s - 32 : 0)) & (uint64_t)mask;
+        return (n >> s) + (int64_t)(t < (uint64_t)(n & mask));
+    }
     case 1: return rnd_nearest_i64(n, s, half, mask, 0u);
     case 2: return rnd_even_i64(n, s, half, mask, 0u);
     case 3: return rnd_down_i64(n, s, half, mask, 0u);
@@ -576,6 +626,8 @@ INLINE int64_t rnd_int(int64_t n, int s, int mode) {
     default: return rnd_zero_i64(n, s, half, mask, 0u);
     }
 }
+/* the draw for element t's rounding at site (< 8), only where mode M is stochastic */
+#define DRAW(M, t, site) ((M) == 6 ? elem_draw(seed, (t), (site)) : 0u)
 static inline int64_t clamp64(int64_t v, int64_t lo, int64_t hi) { return v < lo ? lo : (v > hi ? hi : v); }
 static inline int64_t wrap_add(int64_t a, int64_t b) { return (int64_t)((uint64_t)a + (uint64_t)b); }
 static inline void put_value(void *y, int kind, int64_t t, int64_t k, double unscale) {
@@ -595,14 +647,14 @@ static inline void put_value(void *y, int kind, int64_t t, int64_t k, double uns
         const T *xs = (const T *)x;                                                             \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) reduction(max:m) schedule(static)") \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            const int32_t k = (int32_t)grid_of((double)xs[t], g, M);                           \
+            const int32_t k = (int32_t)grid_of((double)xs[t], g, M, DRAW(M, t, 0)); \
             out[t] = k;                                                                         \
             const int64_t a = k < 0 ? -(int64_t)k : k;                                          \
             m = a > m ? a : m;                                                                  \
         }                                                                                       \
     } while (0)
-int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, int32_t *out, int64_t *amax,
-                  int nthreads) {
+int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, uint64_t seed, int32_t *out,
+                  int64_t *amax, int nthreads) {
     const grid_t g = grid_fmt(W, F);
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
     int64_t m = 0;
@@ -621,42 +673,25 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, in
  * contiguous): the elementwise fixed(W, F) quantizer.  k * 2**-F is exact in double and
  * rounded once to float32 (nearest even), as the reference's float64 step and cast; NaN
  * stays NaN, a zero result is +0.  The caller keeps F where x * 2**F is exact in double
- * (float32: |F| <= 800; float64: 0 <= F <= 900).  ROUND(v, t): the rounded scaled value. */
-#define QUANT_LOOP(T, ROUND)                                                                    \
+ * (float32: |F| <= 800; float64: 0 <= F <= 900).  Stochastic (mode 6): a bias below
+ * 2**-32. */
+#define QUANT_LOOP(T, M)                                                                        \
     do {                                                                                        \
         const T *xs = (const T *)x;                                                             \
         T *ys = (T *)y;                                                                         \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            const double v = ROUND(scaled((double)xs[t], g), t);                               \
+            const double v = rnd_dbl(scaled((double)xs[t], g), M, DRAW(M, t, 0)); \
             ys[t] = v == v ? (T)(v * g.unscale + 0.0) : xs[t];                                  \
         }                                                                                       \
     } while (0)
-/* stochastic (mode 6): floor(v) + 1 with probability v - floor(v) (exact in double), from
- * 32 bits of the hash per element t (key from the seed and t's block of 2**20): a bias
- * below 2**-32 */
-static inline double round_stochastic(double v, uint64_t seed, int64_t t) {
-    const double f = floor(v);
-    const uint32_t u = draw(row_key(seed, t >> 20), t & 0xFFFFF, 1, 0, 0);
-    return f + (double)((double)u * 0x1p-32 < v - f);
-}
 int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int F, int mode, uint64_t seed,
                         int nthreads) {
     const grid_t g = grid_fmt(W, F);
     const int nt = nthreads > 1 && n >= 65536 ? nthreads : 1;
-#define STOCHASTIC(v, t) round_stochastic(v, seed, t)
-#define RND_1(v, t) rnd_dbl(v, 1)
-#define RND_2(v, t) rnd_dbl(v, 2)
-#define RND_3(v, t) rnd_dbl(v, 3)
-#define RND_4(v, t) rnd_dbl(v, 4)
-#define RND_5(v, t) rnd_dbl(v, 5)
-#define Q_F32(M) QUANT_LOOP(float, RND_##M)
-#define Q_F64(M) QUANT_LOOP(double, RND_##M)
-    if (mode == 6 && kind == KIND_F32) {
-        QUANT_LOOP(float, STOCHASTIC);
-    } else if (mode == 6) {
-        QUANT_LOOP(double, STOCHASTIC);
-    } else if (kind == KIND_F32) {
+#define Q_F32(M) QUANT_LOOP(float, M)
+#define Q_F64(M) QUANT_LOOP(double, M)
+    if (kind == KIND_F32) {
         BY_MODE_CALL(Q_F32)
     } else {
         BY_MODE_CALL(Q_F64)
@@ -665,15 +700,14 @@ int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int 
 }
 
 /* ------------------------------------------------------------------ pointwise steps */
-/* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue, deterministic
- * modes): from sums s on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides)
+/* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue): from sums s on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides)
  * to values y (float32/float64, contiguous in the view's order): with final, the exact
  * sum moved to A (s << dA, clamped); with a bias (grid integers kb, index i1*bs[0] +
  * i2*bs[1] + i3*bs[2]), A(s + kb << dA); then Q: R(s * 2**-dA) clamped, times 2**-F.
  * dA = A.F - q.F >= 0; F in 0..62; shifts and sums wrap as torch's int64 ops do. */
 INLINE void epilogue_body(const int64_t *s, const int64_t *n, const int64_t *st, const int64_t *kb,
                           const int64_t *bs, void *y, int kind, int final, int dA, const int mode, int64_t Alo,
-                          int64_t Ahi, int64_t qlo, int64_t qhi, double unscale, int nt) {
+                          int64_t Ahi, int64_t qlo, int64_t qhi, double unscale, uint64_t seed, int nt) {
     const int64_t rows = n[0] * n[1] * n[2];
     _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")
     for (int64_t r = 0; r < rows; r++) {
@@ -684,16 +718,17 @@ INLINE void epilogue_body(const int64_t *s, const int64_t *n, const int64_t *st,
             int64_t v = sr[i3 * st[3]];
             if (final) v = clamp64(shl_i64(v, dA), Alo, Ahi);
             if (kr) v = clamp64(wrap_add(v, shl_i64(kr[i3 * bs[2]], dA)), Alo, Ahi);
-            put_value(y, kind, r * n[3] + i3, clamp64(rnd_int(v, dA, mode), qlo, qhi), unscale);
+            const int64_t t = r * n[3] + i3;
+            put_value(y, kind, t, clamp64(rnd_int(v, dA, mode, DRAW(mode, t, 0)), qlo, qhi), unscale);
         }
     }
 }
 int qlab_fixed_epilogue(const int64_t *s, const int64_t *n, const int64_t *st, const int64_t *kb,
                         const int64_t *bs, void *y, int kind, int final, int dA, int mode, int64_t Alo,
-                        int64_t Ahi, int64_t qlo, int64_t qhi, int F, int nthreads) {
+                        int64_t Ahi, int64_t qlo, int64_t qhi, int F, uint64_t seed, int nthreads) {
     const double unscale = ldexp(1.0, -F);
     const int nt = nthreads > 1 && n[0] * n[1] * n[2] * n[3] >= 65536 ? nthreads : 1;
-#define EPILOGUE(M) epilogue_body(s, n, st, kb, bs, y, kind, final, dA, M, Alo, Ahi, qlo, qhi, unscale, nt)
+#define EPILOGUE(M) epilogue_body(s, n, st, kb, bs, y, kind, final, dA, M, Alo, Ahi, qlo, qhi, unscale, seed, nt)
     BY_MODE_CALL(EPILOGUE)
 #undef EPILOGUE
     return 0;
@@ -703,7 +738,8 @@ int qlab_fixed_epilogue(const int64_t *s, const int64_t *n, const int64_t *st, c
  * per-channel constants g, r (grid integers, qlab.core.intrinsic._bn_constants_fixed):
  * kx = Q's grid integer of x (inputs; NaN -> 0), kxg = clamp(R(kx * g * 2**-F)), or
  * without inputs kxg = clamp(R(x * (g 2**-F) * 2**F)) from the same float64 product as
- * the reference; y = clamp(kxg + r) * 2**-F in x's type.  0 <= F <= 62, W <= 32. */
+ * the reference; y = clamp(kxg + r) * 2**-F in x's type.  0 <= F <= 62, W <= 32.
+ * Stochastic: independent draws for x's grid integer (site 0) and the product (1). */
 #define BN_BODY(T, M)                                                                           \
     do {                                                                                        \
         const T *xs = (const T *)x;                                                             \
@@ -716,19 +752,19 @@ int qlab_fixed_epilogue(const int64_t *s, const int64_t *n, const int64_t *st, c
             T *yr = ys + nc * L;                                                                \
             if (inputs)                                                                         \
                 for (int64_t l = 0; l < L; l++) {                                               \
-                    const int64_t kx = grid_of((double)xr[l], g_, M);                          \
-                    const int64_t kxg = clamp64(rnd_int(kx * gc, F, M), g_.qlo, g_.qhi);        \
+                    const int64_t kx = grid_of((double)xr[l], g_, M, DRAW(M, nc * L + l, 0));   \
+                    const int64_t kxg = clamp64(rnd_int(kx * gc, F, M, DRAW(M, nc * L + l, 1)), g_.qlo, g_.qhi); \
                     yr[l] = (T)((double)clamp64(kxg + rc, g_.qlo, g_.qhi) * g_.unscale);        \
                 }                                                                               \
             else                                                                                \
                 for (int64_t l = 0; l < L; l++) {                                               \
-                    const int64_t kxg = grid_of((double)xr[l] * gs, g_, M);                    \
+                    const int64_t kxg = grid_of((double)xr[l] * gs, g_, M, DRAW(M, nc * L + l, 1)); \
                     yr[l] = (T)((double)clamp64(kxg + rc, g_.qlo, g_.qhi) * g_.unscale);        \
                 }                                                                               \
         }                                                                                       \
     } while (0)
 int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_t L, const int64_t *g,
-                  const int64_t *rr, int W, int F, int mode, int inputs, int nthreads) {
+                  const int64_t *rr, int W, int F, int mode, int inputs, uint64_t seed, int nthreads) {
     const grid_t g_ = grid_fmt(W, F);
     const int nt = nthreads > 1 && N * C * L >= 65536 ? nthreads : 1;
 #define BN_F32(M) BN_BODY(float, M)
@@ -743,16 +779,17 @@ int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_
 
 /* Intrinsic elementwise a op b (0 add, 1 sub, 2 mul) for same-shape contiguous
  * float32/float64 a, b: ka, kb their grid integers (inputs: Q's, else fixed(32, F,
- * nearest)'s; NaN -> 0), y = clamp(ka +- kb) or clamp(R(ka * kb * 2**-F)), times 2**-F. */
+ * nearest)'s; NaN -> 0), y = clamp(ka +- kb) or clamp(R(ka * kb * 2**-F)), times 2**-F.
+ * Stochastic: draws at sites 0 (a), 1 (b), 2 (the product). */
 #define BINARY_BODY(T, M, MI, OP)                                                               \
     do {                                                                                        \
         const T *as = (const T *)a, *bs_ = (const T *)b;                                        \
         T *ys = (T *)y;                                                                         \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            const int64_t ka = grid_of((double)as[t], gi, MI);                                 \
-            const int64_t kb = grid_of((double)bs_[t], gi, MI);                                \
-            const int64_t k = (OP) == 2 ? rnd_int(ka * kb, F, M) : ((OP) == 0 ? ka + kb : ka - kb); \
+            const int64_t ka = grid_of((double)as[t], gi, MI, DRAW(MI, t, 0));                 \
+            const int64_t kb = grid_of((double)bs_[t], gi, MI, DRAW(MI, t, 1));                \
+            const int64_t k = (OP) == 2 ? rnd_int(ka * kb, F, M, DRAW(M, t, 2)) : ((OP) == 0 ? ka + kb : ka - kb); \
             ys[t] = (T)((double)clamp64(k, gq.qlo, gq.qhi) * gq.unscale);                       \
         }                                                                                       \
     } while (0)
@@ -763,7 +800,7 @@ int qlab_fixed_bn(const void *x, void *y, int kind, int64_t N, int64_t C, int64_
         else BINARY_BODY(T, M, MI, 2);                                                          \
     } while (0)
 int qlab_fixed_binary(const void *a, const void *b, void *y, int kind, int64_t n, int op, int W, int F,
-                      int mode, int inputs, int nthreads) {
+                      int mode, int inputs, uint64_t seed, int nthreads) {
     /* the operands' grid gi: Q's (range and rounding) with inputs, else fixed(32, F) with
      * nearest (they are on it already); the result's: gq */
     const grid_t gq = grid_fmt(W, F), gi = grid_fmt(inputs ? W : 32, F);
@@ -779,4 +816,4 @@ int qlab_fixed_binary(const void *a, const void *b, void *y, int kind, int64_t n
 }
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_cpu_abi(void) { return 10; }
+int qlab_cpu_abi(void) { return 11; }
