@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -44,6 +45,20 @@ STATUS_FILE = "reproduce.json"  # per notebook: seconds, ok, error
 
 def default_notebooks_dir() -> Path:
     return Path(__file__).resolve().parents[2] / "notebooks"
+
+
+class _ParameterNoise(logging.Filter):
+    """Drops papermill's warnings from its own reading of a parameters cell: it splits
+    lines at '=' and so misreads spec strings such as ``acc=fixed(16,8)`` ("Unable to parse
+    line ...", "Passed unknown parameter ...").  qlab reads the cell with Python's parser
+    (:func:`declared_parameters`) and passes only the names declared there."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Unable to parse line") or msg.startswith("Passed unknown parameter"))
+
+
+_NOISE = _ParameterNoise()
 
 
 def declared_parameters(path: Path) -> set[str]:
@@ -86,6 +101,9 @@ def render(name: str, out_dir: Path, notebooks_dir: Path | None = None, paramete
     if "out_dir" in declared:
         params["out_dir"] = str(exp_dir)
     bar = {"desc": name, "unit": "cell", "leave": True} if progress else False
+    for logger in ("papermill", "papermill.translators"):  # a filter sees only its own logger's records
+        if _NOISE not in logging.getLogger(logger).filters:
+            logging.getLogger(logger).addFilter(_NOISE)
     try:
         pm.execute_notebook(str(src), str(dst), parameters=params, progress_bar=bar,
                             cwd=str(notebooks_dir.parent), kernel_name="python3")
