@@ -495,13 +495,16 @@ def intrinsic_conv(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
             y = fast(x4, w4, bias, st, pads, dl, groups, spec, generator)
             y = y.squeeze(-2) if nd == 1 else y
             return y if batched else y.squeeze(0)
-        # Deterministic roundings give each input element one grid value, so grid it once
-        # before unfolding (kh*kw times fewer roundings; the same integers either way).
+        # x^ = Q(x): each input element is rounded once and every window reads that value
+        # (kh*kw times fewer roundings; for stochastic rounding also the contract's draws:
+        # one per element, not one per window copy), so grid it before unfolding.
         out_dtype = None
-        if spec.fixed and spec.inputs and spec.q.rounding != "stochastic" and x4.device.type == "cpu":
+        if spec.fixed and spec.inputs and x4.device.type == "cpu":
             out_dtype = x4.dtype
             dt = _product_dtype(spec.q, spec.A)  # unfold in the dtype the products use (exact integers)
-            x4 = _grid_int(x4, spec.q).to(dt if dt.is_floating_point else torch.float64)
+            x4 = _grid_int(x4, spec.q, generator).to(dt if dt.is_floating_point else torch.float64)
+        elif spec.inputs and spec.q.stochastic:  # values on Q's grid: the matmul's Q leaves them as they are
+            x4 = spec.q.quantize(x4, generator)
         if any(pads):
             x4 = F.pad(x4, pads)  # zeros: Q(0) = 0 on every grid
         B, C, H, W_ = x4.shape

@@ -301,3 +301,25 @@ def test_empty_operands(spec):
     assert torch.equal(intrinsic_matmul(torch.randn(2, 3, 0), torch.randn(0, 4), spec), torch.zeros(2, 3, 4))
     assert intrinsic_conv(torch.randn(0, 2, 5, 5), torch.randn(3, 2, 3, 3), None, padding=1,
                                spec=spec).shape == (0, 3, 5, 5)
+
+
+@pytest.mark.parametrize("backend", ["torch", "default"])
+@pytest.mark.parametrize("spec", ["fixed(12,3,stochastic)", "float(5,2,stochastic)"])
+def test_stochastic_conv_rounds_each_input_element_once(monkeypatch, backend, spec):
+    """x^ = Q(x) (SEMANTICS 4): an input element read by several windows has one rounded
+    value.  Kernel [1, 0] reads a window's first element, [0, 1] its second, so channel 0
+    at window i + 1 and channel 1 at window i both equal x^[i + 1], draw for draw; the
+    draws differ between elements and between calls."""
+    if backend == "torch":
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+    else:
+        monkeypatch.delenv("QLAB_BACKEND", raising=False)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(400, 1, 1, 6, generator=gen) * 4 + 0.05
+    w = torch.tensor([[[[1.0, 0.0]]], [[[0.0, 1.0]]]])
+    torch.manual_seed(1)
+    y = intrinsic_conv(x, w, spec=spec)  # [400, 2, 1, 5]
+    assert torch.equal(y[:, 0, 0, 1:], y[:, 1, 0, :-1])
+    lo, hi = qlab.parse(spec.replace("stochastic", "down"))(x), qlab.parse(spec.replace("stochastic", "up"))(x)
+    assert bool(((y[:, 1, 0] == lo[:, 0, 0, 1:]) | (y[:, 1, 0] == hi[:, 0, 0, 1:])).all())
+    assert bool((y[:, 1, 0] != lo[:, 0, 0, 1:]).any()) and bool((y[:, 1, 0] != hi[:, 0, 0, 1:]).any())
