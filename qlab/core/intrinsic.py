@@ -740,13 +740,16 @@ def intrinsic_batch_norm(x, running_mean, running_var, weight=None, bias=None, e
                                     Q.rounding, generator).to(torch.int64)
             ky = (kxg + kr).clamp_(Q.min_int, Q.max_int)
             return _grid_value(ky, Q.F, x.dtype)
-        x64 = x.to(torch.float64)
         qq = lambda t: _qf(Q, t, generator)  # noqa: E731
         var64 = running_var.to(torch.float64)
         inv = qq(1.0 / qq(torch.sqrt(var64 + eps)))
         g = qq(inv * (weight.to(torch.float64) if weight is not None else 1.0))
         beta = bias.to(torch.float64) if bias is not None else torch.zeros_like(g)
         r = qq(_two_sum_odd(beta, -qq(running_mean.to(torch.float64) * g)))
+        fast = backends.lookup("float_batch_norm", x, g, r, spec, generator)
+        if fast is not None:  # one compiled pass (qlab.ext): the same values
+            return fast(x, g, r, spec, generator)
+        x64 = x.to(torch.float64)
         xh = qq(x64) if spec.inputs else x64
         y = qq(_two_sum_odd(qq(xh * g.reshape(shape)), r.reshape(shape)))
         return cast_exact(y, x.dtype)
@@ -788,6 +791,9 @@ def intrinsic_elementwise(op: str, a, b, spec="fixed(8,4,nearest)", generator=No
             else:
                 ky = ka + kb if op == "add" else ka - kb
             return _grid_value(ky.clamp_(Q.min_int, Q.max_int), Q.F, out_dtype)
+        fast = backends.lookup("float_elementwise", a_t, b_t, op, spec, generator)
+        if fast is not None:  # one compiled pass (qlab.ext): the same values
+            return fast(a_t, b_t, op, spec, generator)
         qq = lambda t: _qf(Q, t, generator)  # noqa: E731
         a64, b64 = a_t.to(torch.float64), b_t.to(torch.float64)
         if spec.inputs:

@@ -482,3 +482,115 @@ def test_short_nearest_even_rounding_equals_the_general_one(monkeypatch, fmt):
         monkeypatch.setattr(cpu, "FLOAT_HW", hw)
         outs.append(intrinsic_linear(xm, wm, None, qlab.Intrinsic(q)))
     assert same(outs[0], outs[1])
+
+
+# ------------------------------------------------------------------ pointwise steps in C
+def _float_format(rng):
+    E, M = rng.randint(2, 8), rng.randint(0, 21)
+    fn = E < 8 and M > 0 and rng.random() < 0.2
+    inf = not fn and rng.random() < 0.3
+    return qlab.Float(E, M, rng.choice(MODES), fn=fn, inf=inf)
+
+
+def _float_awkward(shape, q, gen, dtype):
+    """Values across Q's binades and past its range: exact ties between Q's neighbours,
+    values one float32 step beside them, Q's and float32's subnormals, signed zeros,
+    +-inf, NaN, float32's extremes (and, in float64, values past float32's range)."""
+    from qlab.core.formats import _float_params
+
+    emin, emax, maxv = _float_params(q.E, q.M, q.fn)
+    n = math.prod(shape)
+    e = torch.randint(emin - q.M - 3, emax + 3, (n,), generator=gen).double()
+    x = (torch.rand(n, generator=gen, dtype=torch.float64) + 1) * torch.exp2(e)
+    k = torch.randint(0, 2 ** (q.M + 1), (n,), generator=gen).double()
+    ties = (2 * k + 1) * torch.exp2(e - q.M - 1)  # halfway between two of Q's values in binade e
+    pick = torch.rand(n, generator=gen)
+    x = torch.where(pick < 0.3, ties, x)
+    step = torch.where(torch.rand(n, generator=gen) < 0.5, 1.0, -1.0) * ties.abs() * 2.0 ** -24
+    x = torch.where((pick >= 0.3) & (pick < 0.4), ties + step, x)
+    x = x * torch.where(torch.rand(n, generator=gen) < 0.5, 1.0, -1.0)
+    specials = [0.0, -0.0, math.inf, -math.inf, math.nan, 1e-45, -1e-40, 3.4e38, -3.4e38, maxv, -maxv,
+                2.0 ** (emin - q.M), 2.0 ** (emin - q.M - 1)]
+    if dtype == torch.float64:
+        specials += [1e300, -1e-300, 3.5e38, 3.40282362e38, -3.40282362e38]  # the last: past FLT_MAX + half a step, below 2**128
+    idx = torch.randperm(n, generator=gen)[: len(specials)]
+    x[idx[: min(n, len(specials))]] = torch.tensor(specials[: min(n, len(specials))], dtype=torch.float64)
+    return x.reshape(shape).to(dtype)
+
+
+def test_float_batch_norm_kernel_equals_reference(monkeypatch):
+    """Intrinsic batch norm for float formats in one C pass = the reference's float64 steps:
+    random formats (E 2..8, M 0..21, FN, inf), every deterministic mode, inputs on and off,
+    float32/float64, ties and their neighbours, subnormals, saturation, +-inf, NaN, signed
+    zeros, rows shorter and longer than a vector, an empty batch."""
+    import random
+
+    rng = random.Random(21)
+    gen = torch.Generator().manual_seed(21)
+    for trial in range(50):
+        q = _float_format(rng)
+        spec = qlab.Intrinsic(q, inputs=rng.random() < 0.7)
+        C = rng.choice([1, 3, 8])
+        shape = rng.choice([(9, C), (4, C, 13), (3, C, 5, 6), (0, C, 2, 2)])
+        dtype = rng.choice([torch.float32, torch.float64])
+        x = _float_awkward(shape, q, gen, dtype)
+        scale = float(2.0 ** rng.randint(-4, 6))
+        mean, var = torch.randn(C, generator=gen) * scale, torch.rand(C, generator=gen) * scale ** 2 + 0.01
+        gamma, beta = torch.randn(C, generator=gen) * rng.choice([1.0, 100.0]), torch.randn(C, generator=gen) * scale
+        run = lambda: qlab.intrinsic_batch_norm(x, mean.to(dtype), var.to(dtype), gamma.to(dtype),  # noqa: E731
+                                                beta.to(dtype), 1e-5, spec)
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+        ref = run()
+        monkeypatch.delenv("QLAB_BACKEND")
+        before = cpu.epilogue_calls
+        got = run()
+        assert cpu.epilogue_calls == before + (1 if x.numel() else 0), (trial, spec)
+        assert same(got, ref), (trial, spec, shape, dtype)
+
+
+@pytest.mark.parametrize("op", ["add", "sub", "mul"])
+def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
+    """Intrinsic add/sub/mul of same-shape tensors for float formats in one C pass = the
+    reference: random formats and modes, inputs on and off, float32/float64, lengths with
+    and without a scalar tail, awkward values; broadcasting and stochastic rounding stay
+    with the reference."""
+    import random
+
+    rng = random.Random({"add": 31, "sub": 32, "mul": 33}[op])
+    gen = torch.Generator().manual_seed(3)
+    for trial in range(40):
+        q = _float_format(rng)
+        spec = qlab.Intrinsic(q, inputs=rng.random() < 0.7)
+        shape = rng.choice([(0,), (7,), (3, 17), (2, 4, 5, 5), (1000,)])
+        dtype = rng.choice([torch.float32, torch.float64])
+        a, b = _float_awkward(shape, q, gen, dtype), _float_awkward(shape, q, gen, dtype)
+        if op == "mul" and rng.random() < 0.5:  # products near Q's smallest and largest values
+            b = b.abs().clamp(max=4.0).nan_to_num(1.0)
+        run = lambda: qlab.intrinsic_elementwise(op, a, b, spec)  # noqa: E731
+        monkeypatch.setenv("QLAB_BACKEND", "torch")
+        ref = run()
+        monkeypatch.delenv("QLAB_BACKEND")
+        before = cpu.epilogue_calls
+        got = run()
+        assert cpu.epilogue_calls == before + (1 if a.numel() else 0), (trial, spec)
+        assert same(got, ref), (trial, spec, shape, dtype)
+    # float64 values between FLT_MAX (+ half a step) and 2**128 round to odd as FLT_MAX, not inf: directed
+    # roundings of an inf format then stay finite (the reference's f64_to_f32_odd rule)
+    big = torch.tensor([3.40282362e38, -3.40282362e38, 3.0e38, 1.0], dtype=torch.float64)
+    for q in (qlab.Float(8, 7, "down", inf=True), qlab.Float(8, 3, "zero", inf=True), qlab.Float(8, 21, "up", inf=True)):
+        for inputs in (True, False):
+            spec = qlab.Intrinsic(q, inputs=inputs)
+            monkeypatch.setenv("QLAB_BACKEND", "torch")
+            ref = qlab.intrinsic_elementwise(op, big, torch.ones_like(big) * (op != "sub"), spec)
+            monkeypatch.delenv("QLAB_BACKEND")
+            got = qlab.intrinsic_elementwise(op, big, torch.ones_like(big) * (op != "sub"), spec)
+            assert same(got, ref) and bool(torch.isfinite(ref[:2]).any() or op == "add"), (q, inputs, got, ref)
+    x = torch.randn(3, 17)
+    for args in [(x, x[:1], "add", "fp16"), (x, x, "add", "float(5,2,stochastic)"), (x, x, "mul", "log(8,4)"),
+                 (x, x, "add", "float(8,22)"), (x.half(), x.half(), "add", "fp16")]:
+        assert not cpu.float_elementwise_accepts(args[0], args[1], args[2], as_intrinsic(args[3])), args
+    assert cpu.float_elementwise_accepts(x, x, "add", as_intrinsic("fp8e4m3"))
+    g = torch.ones(17, dtype=torch.float64)
+    assert cpu.float_batch_norm_accepts(x, g, g, as_intrinsic("float(8,3,up)"))
+    assert not cpu.float_batch_norm_accepts(x, g, g, as_intrinsic("float(8,3,stochastic)"))
+    assert not cpu.float_batch_norm_accepts(x, g[:3], g[:3], as_intrinsic("fp16"))  # channels

@@ -463,7 +463,7 @@ def fixed_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
 
 
 # --------------------------------------------------------------------------- pointwise steps
-EPILOGUE_KERNEL = True  # False: the linear/conv epilogue, batch norm and elementwise ops by torch steps
+EPILOGUE_KERNEL = True  # False: the linear/conv epilogue, batch norm and elementwise ops (fixed and float) by torch steps
 epilogue_calls = 0  # C calls of the three below (tests check that they ran)
 
 
@@ -559,7 +559,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 11
+FLOAT_ABI = 12
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
@@ -583,6 +583,10 @@ def load_float():
                     lib.qlab_float_matmul.restype = ctypes.c_int
                     lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
+                    lib.qlab_float_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32, i32]
+                    lib.qlab_float_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, ptr, ptr, i32, i32, i32]
+                    for name in ("qlab_float_bn", "qlab_float_binary"):
+                        getattr(lib, name).restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
                     _flib = False
@@ -603,6 +607,68 @@ def _fmt_arrays(fmt):
     ints = torch.tensor([emin, M] + [-f for f in _MODE_FLAGS[rounding]], dtype=torch.int32)
     floats = torch.tensor([maxv, math.inf if inf else maxv], dtype=torch.float32)
     return ints, floats
+
+
+def _float_pointwise_ok(x, spec) -> bool:
+    """The float formats' pointwise steps: CPU float32/float64 values, a Float format with a
+    deterministic rounding and M <= 21 (what the float64 quantizer covers)."""
+    from qlab.core.formats import Float
+
+    q = getattr(spec, "q", None)
+    return (EPILOGUE_KERNEL and isinstance(q, Float) and x.device.type == "cpu"
+            and x.dtype in (torch.float32, torch.float64) and q.rounding in MODES and q.M <= 21
+            and not (q.fn and q.E == 8) and load_float() is not None)
+
+
+def _float_fmt(q):
+    from qlab.core.formats import _float_params
+
+    emin, _, maxv = _float_params(q.E, q.M, q.fn)
+    return _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
+
+
+def float_batch_norm_accepts(x, g=None, r=None, spec=None, generator=None) -> bool:
+    """Whether :func:`float_batch_norm` computes this intrinsic batch norm."""
+    return (spec is not None and x.dim() >= 2 and g is not None and r is not None and g.numel() == x.shape[1]
+            and r.numel() == x.shape[1] and _float_pointwise_ok(x, spec))
+
+
+def float_batch_norm(x, g, r, spec, generator=None):
+    """Intrinsic batch norm (eval) for float formats, y = Q(Q(x^ g) + r) with the per-channel
+    g, r (Q's values, float64) in one C pass: the reference's float64 steps."""
+    if not float_batch_norm_accepts(x, g, r, spec, generator):
+        raise ValueError(f"the CPU float batch-norm kernel does not cover {spec} on {x.dtype}")
+    xc = x.contiguous()
+    y = torch.empty_like(xc)
+    if xc.numel():
+        qi, qv = _float_fmt(spec.q)
+        g64, r64 = g.detach().double().cpu().contiguous(), r.detach().double().cpu().contiguous()
+        _counted(load_float().qlab_float_bn(xc.data_ptr(), y.data_ptr(), int(xc.dtype == torch.float64), xc.shape[0],
+                                            xc.shape[1], xc[0, 0].numel(), g64.data_ptr(), r64.data_ptr(),
+                                            qi.data_ptr(), qv.data_ptr(), int(spec.inputs), int(FLOAT_HW),
+                                            max(1, torch.get_num_threads())))
+    return y
+
+
+def float_elementwise_accepts(a, b=None, op=None, spec=None, generator=None) -> bool:
+    """Whether :func:`float_elementwise` computes this intrinsic a op b (same shape and dtype)."""
+    return (isinstance(b, torch.Tensor) and op in _BINARY_OPS and a.shape == b.shape and a.dtype == b.dtype
+            and b.device.type == "cpu" and _float_pointwise_ok(a, spec))
+
+
+def float_elementwise(a, b, op, spec, generator=None):
+    """Intrinsic y = Q(Q(a) op Q(b)) for float formats in one C pass; the reference's values."""
+    if not float_elementwise_accepts(a, b, op, spec, generator):
+        raise ValueError(f"the CPU float elementwise kernel does not cover {op} with {spec} here")
+    ac, bc = a.contiguous(), b.contiguous()
+    y = torch.empty_like(ac)
+    if ac.numel():
+        qi, qv = _float_fmt(spec.q)
+        _counted(load_float().qlab_float_binary(ac.data_ptr(), bc.data_ptr(), y.data_ptr(),
+                                                int(ac.dtype == torch.float64), ac.numel(), _BINARY_OPS[op],
+                                                qi.data_ptr(), qv.data_ptr(), int(spec.inputs), int(FLOAT_HW),
+                                                max(1, torch.get_num_threads())))
+    return y
 
 
 def float_accepts(x, q, generator=None) -> bool:

@@ -548,5 +548,151 @@ int qlab_float_round(const void *x, void *y, int64_t n, const int32_t *qi, const
     return 0;
 }
 
+/* ------------------------------------------------------------------ pointwise steps
+ * Intrinsic batch norm (eval) and elementwise add/sub/mul for float formats: the
+ * reference's float64 steps (qlab.core.intrinsic, the float branches), one pass each,
+ * deterministic modes, M <= 21.  Q of a double v is f64_to_f32_odd then Q's rounding, as
+ * the float64 quantizer above (the reference runs that kernel for its Q steps); sums are
+ * float64 TwoSum rounded to odd (_two_sum_odd), products float64 multiplications: every
+ * step is the reference's own operation on the same values.  8 lanes at once (doubles in
+ * one AVX-512 or two AVX2 registers), a scalar tail. */
+typedef double vd8 __attribute__((vector_size(64)));
+typedef int64_t vl8 __attribute__((vector_size(64)));
+
+static inline double two_sum_odd64(double a, double b) {
+    const double s = a + b;
+    const double bb = s - a;
+    const double err = (a - (s - bb)) + (b - bb);
+    int64_t sb;
+    memcpy(&sb, &s, 8);
+    const int fix = err != 0.0 && isfinite(s) && (sb & 1) == 0;
+    sb += (err > 0.0) == (s > 0.0) ? 1 : -1;
+    double fixed;
+    memcpy(&fixed, &sb, 8);
+    return fix ? fixed : s;
+}
+static inline vd8 vtwo_sum_odd64(vd8 a, vd8 b) {
+    const vd8 s = a + b;
+    const vd8 bb = s - a;
+    const vd8 err = (a - (s - bb)) + (b - bb);
+    const vl8 sb = (vl8)s;
+    const vl8 fix = (err != 0.0) & ((sb & 0x7FF0000000000000LL) != 0x7FF0000000000000LL) & ((sb & 1) == 0);
+    const vl8 step = (((err > 0.0) == (s > 0.0)) & 2) - 1; /* +1 away from zero, else -1 */
+    return (vd8)(sb + (fix & step));
+}
+/* f64_to_f32_odd on 8 lanes */
+static inline vf vf64_to_f32_odd(vd8 p) {
+    const vd8 ap = (vd8)((vl8)p & 0x7FFFFFFFFFFFFFFFLL);
+    vi fb = (vi)__builtin_convertvector(p, vf);
+    const vi over = ((fb & 0x7FFFFFFF) == 0x7F800000) & __builtin_convertvector(ap < 3.402823669209385e38, vi);
+    fb = sel(over, (fb & (int32_t)0x80000000) | 0x7F7FFFFF, fb); /* +-FLT_MAX */
+    const vd8 back = __builtin_convertvector((vf)fb, vd8);
+    const vd8 aback = (vd8)((vl8)back & 0x7FFFFFFFFFFFFFFFLL);
+    const vi fix = __builtin_convertvector(back != p, vi) & ((fb & 0x7F800000) != 0x7F800000) & ((fb & 1) == 0);
+    const vi step = sel(__builtin_convertvector(ap > aback, vi), (vi){0} + 1, (vi){0} - 1);
+    return (vf)sel(fix, fb + step, fb);
+}
+static inline vd8 vload_d(const void *x, int f64, int64_t i) {
+    vd8 v;
+    if (f64) {
+        memcpy(&v, (const double *)x + i, 64);
+    } else {
+        vf f;
+        memcpy(&f, (const float *)x + i, 32);
+        v = __builtin_convertvector(f, vd8);
+    }
+    return v;
+}
+static inline void vstore_f(void *y, int f64, int64_t i, vf v) {
+    if (f64) {
+        const vd8 d = __builtin_convertvector(v, vd8);
+        memcpy((double *)y + i, &d, 64);
+    } else {
+        memcpy((float *)y + i, &v, 32);
+    }
+}
+static inline double load_d(const void *x, int f64, int64_t i) {
+    return f64 ? ((const double *)x)[i] : (double)((const float *)x)[i];
+}
+#define Q64(v) round_fmt(f64_to_f32_odd(v), FMT_ARGS(qf))
+#define VQ64(v) __builtin_convertvector(vround_by(vf64_to_f32_odd(v), &q, hw), vd8)
+/* the body of each entry below, compiled once per short rounding hw (vround_by) */
+#define BY_HW(BODY)                                                                             \
+    switch (fmt_hw(qf, allow_hw)) {                                                             \
+    case 0: BODY(0); break;                                                                     \
+    case 1: BODY(1); break;                                                                     \
+    case 2: BODY(2); break;                                                                     \
+    default: BODY(3); break;                                                                    \
+    }
+
+/* x [N, C, L] (float32, or float64 with f64; contiguous), g and r per channel (Q's values):
+ * y = Q(TwoSumOdd(Q(x^ g), r)) with x^ = Q(x) (inputs) or x */
+int qlab_float_bn(const void *x, void *y, int f64, int64_t N, int64_t C, int64_t L, const double *g,
+                  const double *r, const int32_t *qi, const float *qv, int inputs, int allow_hw, int nthreads) {
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
+    const int par = nthreads > 1 && N * C * L >= 65536;
+#define BN_BODY(HW)                                                                             \
+    _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")        \
+    for (int64_t nc = 0; nc < N * C; nc++) {                                                    \
+        const int hw = (HW);                                                                    \
+        const vfmt_t q = vfmt(qf);                                                              \
+        const double gc = g[nc % C], rc = r[nc % C];                                            \
+        const int64_t i0 = nc * L, i1 = i0 + L;                                                 \
+        int64_t i = i0;                                                                         \
+        for (; i + 8 <= i1; i += 8) {                                                           \
+            vd8 v = vload_d(x, f64, i);                                                         \
+            if (inputs) v = VQ64(v);                                                            \
+            const vd8 p = VQ64(v * gc);                                                         \
+            vstore_f(y, f64, i, vround_by(vf64_to_f32_odd(vtwo_sum_odd64(p, (vd8){0} + rc)), &q, hw)); \
+        }                                                                                       \
+        for (; i < i1; i++) {                                                                   \
+            double v = load_d(x, f64, i);                                                       \
+            if (inputs) v = (double)Q64(v);                                                     \
+            store_f(y, f64, i, Q64(two_sum_odd64((double)Q64(v * gc), rc)));                    \
+        }                                                                                       \
+    }
+    BY_HW(BN_BODY)
+#undef BN_BODY
+    return 0;
+}
+
+/* same-shape a, b (n values, contiguous): y = Q(a^ op b^), op 0 add, 1 sub (TwoSumOdd), 2 mul */
+int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n, int op, const int32_t *qi,
+                      const float *qv, int inputs, int allow_hw, int nthreads) {
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
+    const int par = nthreads > 1 && n >= 65536;
+    const int64_t nv = n / 8;
+#define BINARY_BODY(HW)                                                                         \
+    _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")                             \
+    {                                                                                           \
+        const int hw = (HW);                                                                    \
+        const vfmt_t q = vfmt(qf);                                                              \
+        _Pragma("omp for schedule(static)")                                                     \
+        for (int64_t t = 0; t < nv; t++) {                                                      \
+            vd8 u = vload_d(a, f64, 8 * t), v = vload_d(b, f64, 8 * t);                         \
+            if (inputs) {                                                                       \
+                u = VQ64(u);                                                                    \
+                v = VQ64(v);                                                                    \
+            }                                                                                   \
+            const vd8 s = op == 2 ? u * v : vtwo_sum_odd64(u, op == 0 ? v : -v);                \
+            vstore_f(y, f64, 8 * t, vround_by(vf64_to_f32_odd(s), &q, hw));                     \
+        }                                                                                       \
+    }
+    BY_HW(BINARY_BODY)
+#undef BINARY_BODY
+    for (int64_t i = 8 * nv; i < n; i++) {
+        double u = load_d(a, f64, i), v = load_d(b, f64, i);
+        if (inputs) {
+            u = (double)Q64(u);
+            v = (double)Q64(v);
+        }
+        store_f(y, f64, i, Q64(op == 2 ? u * v : two_sum_odd64(u, op == 0 ? v : -v)));
+    }
+    return 0;
+}
+#undef Q64
+#undef VQ64
+#undef BY_HW
+
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 11; }
+int qlab_float_abi(void) { return 12; }
