@@ -14,7 +14,9 @@ replaces (alternating, best of ``--repeats``, results checked equal):
   250x32x14x14 values and every zoo CNN all-intrinsic fixed(16,8) (random weights);
 * fp16 and bf16 with nearest even rounded by a short sequence (the CPU's half conversion;
   a rounding at bit 16: ``cpu.FLOAT_HW``) beside the general bit arithmetic: the float
-  quantizer and zoo CNNs all-intrinsic (random weights);
+  quantizer and zoo CNNs all-intrinsic (random weights); float formats' batch norm and
+  add in one C pass (``cpu.EPILOGUE_KERNEL``) and their conv kernel (``cpu.CONV_KERNEL``:
+  windows gathered from Q(x)) beside the reference's steps (unfold + the float matmul);
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
@@ -219,6 +221,25 @@ def float_rows(a, B, xs):
         print(f"| quantize {xq.numel()} float32 values to {fmt} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
     for fmt in ("fp16", "bf16"):
         zoo_rows("FLOAT_HW", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}), ("lenet5", "resnet_small"))
+    print()
+    print("| float formats | torch steps / unfold (ms) | C kernel (ms) | | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    x, y = torch.randn(B, 32, 14, 14) * 4, torch.randn(B, 32, 14, 14) * 4
+    stats = [torch.randn(32), torch.rand(32) + 0.5, torch.randn(32), torch.randn(32)]
+    for fmt in ("fp16", "bf16", "fp8e4m3"):
+        for name, run in [("batch norm", lambda: qlab.intrinsic_batch_norm(x, *stats, 1e-5, fmt)),
+                          ("add", lambda: qlab.intrinsic_elementwise("add", x, y, fmt))]:
+            t0, t1, outs = side_by_side_switch("EPILOGUE_KERNEL", run, a.repeats)
+            assert torch.equal(outs[False], outs[True])
+            print(f"| {name} {tuple(x.shape)}, {fmt} | {t0 * 1e3:.2f} | {t1 * 1e3:.2f} | | {t0 / t1:.1f}x |")
+    w = torch.randn(32, 32, 3, 3) * 32 ** -0.5
+    for fmt in ("fp16", "bf16", "fp8e4m3"):
+        t0, t1, outs = side_by_side_switch("CONV_KERNEL", lambda: qlab.intrinsic_conv(x, w, None, padding=1, spec=fmt),
+                                           a.repeats)
+        assert torch.equal(outs[False], outs[True])
+        print(f"| conv {tuple(x.shape)} -> 32, 3x3, {fmt} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | | {t0 / t1:.1f}x |")
+    for fmt in ("fp16", "bf16", "fp8e4m3"):
+        zoo_rows("CONV_KERNEL", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}))
     print()
 
 

@@ -41,7 +41,7 @@ def register_triton(device_type: str = "cuda") -> bool:
 def register_cpu() -> bool:
     """Register the compiled CPU kernels (``fixed``, ``fixed_accumulate``, ``fixed_matmul``,
     ``fixed_conv2d``, ``fixed_batch_norm``, ``fixed_elementwise``, ``float_matmul``, ``float``,
-    ``float_batch_norm``, ``float_elementwise``)
+    ``float_conv2d``, ``float_batch_norm``, ``float_elementwise``)
     for CPU tensors.  Nothing is compiled here: the first
     accepted call builds it (or warns once and declines)."""
     from qlab.ext import cpu
@@ -53,6 +53,7 @@ def register_cpu() -> bool:
     backends.register("fixed_batch_norm", "cpu", "cpu", cpu.fixed_batch_norm, cpu.batch_norm_accepts)
     backends.register("fixed_elementwise", "cpu", "cpu", cpu.fixed_elementwise, cpu.elementwise_accepts)
     backends.register("float_matmul", "cpu", "cpu", cpu.float_matmul, cpu.float_matmul_accepts)
+    backends.register("float_conv2d", "cpu", "cpu", cpu.float_conv2d, cpu.float_conv_accepts)
     backends.register("float", "cpu", "cpu", cpu.float_quantize, cpu.float_accepts)
     backends.register("float_batch_norm", "cpu", "cpu", cpu.float_batch_norm, cpu.float_batch_norm_accepts)
     backends.register("float_elementwise", "cpu", "cpu", cpu.float_elementwise, cpu.float_elementwise_accepts)

@@ -161,7 +161,7 @@ def test_long_final_sums_inputs_false_dtypes_threads_and_conv(monkeypatch):
         x, w, b = torch.randn(70, 11, generator=g) * 9, torch.randn(5, 11, generator=g), torch.randn(5, generator=g)
         ref, got, ran = both(monkeypatch, intrinsic_linear, x, w, b, spec=fspec(qf, FP16, mode, acc))
         assert ran == 1 and same(ref, got), (qf, mode, acc)
-    # convolution: the reference's unfold, then this kernel
+    # convolution (the conv kernel; test_float_conv_kernel_equals_reference has more)
     xc, wc = torch.randn(2, 4, 6, 5, generator=g) * 3, torch.randn(6, 2, 3, 2, generator=g)
     spec = fspec(FP16, FP16, "nearest")
     ref, got, ran = both(monkeypatch, intrinsic_conv, xc, wc, None, stride=1, padding=1, groups=2, spec=spec)
@@ -594,3 +594,89 @@ def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
     assert cpu.float_batch_norm_accepts(x, g, g, as_intrinsic("float(8,3,up)"))
     assert not cpu.float_batch_norm_accepts(x, g, g, as_intrinsic("float(8,3,stochastic)"))
     assert not cpu.float_batch_norm_accepts(x, g[:3], g[:3], as_intrinsic("fp16"))  # channels
+
+
+_CONV_GEOMETRIES = [  # B, C, H, W, O, kh, kw, stride, padding, dilation, groups
+    (2, 3, 7, 6, 5, 3, 3, 1, 1, 1, 1),  # few channels: columns are positions (a ragged last block)
+    (2, 4, 9, 8, 40, 3, 2, 2, 1, 1, 2),
+    (1, 6, 11, 10, 6, 5, 5, 1, 2, 2, 3),  # dilation, groups
+    (3, 2, 5, 5, 33, 1, 1, 1, 0, 1, 1),
+    (2, 8, 8, 8, 64, 3, 3, 1, "same", 1, 4),
+    (2, 3, 6, 7, 4, 2, 3, (2, 1), (0, 2), (1, 2), 1),  # per-axis stride, padding, dilation
+    (1, 2, 4, 3, 70, 3, 3, 1, 1, 1, 1),  # 12 positions, 70 channels: rows are positions, ragged column blocks
+    (1, 4, 5, 4, 80, 3, 2, 1, 2, 2, 2),  # rows are positions (30 of them), groups and dilation
+    (2, 5, 3, 3, 7, 3, 3, 1, 2, 1, 1),  # windows mostly in the padding
+    (4, 3, 8, 8, 32, 3, 3, 1, 1, 1, 1),  # 256 positions x 32 channels: full vector tiles, two threads
+    (1, 4, 4, 4, 6, 3, 3, 1, 1, 1, 2),  # one block of positions per group: each group gathers its own
+    (2, 3, 3, 3, 40, 3, 3, 1, 1, 1, 1),  # rows are positions of two images
+]
+
+
+@pytest.mark.parametrize("geo", range(len(_CONV_GEOMETRIES)))
+def test_float_conv_kernel_equals_reference(monkeypatch, geo):
+    """The float conv kernel (windows gathered from Q(x), no im2col tensor) = the reference's
+    unfold + float matmul, bit for bit: every geometry (both layouts, ragged blocks, groups,
+    stride, dilation, padding), float32 products and float64 ones (inputs=False), sequential
+    and final sums, bias or none, every deterministic mode in turn, float16/bfloat16
+    tensors, NaN and inf in the input."""
+    import random
+
+    B, C, H, W, O, kh, kw, st, pad, dil, grp = _CONV_GEOMETRIES[geo]
+    rng = random.Random(geo)
+    g = torch.Generator().manual_seed(geo)
+    x = torch.randn(B, C, H, W, generator=g) * 3
+    x.view(-1)[rng.randrange(x.numel())] = math.inf
+    x.view(-1)[rng.randrange(x.numel())] = math.nan
+    w, b = torch.randn(O, C // grp, kh, kw, generator=g), torch.randn(O, generator=g)
+    cases = [(FP16, FP16, "sequential", True), (BF16, BF16, "sequential", True), (E4M3, FP16, "final", True),
+             (E5M2, FP16, "final", False), (FP16, (8, 23, False, False), "sequential", True)]
+    for i, (qf, af, acc, inputs) in enumerate(cases):
+        mode = MODES[(geo + i) % len(MODES)]
+        spec = fspec(qf, af, mode, acc, amode="even" if af[1] == 23 else None, inputs=inputs)
+        dt = [torch.float32, torch.float32, torch.float16, torch.bfloat16, torch.float32][i]
+        bias = b.to(dt) if i % 2 == 0 else None
+        ref, got, ran = both(monkeypatch, intrinsic_conv, x.to(dt), w.to(dt), bias, stride=st, padding=pad,
+                             dilation=dil, groups=grp, spec=spec)
+        assert ran == 1 and same(ref, got), (geo, str(spec), dt)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:  # one thread: the same values
+        ref2, got2, _ = both(monkeypatch, intrinsic_conv, x, w, b, stride=st, padding=pad, dilation=dil, groups=grp,
+                             spec=fspec(FP16, FP16, "even"))
+        assert same(ref2, got2)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_float_conv_kernel_stochastic_and_declines(monkeypatch):
+    """Stochastic formats through the conv kernel: torch.manual_seed repeats a run, another
+    seed changes it, each output lies between the all-down and all-up results (inputs on
+    Q's grid, products and sums monotone); shapes whose draw counters could repeat, and
+    switched off: the reference."""
+    g = torch.Generator().manual_seed(9)
+    x = qlab.Float(5, 2, "even")(torch.randn(2, 3, 6, 6, generator=g) * 3)  # on the grid of float(5, 2)
+    w = qlab.Float(5, 2, "even")(torch.randn(40, 3, 3, 3, generator=g))
+    spec = qlab.Intrinsic(qlab.Float(5, 2, "stochastic"), acc=qlab.Float(5, 10, "stochastic"))
+    before = cpu.float_calls
+    torch.manual_seed(1)
+    y = intrinsic_conv(x, w, None, padding=1, spec=spec)
+    assert cpu.float_calls == before + 1
+    torch.manual_seed(1)
+    assert torch.equal(y, intrinsic_conv(x, w, None, padding=1, spec=spec))
+    torch.manual_seed(2)
+    assert not torch.equal(y, intrinsic_conv(x, w, None, padding=1, spec=spec))
+    lo = intrinsic_conv(x, w, None, padding=1, spec=qlab.Intrinsic(qlab.Float(5, 2, "down"), acc=qlab.Float(5, 10, "down")))
+    hi = intrinsic_conv(x, w, None, padding=1, spec=qlab.Intrinsic(qlab.Float(5, 2, "up"), acc=qlab.Float(5, 10, "up")))
+    assert bool(((y >= lo) & (y <= hi)).all()) and bool((lo < hi).any())
+    # two identical groups: their draws are independent (residuals over 100 images uncorrelated)
+    xg = x[:1, :1].repeat(100, 2, 1, 1)
+    wg = w[:3, :1].repeat(2, 1, 1, 1)
+    yg = intrinsic_conv(xg, wg, None, padding=1, groups=2, spec=spec).double()
+    r = yg - yg.mean(0)
+    a, b = r[:, :3].reshape(-1), r[:, 3:].reshape(-1)
+    assert abs((a @ b).item() / (a.norm() * b.norm()).item()) <= 5 / math.sqrt(a.numel()) and a.norm() > 0
+    big, wbig = torch.zeros(64, 1, 256, 256), torch.zeros(4, 1, 15, 15)  # 4.2M positions x 226 x 8 >= 2**32
+    assert not cpu.float_conv_accepts(big, wbig, None, (1, 1), (7, 7, 7, 7), (1, 1), 1, spec)
+    assert cpu.float_conv_accepts(big, wbig, None, (1, 1), (7, 7, 7, 7), (1, 1), 1, as_intrinsic("fp16"))
+    monkeypatch.setattr(cpu, "CONV_KERNEL", False)
+    assert not cpu.float_conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fp16"))

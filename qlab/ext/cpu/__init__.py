@@ -91,7 +91,7 @@ def library_path(cc: str, source: Path = SOURCE, flags=FLAGS) -> Path:
 
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=60).stdout
     h = hashlib.sha256()
-    headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))  # draws.h, included by both
+    headers = b"".join(p.read_bytes() for p in sorted(source.parent.glob("*.h")))  # draws.h, conv_gather.h: included by both
     for part in (source.read_bytes(), headers, " ".join(flags).encode(), platform.machine().encode(),
                  version.encode(), _cpu_id().encode()):
         h.update(part)
@@ -334,7 +334,7 @@ def fixed_accumulate(xT, w, spec, generator, dt, grid_exact) -> torch.Tensor:
 
 # --------------------------------------------------------------------------- linear and convolution
 STOCHASTIC_KERNELS = True  # False: stochastic linear/conv and pointwise steps by the reference, as before 2026-11-30
-CONV_KERNEL = True  # False: conv2d by unfold + the accumulation kernel, as before 2026-11-30
+CONV_KERNEL = True  # False: conv2d by unfold + the accumulation kernel (fixed) or the float matmul (float), as before 2026-11-30
 MATMUL_KERNEL = True  # False: linear by the reference's steps around the accumulation kernel (ditto)
 
 
@@ -559,7 +559,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 12
+FLOAT_ABI = 13
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
@@ -581,6 +581,9 @@ def load_float():
                                                       ptr, ptr, ptr, ptr, i32, i32, f32, f32, i32, ctypes.c_uint64, i32,
                                                       i32, i32, i32, i32]
                     lib.qlab_float_matmul.restype = ctypes.c_int
+                    lib.qlab_float_conv.argtypes = [ptr, ptr, ptr, ptr, ptr, *[i64] * 16, i32, ptr, ptr, ptr, ptr, i32,
+                                                    i32, f32, f32, i32, ctypes.c_uint64, i32, i32, i32, i32, i32]
+                    lib.qlab_float_conv.restype = ctypes.c_int
                     lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32, i32]
                     lib.qlab_float_round.restype = ctypes.c_int
                     lib.qlab_float_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32, i32]
@@ -770,5 +773,67 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             int(fp.a32), int(fp.q32), int(fp.sum32), int(FLOAT_HW))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
+        float_calls += 1
+    return y.to(x.dtype)  # Q's values are exact in float32: one rounding, as the reference casts
+
+
+def float_conv_accepts(x, w=None, bias=None, stride=None, pads=None, dilation=None, groups=1, spec=None,
+                       generator=None) -> bool:
+    """Whether :func:`float_conv2d` computes this intrinsic conv2d (what the float matmul
+    takes, on a conv's shapes)."""
+    from qlab.ext.float_intrinsic import FLOAT_DTYPES, plan
+
+    if not CONV_KERNEL or w is None or spec is None or x.dim() != 4 or w.dim() != 4 or x.device.type != "cpu":
+        return False
+    if x.shape[1] != w.shape[1] * groups or w.shape[0] % groups:  # the reference raises torch's error
+        return False
+    K = w.shape[1] * w.shape[2] * w.shape[3]
+    if plan(spec, K) is None:
+        return False
+    if not all(t.dtype in FLOAT_DTYPES for t in (x, w) + ((bias,) if bias is not None else ())):
+        return False
+    if spec.q.stochastic or spec.A.stochastic:  # the draws' 32-bit counters must not repeat within a row
+        B, H, W_ = x.shape[0], x.shape[2], x.shape[3]
+        if max(B * H * W_, w.shape[0]) * (K + 1) * 8 >= 2 ** 32:  # positions <= B * H * W (stride >= 1, pads ...)
+            return False
+    return load_float() is not None
+
+
+def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=None):
+    """Intrinsic conv2d for float formats on x [B, C, H, W], weight [O, C/groups, kh, kw],
+    pads = (left, right, top, bottom) zeros: Q(x) once, then one C pass whose tiles gather
+    their windows from it (no im2col tensor); the float matmul's arithmetic, so the
+    reference's values."""
+    from qlab.ext.float_intrinsic import operands, plan
+
+    global float_calls
+    if not float_conv_accepts(x, w, bias, stride, pads, dilation, groups, spec, generator):
+        raise ValueError(f"the CPU float conv kernel does not cover {spec} here")
+    B, C, H, W_ = x.shape
+    O, CG, KH, KW = w.shape
+    (SH, SW), (DH, DW), (pl, pr, pt, pb) = stride, dilation, pads
+    HO = max((H + pt + pb - DH * (KH - 1) - 1) // SH + 1, 0)
+    WO = max((W_ + pl + pr - DW * (KW - 1) - 1) // SW + 1, 0)
+    K, og, P = CG * KH * KW, O // groups, B * HO * WO
+    y = torch.zeros(B, O, HO, WO, dtype=torch.float32)
+    if y.numel():
+        fp = plan(spec, K)
+        xin, wq, bq = operands(x, w, bias, spec, generator)
+        xin = xin.contiguous()
+        wt = wq.reshape(groups, og, K).contiguous()
+        swap = P >= 32 or og <= P  # columns (the vector side) are positions, unless there are few of them
+        wk = wt if swap else wt.transpose(1, 2).contiguous()
+        qi, qv = _fmt_arrays(fp.q)
+        ai, av = _fmt_arrays(fp.a)
+        rc = load_float().qlab_float_conv(
+            xin.data_ptr(), wt.data_ptr(), wk.data_ptr(), bq.data_ptr() if bq is not None else None, y.data_ptr(),
+            B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
+            qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
+            fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
+            int(fp.a32), int(fp.q32), int(fp.sum32), int(FLOAT_HW))
+        if rc == -2:
+            raise MemoryError("qlab CPU float conv kernel: out of memory")
+        if rc != 0:
+            raise ValueError(f"the CPU float conv kernel refused {spec}")
         float_calls += 1
     return y.to(x.dtype)  # Q's values are exact in float32: one rounding, as the reference casts

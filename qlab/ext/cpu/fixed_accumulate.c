@@ -426,57 +426,11 @@ static inline const int32_t *mm_row(int32_t *buf, const void *A, int a_kind, int
  *   swap = 1 (few output channels): rows are the og channels (wt), columns blocks of JB
  *             positions whose [K, JB] values are gathered once per tile; out [G, og, P].
  * out is int64: the A-grid sums (sequential) or the exact sums (final). */
-typedef struct {
-    const int32_t *x;
-    int64_t C, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, CG;
-} conv_geo;
-
-/* dst[k] for k < K: position p's window, channels of group grp */
-static void gather_row(int32_t *dst, const conv_geo *g, int64_t p, int64_t grp) {
-    const int64_t L = g->HO * g->WO, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO;
-    const int64_t ih0 = oh * g->SH - g->PT, iw0 = ow * g->SW - g->PL;
-    int64_t k = 0;
-    for (int64_t c = 0; c < g->CG; c++) {
-        const int32_t *xc = g->x + ((b * g->C + grp * g->CG + c) * g->H) * g->W;
-        for (int64_t r = 0; r < g->KH; r++) {
-            const int64_t ih = ih0 + r * g->DH;
-            const int okh = ih >= 0 && ih < g->H;
-            for (int64_t t = 0; t < g->KW; t++) {
-                const int64_t iw = iw0 + t * g->DW;
-                dst[k++] = okh && iw >= 0 && iw < g->W ? xc[ih * g->W + iw] : 0;
-            }
-        }
-    }
-}
-
-/* dst[k * JB + j] for k < K, j < n: the windows of positions p0 + j (n <= JB), group grp;
- * off/ih0/iw0: scratch of JB entries each */
-static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0, int64_t n, int64_t grp,
-                        int64_t *off, int64_t *ih0, int64_t *iw0) {
-    const int64_t L = g->HO * g->WO;
-    for (int64_t j = 0; j < n; j++) {
-        const int64_t p = p0 + j, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO;
-        off[j] = (b * g->C + grp * g->CG) * g->H * g->W;
-        ih0[j] = oh * g->SH - g->PT;
-        iw0[j] = ow * g->SW - g->PL;
-    }
-    int64_t k = 0;
-    for (int64_t c = 0; c < g->CG; c++) {
-        const int64_t cof = c * g->H * g->W;
-        for (int64_t r = 0; r < g->KH; r++) {
-            for (int64_t t = 0; t < g->KW; t++, k++) {
-                int32_t *d = dst + k * JB;
-                for (int64_t j = 0; j < n; j++) {
-                    const int64_t ih = ih0[j] + r * g->DH, iw = iw0[j] + t * g->DW;
-                    d[j] = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? g->x[off[j] + cof + ih * g->W + iw] : 0;
-                }
-            }
-        }
-    }
-}
+#include "conv_gather.h" /* conv_geo, gather_row_*, gather_cols_* */
+DEFINE_GATHER(int32_t, i32)
 
 /* row r: the weights of channel r (swap) or position r's window, gathered into buf */
-#define CONV_ROW(r, buf) (swap ? wt + (grp * og + (r)) * K : (gather_row(buf, &geo, r, grp), (const int32_t *)(buf)))
+#define CONV_ROW(r, buf) (swap ? wt + (grp * og + (r)) * K : (gather_row_i32(buf, &geo, r, grp), (const int32_t *)(buf)))
 #define CONV_PUT(SFX, r, vals) store_##SFX(out + (grp * R + (r)) * NC + j0, KIND_I64, 1, vals, jn)
 #define DEFINE_CONV(MODE, T, SFX, JB, NAME, ACC)                                                \
     int NAME##_##MODE##_##SFX(const int32_t *x, const int32_t *wt, const int32_t *wk, int64_t *out,  \
@@ -515,7 +469,7 @@ static void gather_cols(int32_t *dst, int64_t JB, const conv_geo *g, int64_t p0,
                 const int32_t *bb;                                                              \
                 int64_t ldb;                                                                    \
                 if (swap) {                                                                     \
-                    gather_cols(bbuf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB); \
+                    gather_cols_i32(bbuf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB); \
                     bb = bbuf;                                                                  \
                     ldb = JB;                                                                   \
                 } else {                                                                        \

@@ -96,6 +96,7 @@ static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
 static inline float round_fmt(float x, FMT_PARAMS(f_)) { return round_fmt_r(x, 0, FMT_PASS(f_)); }
 
 #include "draws.h" /* mix32, row_key, draw: the stochastic draws */
+#include "conv_gather.h" /* conv_geo, DEFINE_GATHER: the convolution's windows */
 
 /* a + b rounded to odd in float32 (inf/NaN as float addition gives them) */
 static inline float two_sum_odd(float a, float b) {
@@ -451,6 +452,72 @@ static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, 
     }
 }
 
+/* What every tile of a call shares: the formats and the plan's switches. */
+typedef struct {
+    fmt_t qf, af;
+    int seq, p64, a32, q32, sum32, dsum_ok, hq, ha;
+    float to_steps, from_steps;
+    uint64_t seed;
+} fcall_t;
+
+/* One tile: row xr (K values, stride sx_k) against jn <= JB columns wc (stride sw_k between
+ * k), then the epilogue: y[yc[jj]] for column jj, the bias term bias[jj * sb_c] (bias may
+ * be NULL); stochastic draws keyed by row kr, columns numbered from j0. */
+static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const float *wc, int64_t sw_k, int64_t K,
+                       int64_t jn, int64_t kr, int64_t j0, const float *bias, int64_t sb_c, float *y,
+                       const int64_t *yc) {
+    const fmt_t qf = P->qf, af = P->af;
+    const int seq = P->seq, p64 = P->p64, a32 = P->a32, q32 = P->q32, sum32 = P->sum32;
+    float acc[JB], nonfin[JB];
+    int64_t isum[JB];
+    /* p64: 0 float32 products (exact), 1 float64 products, 2 float32 checked (float64 where needed) */
+    const int sto = (qf.c_sto | af.c_sto) != 0;
+    const uint32_t key = sto ? row_key(P->seed, kr) : 0;
+    const int vec = p64 != 1 && jn == JB && !sto;
+    const int vec_fin = vec && !seq && P->dsum_ok;
+    if (vec && seq) row_seq_vec(xr, sx_k, wc, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, P->hq, P->ha);
+    else if (vec_fin) row_fin_vec(xr, sx_k, wc, sw_k, K, qf, p64 == 2, a32, acc);
+    else if (sto) row_sto(xr, sx_k, wc, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc,
+                          isum, nonfin);
+    else row(xr, sx_k, wc, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc, isum, nonfin);
+    for (int64_t jj = 0; jj < jn; jj++) {
+        float s = acc[jj];
+        if (vec_fin) {
+            s = a32 ? clamp32(s, af.maxv, af.sat) : round_fmt(s, FMT_ARGS(af));
+        } else if (!seq) {
+            /* exact scaling by a power of two (a32: a normal result, or |isum| < 2**24 converted exactly) */
+            float total = (a32 ? (float)isum[jj] : i64_to_f32_odd(isum[jj])) * P->from_steps;
+            total = nonfin[jj] != 0.0f ? nonfin[jj] : total; /* +-inf or NaN (NaN != 0) */
+            s = a32 ? clamp32(total, af.maxv, af.sat)
+                    : round_fmt_r(total, sto ? draw(key, j0 + jj, K + 1, K, 2) : 0, FMT_ARGS(af));
+        }
+        if (bias && a32)
+            s = clamp32(s + bias[jj * sb_c], af.maxv, af.sat);
+        else if (bias) {
+            const float bv = bias[jj * sb_c];
+            s = round_fmt_r(sum32 ? s + bv : two_sum_odd(s, bv), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
+                            FMT_ARGS(af));
+        }
+        y[yc[jj]] = q32 ? clamp32(s, qf.maxv, qf.sat)
+                        : round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
+    }
+}
+
+/* the fcall_t of a call's arguments; -1 in .seq for formats the kernels do not take */
+static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
+                     float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
+                     int allow_hw) {
+    /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
+    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
+    const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
+    fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
+                 to_steps, from_steps, seed};
+    if ((qf.M > 21 && !(q32 && qf.M == 23 && qf.emin == -126 && p64 == 1 && seq)) ||
+        (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126)))
+        P.seq = -1;
+    return P;
+}
+
 /* y[r * sy_r + c * sy_c] for r < R, c < C (the bias term b[r * sb_r + c * sb_c]).  The caller
  * may swap the operands (x*w = w*x, same k order) so that the long side is the vector one.
  * Returns 0, or -1 for an impossible argument. */
@@ -459,16 +526,11 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                       int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
                       int nthreads, int a32, int q32, int sum32, int allow_hw) {
-    /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
-    const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
-    const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
-    if ((qf.M > 21 && !(q32 && qf.M == 23 && qf.emin == -126 && p64 == 1 && seq)) ||
-        (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126)))
-        return -1;
+    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, allow_hw);
+    if (P.seq < 0) return -1;
     const int64_t nblk = (C + JB - 1) / JB;
     const int64_t ntiles = R * nblk;
     const int par = nthreads > 1 && ntiles > 1 && R * C * K >= 16384;
-    const int hq = fmt_hw(qf, allow_hw), ha = a32 ? 0 : fmt_hw(af, allow_hw);
     const int colmajor = C > R;
     _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")
     for (int64_t t = 0; t < ntiles; t++) {
@@ -477,41 +539,74 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
         const int64_t r = colmajor ? t % R : t / nblk;
         const int64_t j0 = (colmajor ? t / R : t - r * nblk) * JB;
         const int64_t jn = C - j0 < JB ? C - j0 : JB;
-        float acc[JB], nonfin[JB];
-        int64_t isum[JB];
-        /* p64: 0 float32 products (exact), 1 float64 products, 2 float32 checked (float64 where needed) */
-        const int sto = (qf.c_sto | af.c_sto) != 0;
-        const uint32_t key = sto ? row_key(seed, r) : 0;
-        const int vec = p64 != 1 && jn == JB && !sto;
-        const int vec_fin = vec && !seq && dsum_ok;
-        if (vec && seq) row_seq_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, hq, ha);
-        else if (vec_fin) row_fin_vec(x + r * sx_r, sx_k, w + j0, sw_k, K, qf, p64 == 2, a32, acc);
-        else if (sto) row_sto(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32,
-                              sum32, to_steps, acc, isum, nonfin);
-        else row(x + r * sx_r, sx_k, w + j0, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, to_steps, acc, isum,
-                 nonfin);
-        for (int64_t jj = 0; jj < jn; jj++) {
-            float s = acc[jj];
-            if (vec_fin) {
-                s = a32 ? clamp32(s, af.maxv, af.sat) : round_fmt(s, FMT_ARGS(af));
-            } else if (!seq) {
-                /* exact scaling by a power of two (a32: a normal result, or |isum| < 2**24 converted exactly) */
-                float total = (a32 ? (float)isum[jj] : i64_to_f32_odd(isum[jj])) * from_steps;
-                total = nonfin[jj] != 0.0f ? nonfin[jj] : total; /* +-inf or NaN (NaN != 0) */
-                s = a32 ? clamp32(total, af.maxv, af.sat)
-                        : round_fmt_r(total, sto ? draw(key, j0 + jj, K + 1, K, 2) : 0, FMT_ARGS(af));
+        int64_t yc[JB];
+        for (int64_t jj = 0; jj < jn; jj++) yc[jj] = r * sy_r + (j0 + jj) * sy_c;
+        float_tile(&P, x + r * sx_r, sx_k, w + j0, sw_k, K, jn, r, j0, b ? b + r * sb_r + j0 * sb_c : NULL, sb_c, y, yc);
+    }
+    return 0;
+}
+
+/* Intrinsic conv2d on Q's values xq [B, Cin, H, W] (float32, contiguous; conv_gather.h) with
+ * weights wt [G, og, K] and wk = wt transposed [G, K, og], bias b [O] or NULL, into y
+ * [B, O, HO, WO]; the tiles and epilogue of qlab_float_matmul:
+ *   swap = 0: rows are positions (each row's window gathered), columns the group's channels;
+ *   swap = 1: rows are the group's channels, columns blocks of JB positions, gathered once
+ *             per block and kept while consecutive tiles (one per channel) read it.
+ * Stochastic draws: row key grp * rows + r, columns numbered within the group. */
+DEFINE_GATHER(float, f32)
+int qlab_float_conv(const float *xq, const float *wt, const float *wk, const float *b, float *y, int64_t B,
+                    int64_t Cin, int64_t H, int64_t W, int64_t HO, int64_t WO, int64_t KH, int64_t KW, int64_t SH,
+                    int64_t SW, int64_t PT, int64_t PL, int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,
+                    const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
+                    int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
+                    int nthreads, int a32, int q32, int sum32, int allow_hw) {
+    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, allow_hw);
+    if (P.seq < 0) return -1;
+    const conv_geo geo = {xq, Cin, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, Cin / G};
+    const int64_t K = geo.CG * KH * KW, L = HO * WO, Pn = B * L, O = G * og;
+    const int64_t R = swap ? og : Pn, NC = swap ? Pn : og; /* rows, columns per group */
+    const int64_t nblk = (NC + JB - 1) / JB;
+    const int64_t ntiles = G * R * nblk;
+    const int par = nthreads > 1 && ntiles > 1 && R * NC * K >= 16384;
+    const int nt = par ? nthreads : 1;
+    const size_t per = (size_t)(K > 0 ? K : 1) * JB;
+    float *bufs = (float *)malloc(sizeof(float) * per * (size_t)nt);
+    if (bufs == NULL) return -2;
+    _Pragma("omp parallel num_threads(nt) if(par)")
+    {
+        float *buf = bufs + per * (size_t)omp_get_thread_num();
+        int64_t scratch[3 * JB], yc[JB];
+        int64_t held = -1; /* the block (grp * nblk + block) buf holds (swap) */
+        _Pragma("omp for schedule(static)")
+        for (int64_t t = 0; t < ntiles; t++) {
+            /* swap: consecutive tiles are the channels of one block (gathered once); else the
+             * blocks of one position's row */
+            const int64_t grp = t / (R * nblk), rest = t - grp * R * nblk;
+            const int64_t r = swap ? rest % R : rest / nblk, blk = swap ? rest / R : rest % nblk;
+            const int64_t j0 = blk * JB, jn = NC - j0 < JB ? NC - j0 : JB;
+            const float *xr, *wc;
+            int64_t sx_k, sw_k;
+            if (swap) {
+                if (held != grp * nblk + blk) {
+                    gather_cols_f32(buf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB);
+                    held = grp * nblk + blk;
+                }
+                xr = wt + (grp * og + r) * K, sx_k = 1, wc = buf, sw_k = JB;
+                for (int64_t jj = 0; jj < jn; jj++) { /* column: position p = (b, l) */
+                    const int64_t p = j0 + jj, bb = p / L;
+                    yc[jj] = bb * O * L + (grp * og + r) * L + (p - bb * L);
+                }
+            } else {
+                gather_row_f32(buf, &geo, r, grp);
+                xr = buf, sx_k = 1, wc = wk + grp * K * og + j0, sw_k = og;
+                const int64_t bb = r / L;
+                for (int64_t jj = 0; jj < jn; jj++) yc[jj] = bb * O * L + (grp * og + j0 + jj) * L + (r - bb * L);
             }
-            if (b && a32)
-                s = clamp32(s + b[r * sb_r + (j0 + jj) * sb_c], af.maxv, af.sat);
-            else if (b) {
-                const float bv = b[r * sb_r + (j0 + jj) * sb_c];
-                s = round_fmt_r(sum32 ? s + bv : two_sum_odd(s, bv), sto ? draw(key, j0 + jj, K + 1, K, 3) : 0,
-                                FMT_ARGS(af));
-            }
-            y[r * sy_r + (j0 + jj) * sy_c] = q32 ? clamp32(s, qf.maxv, qf.sat)
-                                                 : round_fmt_r(s, sto ? draw(key, j0 + jj, K + 1, K, 4) : 0, FMT_ARGS(qf));
+            const float *bias = b ? b + grp * og + (swap ? r : j0) : NULL;
+            float_tile(&P, xr, sx_k, wc, sw_k, K, jn, grp * R + r, j0, bias, swap ? 0 : 1, y, yc);
         }
     }
+    free(bufs);
     return 0;
 }
 
@@ -695,4 +790,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 12; }
+int qlab_float_abi(void) { return 13; }
