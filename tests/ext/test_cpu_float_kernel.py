@@ -14,6 +14,7 @@ from qlab.core.intrinsic import as_intrinsic, intrinsic_conv, intrinsic_linear
 from qlab.ext import backends as xb
 from qlab.ext import cpu
 from qlab.ext.float_intrinsic import plan
+from tests.ext.test_cpu_kernel import _GEOMETRIES
 
 MODES = ("even", "nearest", "down", "up", "zero")
 FP16, BF16, E4M3, E5M2 = (5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (5, 2, False, False)
@@ -47,6 +48,16 @@ def both(monkeypatch, fn, *args, **kw):
     before = cpu.float_calls
     got = fn(*args, **kw)
     return ref, got, cpu.float_calls - before
+
+
+def both_pointwise(monkeypatch, run):
+    """(reference, kernel) results of run() and how many pointwise C calls the kernel run made."""
+    monkeypatch.setenv("QLAB_BACKEND", "torch")
+    ref = run()
+    monkeypatch.delenv("QLAB_BACKEND")
+    before = cpu.epilogue_calls
+    got = run()
+    return ref, got, cpu.epilogue_calls - before
 
 
 def quantizer_matches_reference(monkeypatch, q, x):
@@ -537,14 +548,9 @@ def test_float_batch_norm_kernel_equals_reference(monkeypatch):
         scale = float(2.0 ** rng.randint(-4, 6))
         mean, var = torch.randn(C, generator=gen) * scale, torch.rand(C, generator=gen) * scale ** 2 + 0.01
         gamma, beta = torch.randn(C, generator=gen) * rng.choice([1.0, 100.0]), torch.randn(C, generator=gen) * scale
-        run = lambda: qlab.intrinsic_batch_norm(x, mean.to(dtype), var.to(dtype), gamma.to(dtype),  # noqa: E731
-                                                beta.to(dtype), 1e-5, spec)
-        monkeypatch.setenv("QLAB_BACKEND", "torch")
-        ref = run()
-        monkeypatch.delenv("QLAB_BACKEND")
-        before = cpu.epilogue_calls
-        got = run()
-        assert cpu.epilogue_calls == before + (1 if x.numel() else 0), (trial, spec)
+        ref, got, ran = both_pointwise(monkeypatch, lambda: qlab.intrinsic_batch_norm(
+            x, mean.to(dtype), var.to(dtype), gamma.to(dtype), beta.to(dtype), 1e-5, spec))
+        assert ran == (1 if x.numel() else 0), (trial, spec)
         assert same(got, ref), (trial, spec, shape, dtype)
 
 
@@ -566,13 +572,8 @@ def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
         a, b = _float_awkward(shape, q, gen, dtype), _float_awkward(shape, q, gen, dtype)
         if op == "mul" and rng.random() < 0.5:  # products near Q's smallest and largest values
             b = b.abs().clamp(max=4.0).nan_to_num(1.0)
-        run = lambda: qlab.intrinsic_elementwise(op, a, b, spec)  # noqa: E731
-        monkeypatch.setenv("QLAB_BACKEND", "torch")
-        ref = run()
-        monkeypatch.delenv("QLAB_BACKEND")
-        before = cpu.epilogue_calls
-        got = run()
-        assert cpu.epilogue_calls == before + (1 if a.numel() else 0), (trial, spec)
+        ref, got, ran = both_pointwise(monkeypatch, lambda: qlab.intrinsic_elementwise(op, a, b, spec))
+        assert ran == (1 if a.numel() else 0), (trial, spec)
         assert same(got, ref), (trial, spec, shape, dtype)
     # float64 values between FLT_MAX (+ half a step) and 2**128 round to odd as FLT_MAX, not inf: directed
     # roundings of an inf format then stay finite (the reference's f64_to_f32_odd rule)
@@ -580,11 +581,9 @@ def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
     for q in (qlab.Float(8, 7, "down", inf=True), qlab.Float(8, 3, "zero", inf=True), qlab.Float(8, 21, "up", inf=True)):
         for inputs in (True, False):
             spec = qlab.Intrinsic(q, inputs=inputs)
-            monkeypatch.setenv("QLAB_BACKEND", "torch")
-            ref = qlab.intrinsic_elementwise(op, big, torch.ones_like(big) * (op != "sub"), spec)
-            monkeypatch.delenv("QLAB_BACKEND")
-            got = qlab.intrinsic_elementwise(op, big, torch.ones_like(big) * (op != "sub"), spec)
-            assert same(got, ref) and bool(torch.isfinite(ref[:2]).any() or op == "add"), (q, inputs, got, ref)
+            ref, got, ran = both_pointwise(monkeypatch, lambda: qlab.intrinsic_elementwise(
+                op, big, torch.ones_like(big) * (op != "sub"), spec))
+            assert ran == 1 and same(got, ref) and bool(torch.isfinite(ref[:2]).any() or op == "add"), (q, inputs, got, ref)
     x = torch.randn(3, 17)
     for args in [(x, x[:1], "add", "fp16"), (x, x, "add", "float(5,2,stochastic)"), (x, x, "mul", "log(8,4)"),
                  (x, x, "add", "float(8,22)"), (x.half(), x.half(), "add", "fp16")]:
@@ -596,16 +595,7 @@ def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
     assert not cpu.float_batch_norm_accepts(x, g[:3], g[:3], as_intrinsic("fp16"))  # channels
 
 
-_CONV_GEOMETRIES = [  # B, C, H, W, O, kh, kw, stride, padding, dilation, groups
-    (2, 3, 7, 6, 5, 3, 3, 1, 1, 1, 1),  # few channels: columns are positions (a ragged last block)
-    (2, 4, 9, 8, 40, 3, 2, 2, 1, 1, 2),
-    (1, 6, 11, 10, 6, 5, 5, 1, 2, 2, 3),  # dilation, groups
-    (3, 2, 5, 5, 33, 1, 1, 1, 0, 1, 1),
-    (2, 8, 8, 8, 64, 3, 3, 1, "same", 1, 4),
-    (2, 3, 6, 7, 4, 2, 3, (2, 1), (0, 2), (1, 2), 1),  # per-axis stride, padding, dilation
-    (1, 2, 4, 3, 70, 3, 3, 1, 1, 1, 1),  # 12 positions, 70 channels: rows are positions, ragged column blocks
-    (1, 4, 5, 4, 80, 3, 2, 1, 2, 2, 2),  # rows are positions (30 of them), groups and dilation
-    (2, 5, 3, 3, 7, 3, 3, 1, 2, 1, 1),  # windows mostly in the padding
+_CONV_GEOMETRIES = _GEOMETRIES + [  # the fixed conv kernel's (B, C, H, W, O, kh, kw, stride, padding, dilation, groups)
     (4, 3, 8, 8, 32, 3, 3, 1, 1, 1, 1),  # 256 positions x 32 channels: full vector tiles, two threads
     (1, 4, 4, 4, 6, 3, 3, 1, 1, 1, 2),  # one block of positions per group: each group gathers its own
     (2, 3, 3, 3, 40, 3, 3, 1, 1, 1, 1),  # rows are positions of two images

@@ -18,15 +18,7 @@ import torch
 import qlab
 from qlab.core.formats import FixedPoint
 from qlab.ext import cpu
-from qlab.ext import backends as xb  # noqa: F401  (registers the kernels)
-
-
-@pytest.fixture(autouse=True)
-def kernel(monkeypatch):
-    monkeypatch.delenv("QLAB_BACKEND", raising=False)
-    if cpu.load() is None:
-        pytest.skip("no C compiler: the CPU kernel cannot be built here")
-    xb.register_cpu()
+from tests.ext.test_cpu_kernel import kernel  # noqa: F401  (autouse: builds and registers the kernels, or skips)
 
 
 def _calls():

@@ -2,13 +2,17 @@
 fixed-point linear/matmul, convolution and accumulation (``fixed_matmul``,
 ``fixed_conv2d``, ``fixed_accumulate``; the step after the sums in one C pass too,
 ``EPILOGUE_KERNEL``), intrinsic fixed-point batch norm and elementwise add/sub/mul
-(``fixed_batch_norm``, ``fixed_elementwise``), the intrinsic float(E, M) matmul
-(``float_matmul``) and the elementwise float(E, M) quantizer (``float``; nearest-even
-formats by a short rounding, ``FLOAT_HW``), all bit-identical to the torch reference.  The float kernels live in
-``float_matmul.c`` (see its header and :mod:`qlab.ext.float_intrinsic`): float32 CPU
-tensors and deterministic modes for the quantizer; float32/float16/bfloat16 for the matmul,
-every mode (stochastic draws from a counter-based hash seeded from torch's generator: the
-reference's distribution, not its draws, and scalar code).
+(``fixed_batch_norm``, ``fixed_elementwise``), the intrinsic float(E, M) matmul and
+conv (``float_matmul``, ``float_conv2d``), the float formats' batch norm and elementwise
+ops (``float_batch_norm``, ``float_elementwise``) and the elementwise float(E, M)
+quantizer (``float``; nearest-even formats by a short rounding, ``FLOAT_HW``), all
+bit-identical to the torch reference for deterministic rounding; stochastic rounding
+(every fixed-point step, ``STOCHASTIC_KERNELS``; the float matmul and conv) draws from a
+counter-based hash seeded from torch's generator: the reference's distribution, not its
+draws.  The float kernels live in ``float_matmul.c`` (see its header and
+:mod:`qlab.ext.float_intrinsic`): float32 CPU tensors (float64 for M <= 21) and
+deterministic modes for the quantizer and the pointwise steps; float32/float16/bfloat16
+for the matmul and conv, every mode (stochastic rows in scalar code).
 
 Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every

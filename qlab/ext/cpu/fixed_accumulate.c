@@ -593,8 +593,8 @@ static inline void put_value(void *y, int kind, int64_t t, int64_t k, double uns
 /* out[t] = k = clamp(R(x[t] * 2**F), -2**(W-1), 2**(W-1) - 1) as int32, for float32
  * (kind 2) or float64 (kind 3) x, contiguous; *amax = max |k|.  The scaled value is
  * exact in double (0 <= F <= 62: a power of two times a float32/float64; overflow
- * saturates either way), so this is qlab.core.formats.fixed_to_grid for the
- * deterministic modes.  NaN gives k = 0 (as the CUDA kernels; the reference's integer
+ * saturates either way), so this is qlab.core.formats.fixed_to_grid (stochastic: its
+ * distribution, drawn from the hash).  NaN gives k = 0 (as the CUDA kernels; the reference's integer
  * cast of NaN is undefined). */
 #define GRID_LOOP(T, M)                                                                         \
     do {                                                                                        \

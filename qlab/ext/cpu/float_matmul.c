@@ -28,6 +28,9 @@
  * has no branches, so gcc vectorises the column loop; the rounding mode is a set of
  * flags (which of gt / tie / tie-and-odd / negative / positive round the magnitude up).
  * Built with -ffp-contract=off: no product is fused into an addition.
+ * After the matmul: the convolution (qlab_float_conv: the same tiles, their windows
+ * gathered from Q(x), conv_gather.h), the quantizer, and the float formats' batch norm
+ * and elementwise steps.
  */
 #include <math.h>
 #include <stdint.h>
