@@ -316,9 +316,9 @@ static inline vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
         const vi ax = (vi)xv & 0x7FFFFFFF, aw = (vi)wv & 0x7FFFFFFF;
         const vi ok = ((ap >= 0x00800000) & (ap < 0x7F800000)) | (ap > 0x7F800000) | (ax == 0) | (aw == 0) |
                       (ax >= 0x7F800000) | (aw >= 0x7F800000);
-        int32_t bad = 0;
-        for (int i = 0; i < 8; i++) bad |= ~ok[i];
-        if (__builtin_expect(bad != 0, 0)) {
+        uint64_t lanes[4]; /* any lane not ok: four scalar ORs, not eight lane extractions */
+        memcpy(lanes, &ok, 32);
+        if (__builtin_expect(~(lanes[0] & lanes[1] & lanes[2] & lanes[3]) != 0, 0)) {
             for (int i = 0; i < 8; i++)
                 if (!ok[i]) p[i] = f64_to_f32_odd((double)xs * (double)wr[i]);
         }
