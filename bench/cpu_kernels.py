@@ -17,6 +17,8 @@ replaces (alternating, best of ``--repeats``, results checked equal):
   quantizer and zoo CNNs all-intrinsic (random weights); float formats' batch norm and
   add in one C pass (``cpu.EPILOGUE_KERNEL``) and their conv kernel (``cpu.CONV_KERNEL``:
   windows gathered from Q(x)) beside the reference's steps (unfold + the float matmul);
+  stochastic float tiles on 8 lanes beside the scalar rows (``cpu.FLOAT_STO_VEC``, the
+  same draws: outputs checked equal);
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
@@ -148,13 +150,16 @@ def model_rows(a, B, xs, plan):
 
 
 def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "resnet_small", "inception_small"),
-             same=True):
+             same=True, seed=None):
     """One row per zoo CNN (random weights) under ``plan``: ``cpu.<switch>`` off, on
-    (``same``: the two outputs checked equal, else their shapes)."""
+    (``same``: the two outputs checked equal, else their shapes; ``seed``: torch.manual_seed
+    before every forward pass, so stochastic draws repeat)."""
     for name in names:
         model = zoo.build(name).eval()
 
         def run():
+            if seed is not None:
+                torch.manual_seed(seed)
             with torch.no_grad(), qlab.quantize(model, plan):
                 return model(xs)
 
@@ -240,6 +245,12 @@ def float_rows(a, B, xs):
         print(f"| conv {tuple(x.shape)} -> 32, 3x3, {fmt} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | | {t0 / t1:.1f}x |")
     for fmt in ("fp16", "bf16", "fp8e4m3"):
         zoo_rows("CONV_KERNEL", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}))
+    print()
+    print("| stochastic float formats | scalar rows (ms) | 8 lanes (ms) | | speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    for fmt in ("float(5,10,stochastic)", "float(4,3,stochastic,fn)"):
+        zoo_rows("FLOAT_STO_VEC", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}), ("lenet5", "resnet_small"),
+                 seed=0)
     print()
 
 

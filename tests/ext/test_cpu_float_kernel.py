@@ -670,3 +670,31 @@ def test_float_conv_kernel_stochastic_and_declines(monkeypatch):
     assert cpu.float_conv_accepts(big, wbig, None, (1, 1), (7, 7, 7, 7), (1, 1), 1, as_intrinsic("fp16"))
     monkeypatch.setattr(cpu, "CONV_KERNEL", False)
     assert not cpu.float_conv_accepts(x, w, None, (1, 1), (1, 1, 1, 1), (1, 1), 1, as_intrinsic("fp16"))
+
+
+def test_stochastic_tiles_on_lanes_equal_the_scalar_rows(monkeypatch):
+    """Stochastic full tiles of sequential sums on 8 lanes (cpu.FLOAT_STO_VEC) draw and round
+    exactly as the scalar rows: the same values under one seed, for stochastic Q and A,
+    float32 and checked (bf16) products, sums by TwoSum, in float32 (sum32) and in binary32
+    (a32), with a bias, in linear layers (ragged tails included) and convs; final sums keep
+    the scalar rows."""
+    g = torch.Generator().manual_seed(12)
+    x, w, b = torch.randn(9, 40, generator=g) * 3, torch.randn(70, 40, generator=g), torch.randn(70, generator=g)
+    xc, wc = torch.randn(2, 4, 7, 7, generator=g) * 3, torch.randn(40, 2, 3, 3, generator=g)
+    specs = [qlab.Intrinsic(qlab.Float(5, 10, "stochastic")),
+             qlab.Intrinsic(qlab.Float(4, 3, "stochastic", fn=True), acc=qlab.Float(5, 10, "even")),  # sum32
+             qlab.Intrinsic(qlab.Float(8, 7, "stochastic")),  # checked products
+             qlab.Intrinsic(qlab.Float(5, 2, "even"), acc=qlab.Float(6, 9, "stochastic")),
+             qlab.Intrinsic(qlab.Float(5, 2, "stochastic"), acc=qlab.Float(8, 23, "even")),  # a32
+             qlab.Intrinsic(qlab.Float(5, 10, "stochastic"), accumulate="final")]  # final sums: scalar rows only
+    for spec in specs:
+        for run in (lambda: intrinsic_linear(x, w, b, spec=spec),
+                    lambda: intrinsic_conv(xc, wc, b[:40], padding=1, groups=2, spec=spec)):
+            outs = {}
+            for vec in (True, False):
+                monkeypatch.setattr(cpu, "FLOAT_STO_VEC", vec)
+                torch.manual_seed(3)
+                before = cpu.float_calls
+                outs[vec] = run()
+                assert cpu.float_calls == before + 1, str(spec)
+            assert same(outs[True], outs[False]), str(spec)

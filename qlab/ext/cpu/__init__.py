@@ -563,8 +563,9 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 13
+FLOAT_ABI = 14
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
+FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -710,6 +711,11 @@ def float_quantize(x, q, generator=None):
     return y
 
 
+def _float_flags() -> int:
+    """The float matmul/conv's switches as its flags argument (float_matmul.c, fcall)."""
+    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC)
+
+
 def _seed(spec, generator) -> int:
     """A 62-bit seed for stochastic rounding from ``generator`` (else torch's default CPU
     generator, so torch.manual_seed repeats a run); 0 when nothing is stochastic."""
@@ -774,7 +780,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), int(FLOAT_HW))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags())
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1
@@ -834,7 +840,7 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
             B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), int(FLOAT_HW))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags())
         if rc == -2:
             raise MemoryError("qlab CPU float conv kernel: out of memory")
         if rc != 0:

@@ -183,13 +183,15 @@ typedef struct {
     vi emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in;
     vf maxv, sat;
     vi ebmax; /* float32 biased exponent of the binade above maxv (vround_hw's mode 3) */
+    vi c_sto;
 } vfmt_t;
 
 static inline vfmt_t vfmt(const fmt_t f) {
     const vi z = {0};
     const vf zf = {0};
     vfmt_t v = {z + f.emin, z + f.M, z + f.c_gt, z + f.c_tie, z + f.c_odd, z + f.c_neg, z + f.c_pos,
-                z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat, z + (((as_i(f.maxv) >> 23) & 0xFF) + 1)};
+                z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat, z + (((as_i(f.maxv) >> 23) & 0xFF) + 1),
+                z + f.c_sto};
     return v;
 }
 
@@ -201,7 +203,11 @@ static inline vf vclamp32(vf s, const vfmt_t *f) {
     return (vf)sel(hi, (vi)f->sat, sel(lo, (vi)(-f->sat), (vi)s));
 }
 
-static inline vf vround(vf x, const vfmt_t *f) {
+typedef uint32_t vu __attribute__((vector_size(32)));
+
+/* round_fmt_r on 8 lanes: with sto, the stochastic term from the draws rnd (a constant
+ * 0 leaves the deterministic modes' code as it was) */
+static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, vu rnd, const int sto) {
     const vi one = (vi){0} + 1;
     const vi bits = (vi)x;
     const vi neg = bits >> 31;
@@ -220,8 +226,9 @@ static inline vf vround(vf x, const vfmt_t *f) {
     const vi gt = rem > half;
     const vi tie = (rem == half) & inexact;
     const vi odd = -(fl & 1);
-    const vi up = (gt & f->c_gt) | (tie & f->c_tie) | (tie & odd & f->c_odd) | (inexact & neg & f->c_neg) |
-                  (inexact & ~neg & f->c_pos);
+    vi up = (gt & f->c_gt) | (tie & f->c_tie) | (tie & odd & f->c_odd) | (inexact & neg & f->c_neg) |
+            (inexact & ~neg & f->c_pos);
+    if (sto) up |= f->c_sto & ((vi)(rnd >> 2) < (rem << (30 - s))); /* exact: rem / 2**s */
     const vi r = fl + (up & 1);
     const vi sh = sel(L + 149 > 0, L + 149, one * 0);
     const vi p2 = sel(L >= -126, (L + 127) << 23, one << sh);
@@ -233,6 +240,8 @@ static inline vf vround(vf x, const vfmt_t *f) {
     out = sel(a > 0x7F800000, bits, out);
     return (vf)out;
 }
+
+static inline vf vround(vf x, const vfmt_t *f) { return vround_r(x, f, (vu){0}, 0); }
 
 static inline vf vtwo_sum_odd(vf a, vf b) {
     const vf s = a + b;
@@ -258,7 +267,6 @@ static inline vf vtwo_sum_odd(vf a, vf b) {
  * then, as vround: magnitudes past max (inf included) become sat with their sign, NaN
  * keeps its bits, a zero keeps its sign (nearest even's rule).  Equal to vround for every
  * float32 input (tests/ext/test_cpu_float_kernel.py runs both over bit patterns). */
-typedef uint32_t vu __attribute__((vector_size(32)));
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
@@ -455,10 +463,43 @@ static void row_sto(const float *x, int64_t sx_k, const float *w, int64_t sw_k, 
     }
 }
 
+/* mix32 on 8 lanes */
+static inline vu vmix32(vu h) {
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
+}
+
+/* row_sto for a full tile of sequential sums with float32 products (p64 != 1, Q not
+ * binary32): the same draws (draw()'s counter in 32-bit arithmetic, 8 columns at once),
+ * the same roundings (vround_r = round_fmt_r), so the same values as row_sto. */
+static void row_sto_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, int64_t c0,
+                        uint32_t key, const fmt_t qf, const fmt_t af, int check, int a32, int sum32, float *acc) {
+    const vfmt_t q = vfmt(qf), A = vfmt(af);
+    const vu lane = {0, 1, 2, 3, 4, 5, 6, 7};
+    const uint32_t k1 = (uint32_t)(K + 1);
+    vf s[4] = {{0}, {0}, {0}, {0}};
+    for (int64_t k = 0; k < K; k++) {
+        const float xs = x[k * sx_k];
+        const vf xv = (vf){0} + xs;
+        const float *wr = w + k * sw_k;
+        for (int v = 0; v < 4; v++) {
+            vf wv;
+            memcpy(&wv, wr + 8 * v, 32);
+            /* draw(key, c, K + 1, k, site) for the columns c = c0 + 8v + lane */
+            const vu idx = ((lane + (uint32_t)(c0 + 8 * v)) * k1 + (uint32_t)k) * 8u;
+            const vf p = vround_r(vproduct(xv, wv, xs, wr + 8 * v, check), &q, vmix32(vmix32(idx) ^ key), 1);
+            if (a32) s[v] = vclamp32(s[v] + p, &A);
+            else s[v] = vround_r(sum32 ? s[v] + p : vtwo_sum_odd(s[v], p), &A, vmix32(vmix32(idx + 1u) ^ key), 1);
+        }
+    }
+    for (int v = 0; v < 4; v++) memcpy(acc + 8 * v, &s[v], 32);
+}
+
 /* What every tile of a call shares: the formats and the plan's switches. */
 typedef struct {
     fmt_t qf, af;
     int seq, p64, a32, q32, sum32, dsum_ok, hq, ha;
+    int sto_vec; /* stochastic full tiles on 8 lanes (row_sto_vec; else all in row_sto: the tests compare) */
     float to_steps, from_steps;
     uint64_t seed;
 } fcall_t;
@@ -480,6 +521,8 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
     const int vec_fin = vec && !seq && P->dsum_ok;
     if (vec && seq) row_seq_vec(xr, sx_k, wc, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, P->hq, P->ha);
     else if (vec_fin) row_fin_vec(xr, sx_k, wc, sw_k, K, qf, p64 == 2, a32, acc);
+    else if (sto && seq && P->sto_vec && p64 != 1 && !q32 && jn == JB)
+        row_sto_vec(xr, sx_k, wc, sw_k, K, j0, key, qf, af, p64 == 2, a32, sum32, acc);
     else if (sto) row_sto(xr, sx_k, wc, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc,
                           isum, nonfin);
     else row(xr, sx_k, wc, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc, isum, nonfin);
@@ -506,15 +549,18 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
     }
 }
 
-/* the fcall_t of a call's arguments; -1 in .seq for formats the kernels do not take */
+/* the fcall_t of a call's arguments; -1 in .seq for formats the kernels do not take.
+ * flags: bit 0 allows the short roundings (FLOAT_HW), bit 1 the 8-lane stochastic tiles
+ * (FLOAT_STO_VEC) */
 static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
                      float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
-                     int allow_hw) {
+                     int flags) {
+    const int allow_hw = flags & 1;
     /* formats: ints {emin, M, c_gt, c_tie, c_odd, c_neg, c_pos, keep_all, keep_zero_in, c_sto}, floats {maxv, sat} */
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
-                 to_steps, from_steps, seed};
+                 (flags >> 1) & 1, to_steps, from_steps, seed};
     if ((qf.M > 21 && !(q32 && qf.M == 23 && qf.emin == -126 && p64 == 1 && seq)) ||
         (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126)))
         P.seq = -1;
@@ -528,8 +574,8 @@ int qlab_float_matmul(const float *x, int64_t sx_r, int64_t sx_k, const float *w
                       int64_t sb_r, int64_t sb_c, float *y, int64_t sy_r, int64_t sy_c, int64_t R, int64_t K, int64_t C,
                       const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                       int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
-                      int nthreads, int a32, int q32, int sum32, int allow_hw) {
-    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, allow_hw);
+                      int nthreads, int a32, int q32, int sum32, int flags) {
+    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, flags);
     if (P.seq < 0) return -1;
     const int64_t nblk = (C + JB - 1) / JB;
     const int64_t ntiles = R * nblk;
@@ -562,8 +608,8 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
                     int64_t SW, int64_t PT, int64_t PL, int64_t DH, int64_t DW, int64_t G, int64_t og, int swap,
                     const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                     int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
-                    int nthreads, int a32, int q32, int sum32, int allow_hw) {
-    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, allow_hw);
+                    int nthreads, int a32, int q32, int sum32, int flags) {
+    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, flags);
     if (P.seq < 0) return -1;
     const conv_geo geo = {xq, Cin, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, Cin / G};
     const int64_t K = geo.CG * KH * KW, L = HO * WO, Pn = B * L, O = G * og;
@@ -793,4 +839,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 13; }
+int qlab_float_abi(void) { return 14; }
