@@ -196,8 +196,53 @@ def test_elementwise_float_quantizer_matches_reference(monkeypatch):
             quantizer_matches_reference(monkeypatch, qlab.Float(E, M, mode, fn=fn, inf=inf), x)
     assert backends.lookup("float", x.double(), qlab.Float(8, 23)) is None  # float64 with M > 21: the reference
     assert backends.lookup("float", x.half(), qlab.Float(5, 2)) is None  # float16 tensors: the reference
-    assert backends.lookup("float", x, qlab.Float(5, 2, "stochastic")) is None
+    assert backends.lookup("float", x.double(), qlab.Float(5, 2, "stochastic")) is None  # float64: the reference
     assert backends.lookup("float", x, qlab.Float(8, 3, fn=True)) is None
+
+
+def test_stochastic_float_quantizer():
+    """The float quantizer's stochastic rounding of float32 tensors (draws from the hash):
+    torch.manual_seed or a generator repeats it, another seed changes it; every value is
+    its round-down or round-up, up with the probability of its position between them
+    (5 sigma over 4096 copies, several binades, subnormals, both signs); an element's draw
+    depends on its index only, so the 8-lane loop and the scalar tail agree; neighbouring
+    draws are independent."""
+    for q in (qlab.Float(5, 2, "stochastic"), qlab.Float(4, 3, "stochastic", fn=True), qlab.Float(8, 7, "stochastic")):
+        lo_q, hi_q = qlab.Float(q.E, q.M, "down", fn=q.fn), qlab.Float(q.E, q.M, "up", fn=q.fn)
+        vals = torch.tensor([0.3, -0.3, 1.1, -5.77, 7.9, 0.0, 2.0 ** -15 * 1.3, -2.0 ** -16 * 1.7, 100.0, 1e30, 3.0])
+        N = 4096
+        x = vals.repeat_interleave(N)
+        before = cpu.round_calls
+        torch.manual_seed(5)
+        y = q(x)
+        assert cpu.round_calls == before + 1
+        torch.manual_seed(5)
+        assert torch.equal(y, q(x))
+        torch.manual_seed(6)
+        assert not torch.equal(y, q(x))
+        gen = torch.Generator().manual_seed(1)
+        z = q(x, generator=gen)
+        gen.manual_seed(1)
+        assert torch.equal(z, q(x, generator=gen))
+        lo, hi = lo_q(x), hi_q(x)
+        assert bool(((y == lo) | (y == hi)).all()), str(q)
+        for i, v in enumerate(vals.tolist()):
+            yi, l, h = y[i * N:(i + 1) * N].double(), lo[i * N].item(), hi[i * N].item()
+            if l == h:
+                assert bool((yi == l).all()), (str(q), v)
+                continue
+            p = (min(max(v, -q.max_value), q.max_value) - l) / (h - l)
+            assert abs(yi.mean().item() - (l + p * (h - l))) <= 5 * (h - l) * math.sqrt(p * (1 - p) / N) + 1e-12, (q, v)
+        for n in (8 * 37 + 3, 8 * 37 + 7):  # the last elements through the scalar tail, then through the loop
+            torch.manual_seed(2)
+            short = q(x[:n])
+            torch.manual_seed(2)
+            assert torch.equal(short, q(x[:n + 8])[:n]), (str(q), n)
+    up = qlab.Float(5, 2, "stochastic")(torch.full((2 ** 20,), 1.125)) > 1.125  # halfway between 1 and 1.25
+    assert abs(up.double().mean().item() - 0.5) <= 5 * math.sqrt(0.25 / 2 ** 20)
+    for lag in (1, 2, 7, 8, 9):
+        agree = (up[lag:] == up[:-lag]).double().mean().item()
+        assert abs(agree - 0.5) <= 5 * math.sqrt(0.25 / (2 ** 20 - lag)), lag
 
 
 F32, F32I = (8, 23, False, False), (8, 23, False, True)

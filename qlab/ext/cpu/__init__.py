@@ -563,7 +563,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 14
+FLOAT_ABI = 15
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
 _flib = None
@@ -589,7 +589,7 @@ def load_float():
                     lib.qlab_float_conv.argtypes = [ptr, ptr, ptr, ptr, ptr, *[i64] * 16, i32, ptr, ptr, ptr, ptr, i32,
                                                     i32, f32, f32, i32, ctypes.c_uint64, i32, i32, i32, i32, i32]
                     lib.qlab_float_conv.restype = ctypes.c_int
-                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32, i32]
+                    lib.qlab_float_round.argtypes = [ptr, ptr, i64, ptr, ptr, i32, i32, i32, ctypes.c_uint64]
                     lib.qlab_float_round.restype = ctypes.c_int
                     lib.qlab_float_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32, i32]
                     lib.qlab_float_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, ptr, ptr, i32, i32, i32]
@@ -681,8 +681,13 @@ def float_elementwise(a, b, op, spec, generator=None):
 
 def float_accepts(x, q, generator=None) -> bool:
     """The elementwise float(E, M) quantizer: float32 CPU tensors, and float64 ones for
-    formats with M <= 21 (E <= 8 always: float32's exponent range); deterministic modes."""
-    if not (x.device.type == "cpu" and q.rounding in MODES and not (q.fn and q.E == 8)):
+    formats with M <= 21 (E <= 8 always: float32's exponent range); deterministic modes,
+    and stochastic rounding of float32 tensors (draws from the hash, seeded from
+    ``generator``: the reference's distribution; a float64 value's stochastic rounding
+    would need all its bits, not its rounding to odd)."""
+    if not (x.device.type == "cpu" and not (q.fn and q.E == 8)):
+        return False
+    if not (q.rounding in MODES or (q.rounding == "stochastic" and x.dtype == torch.float32)):
         return False
     if x.dtype == torch.float64:
         if q.M > 21:
@@ -697,15 +702,16 @@ def float_quantize(x, q, generator=None):
     from qlab.core.formats import _float_params
 
     if not float_accepts(x, q, generator):
-        raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21, float64) CPU tensors "
-                         f"and deterministic modes, not {q} on {x.dtype}")
+        raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21 and deterministic modes, "
+                         f"float64) CPU tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
         emin, _, maxv = _float_params(q.E, q.M, q.fn)
         qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
         load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
-                                      max(1, torch.get_num_threads()), int(FLOAT_HW), int(xc.dtype == torch.float64))
+                                      max(1, torch.get_num_threads()), int(FLOAT_HW), int(xc.dtype == torch.float64),
+                                      _draw_seed(q, generator))
     global round_calls
     round_calls += 1
     return y

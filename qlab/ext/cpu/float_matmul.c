@@ -671,24 +671,34 @@ static inline void store_f(void *y, int f64, int64_t i, float v) {
     if (f64) ((double *)y)[i] = (double)v;
     else ((float *)y)[i] = v;
 }
+/* Stochastic formats (float32 values only: the caller's rule) draw elem_draw(seed, i, 0)
+ * for element i, 8 at once in the vector loop (i >> 29 is one value per aligned block). */
 int qlab_float_round(const void *x, void *y, int64_t n, const int32_t *qi, const float *qv, int nthreads,
-                     int allow_hw, int f64) {
+                     int allow_hw, int f64, uint64_t seed) {
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const int64_t nv = n / 8;
     const int par = nthreads > 1 && n >= 65536;
-    const int hw = fmt_hw(qf, allow_hw);
+    const int hw = fmt_hw(qf, allow_hw), sto = qf.c_sto != 0;
     _Pragma("omp parallel num_threads(par ? nthreads : 1) if(par)")
     {
         const vfmt_t q = vfmt(qf);
+        const vu lane8 = {0, 8, 16, 24, 32, 40, 48, 56};
         _Pragma("omp for schedule(static)")
         for (int64_t i = 0; i < nv; i++) {
             vf v;
             for (int l = 0; l < 8; l++) v[l] = load_f(x, f64, 8 * i + l);
-            v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : (hw == 3 ? vround_hw(v, &q, 3) : vround(v, &q)));
+            if (sto) {
+                const uint32_t hi = (uint32_t)(seed >> 32) ^ (uint32_t)((8 * i) >> 29) * 0x9e3779b9u;
+                const vu c = (lane8 + (uint32_t)(64 * i)) ^ (uint32_t)seed; /* element t: t * 8 + site 0 */
+                v = vround_r(v, &q, vmix32(vmix32(c) ^ hi), 1);
+            } else {
+                v = hw == 1 ? vround_hw(v, &q, 1) : (hw == 2 ? vround_hw(v, &q, 2) : (hw == 3 ? vround_hw(v, &q, 3) : vround(v, &q)));
+            }
             for (int l = 0; l < 8; l++) store_f(y, f64, 8 * i + l, v[l]);
         }
     }
-    for (int64_t i = 8 * nv; i < n; i++) store_f(y, f64, i, round_fmt(load_f(x, f64, i), FMT_ARGS(qf)));
+    for (int64_t i = 8 * nv; i < n; i++)
+        store_f(y, f64, i, round_fmt_r(load_f(x, f64, i), sto ? elem_draw(seed, i, 0) : 0u, FMT_ARGS(qf)));
     return 0;
 }
 
@@ -839,4 +849,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 14; }
+int qlab_float_abi(void) { return 15; }
