@@ -10,9 +10,10 @@ bit-identical to the torch reference for deterministic rounding; stochastic roun
 (every fixed-point step, ``STOCHASTIC_KERNELS``; the float matmul and conv) draws from a
 counter-based hash seeded from torch's generator: the reference's distribution, not its
 draws.  The float kernels live in ``float_matmul.c`` (see its header and
-:mod:`qlab.ext.float_intrinsic`): float32 CPU tensors (float64 for M <= 21) and
-deterministic modes for the quantizer and the pointwise steps; float32/float16/bfloat16
-for the matmul and conv, every mode (stochastic rows in scalar code).
+:mod:`qlab.ext.float_intrinsic`): the quantizer on float32 CPU tensors (every mode) and
+float64 ones (M <= 21, deterministic modes), the pointwise steps likewise deterministic;
+float32/float16/bfloat16 for the matmul and conv, every mode (stochastic full tiles on 8
+lanes, ``FLOAT_STO_VEC``).
 
 Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
@@ -699,16 +700,13 @@ def float_accepts(x, q, generator=None) -> bool:
 
 def float_quantize(x, q, generator=None):
     """Q(x) for a float32 (or float64, see float_accepts) CPU tensor with the compiled rounding (same bits as the reference)."""
-    from qlab.core.formats import _float_params
-
     if not float_accepts(x, q, generator):
         raise ValueError(f"the CPU float kernel covers float32 (and, for M <= 21 and deterministic modes, "
                          f"float64) CPU tensors, not {q} on {x.dtype}")
     xc = x.contiguous()
     y = torch.empty_like(xc)
     if xc.numel():
-        emin, _, maxv = _float_params(q.E, q.M, q.fn)
-        qi, qv = _fmt_arrays((emin, q.M, maxv, q.inf, q.rounding))
+        qi, qv = _float_fmt(q)
         load_float().qlab_float_round(xc.data_ptr(), y.data_ptr(), xc.numel(), qi.data_ptr(), qv.data_ptr(),
                                       max(1, torch.get_num_threads()), int(FLOAT_HW), int(xc.dtype == torch.float64),
                                       _draw_seed(q, generator))
