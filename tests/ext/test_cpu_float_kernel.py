@@ -15,6 +15,8 @@ from qlab.ext import backends as xb
 from qlab.ext import cpu
 from qlab.ext.float_intrinsic import plan
 from tests.ext.test_cpu_kernel import _GEOMETRIES
+from tests.ext.test_cpu_kernel import _both_pointwise as both_pointwise
+from tests.ext.test_cpu_kernel import stochastic_quantizer_checks
 
 MODES = ("even", "nearest", "down", "up", "zero")
 FP16, BF16, E4M3, E5M2 = (5, 10, False, False), (8, 7, False, False), (4, 3, True, False), (5, 2, False, False)
@@ -48,16 +50,6 @@ def both(monkeypatch, fn, *args, **kw):
     before = cpu.float_calls
     got = fn(*args, **kw)
     return ref, got, cpu.float_calls - before
-
-
-def both_pointwise(monkeypatch, run):
-    """(reference, kernel) results of run() and how many pointwise C calls the kernel run made."""
-    monkeypatch.setenv("QLAB_BACKEND", "torch")
-    ref = run()
-    monkeypatch.delenv("QLAB_BACKEND")
-    before = cpu.epilogue_calls
-    got = run()
-    return ref, got, cpu.epilogue_calls - before
 
 
 def quantizer_matches_reference(monkeypatch, q, x):
@@ -212,27 +204,7 @@ def test_stochastic_float_quantizer():
         vals = torch.tensor([0.3, -0.3, 1.1, -5.77, 7.9, 0.0, 2.0 ** -15 * 1.3, -2.0 ** -16 * 1.7, 100.0, 1e30, 3.0])
         N = 4096
         x = vals.repeat_interleave(N)
-        before = cpu.round_calls
-        torch.manual_seed(5)
-        y = q(x)
-        assert cpu.round_calls == before + 1
-        torch.manual_seed(5)
-        assert torch.equal(y, q(x))
-        torch.manual_seed(6)
-        assert not torch.equal(y, q(x))
-        gen = torch.Generator().manual_seed(1)
-        z = q(x, generator=gen)
-        gen.manual_seed(1)
-        assert torch.equal(z, q(x, generator=gen))
-        lo, hi = lo_q(x), hi_q(x)
-        assert bool(((y == lo) | (y == hi)).all()), str(q)
-        for i, v in enumerate(vals.tolist()):
-            yi, l, h = y[i * N:(i + 1) * N].double(), lo[i * N].item(), hi[i * N].item()
-            if l == h:
-                assert bool((yi == l).all()), (str(q), v)
-                continue
-            p = (min(max(v, -q.max_value), q.max_value) - l) / (h - l)
-            assert abs(yi.mean().item() - (l + p * (h - l))) <= 5 * (h - l) * math.sqrt(p * (1 - p) / N) + 1e-12, (q, v)
+        stochastic_quantizer_checks(q, x, N, lo_q, hi_q, (q.max_value, q.max_value), lambda: cpu.round_calls)
         for n in (8 * 37 + 3, 8 * 37 + 7):  # the last elements through the scalar tail, then through the loop
             torch.manual_seed(2)
             short = q(x[:n])

@@ -458,6 +458,37 @@ def test_stochastic_products(monkeypatch):
     assert torch.equal(c1, qlab.intrinsic_conv(xc, wc, padding=1, spec="fixed(8,4,stochastic)")) and cpu.calls > before
 
 
+def stochastic_quantizer_checks(q, x, N, lo_q, hi_q, lim, calls):
+    """For a stochastic quantizer q on x (values repeated N times each): torch.manual_seed
+    and a generator repeat it, another seed changes it, ``calls()`` counts one kernel call
+    per use, every result is its round-down (lo_q) or round-up (hi_q), and each value's
+    mean is its position between them (clamped to +-lim) within 5 sigma.  Returns q(x)."""
+    import math
+
+    before = calls()
+    torch.manual_seed(5)
+    y = q(x)
+    torch.manual_seed(5)
+    assert torch.equal(y, q(x)) and calls() == before + 2
+    torch.manual_seed(6)
+    assert not torch.equal(y, q(x))
+    gen = torch.Generator().manual_seed(11)
+    z = q(x, generator=gen)
+    gen.manual_seed(11)
+    assert torch.equal(z, q(x, generator=gen))
+    lo, hi = lo_q(x), hi_q(x)
+    assert bool(((y == lo) | (y == hi)).all()), str(q)
+    for i in range(x.numel() // N):
+        v = x[i * N].item()
+        yi, l, h = y[i * N:(i + 1) * N].double(), lo[i * N].item(), hi[i * N].item()
+        if l == h:
+            assert bool((yi == l).all()), (str(q), v)
+            continue
+        p = (min(max(v, -lim[0]), lim[1]) - l) / (h - l)
+        assert abs(yi.mean().item() - (l + p * (h - l))) <= 5 * (h - l) * math.sqrt(p * (1 - p) / N) + 1e-12, (q, v)
+    return y
+
+
 def test_stochastic_quantizer():
     """The elementwise stochastic fixed quantizer (draws from the hash, seeded from torch's
     generator): repeatable under torch.manual_seed and a given generator, other draws under
@@ -470,27 +501,8 @@ def test_stochastic_quantizer():
     N = 4096
     vals = torch.tensor([0.3, -0.3, 1.0 + 1 / 64, -5.77, 7.9, 0.0, 2.5 / 16, 0.01, 3.0, 100.0, -1e-30])
     for dt in (torch.float32, torch.float64):
-        x = vals.to(dt).repeat_interleave(N)
-        before = cpu.fixed_calls
-        torch.manual_seed(5)
-        y1 = q(x)
-        torch.manual_seed(5)
-        assert torch.equal(y1, q(x)) and cpu.fixed_calls == before + 2
-        torch.manual_seed(6)
-        assert not torch.equal(y1, q(x))
-        gen = torch.Generator().manual_seed(11)
-        z1 = q(x, generator=gen)
-        gen.manual_seed(11)
-        assert torch.equal(z1, q(x, generator=gen))
-        lo, hi = FixedPoint(8, 4, "down")(x), FixedPoint(8, 4, "up")(x)
-        assert bool(((y1 == lo) | (y1 == hi)).all())
-        for i, v in enumerate(vals.tolist()):
-            yi, l, h = y1[i * N:(i + 1) * N].double(), lo[i * N].item(), hi[i * N].item()
-            if l == h:
-                assert bool((yi == l).all()), v
-                continue
-            p = (min(max(v, -8.0), 127 / 16) - l) / (h - l)
-            assert abs(yi.mean().item() - (l + p * (h - l))) <= 5 * (h - l) * math.sqrt(p * (1 - p) / N) + 1e-12, v
+        stochastic_quantizer_checks(q, vals.to(dt).repeat_interleave(N), N, FixedPoint(8, 4, "down"),
+                                    FixedPoint(8, 4, "up"), (8.0, 127 / 16), lambda: cpu.fixed_calls)
     n2 = 2 ** 21
     up = q(torch.full((n2,), 1 / 32)) > 1 / 32
     assert 0.49 < up.double().mean().item() < 0.51
