@@ -600,7 +600,7 @@ def test_float_elementwise_kernel_equals_reference(monkeypatch, op):
             spec = qlab.Intrinsic(q, inputs=inputs)
             ref, got, ran = both_pointwise(monkeypatch, lambda: qlab.intrinsic_elementwise(
                 op, big, torch.ones_like(big) * (op != "sub"), spec))
-            assert ran == 1 and same(got, ref) and bool(torch.isfinite(ref[:2]).any() or op == "add"), (q, inputs, got, ref)
+            assert ran == 1 and same(got, ref) and bool(torch.isfinite(ref[:2]).any()), (q, inputs, got, ref)
     x = torch.randn(3, 17)
     for args in [(x, x[:1], "add", "fp16"), (x, x, "add", "float(5,2,stochastic)"), (x, x, "mul", "log(8,4)"),
                  (x, x, "add", "float(8,22)"), (x.half(), x.half(), "add", "fp16")]:

@@ -635,7 +635,7 @@ int qlab_grid_i32(const void *x, int kind, int64_t n, int W, int F, int mode, ui
         T *ys = (T *)y;                                                                         \
         _Pragma("omp parallel for num_threads(nt) if(nt > 1) schedule(static)")                 \
         for (int64_t t = 0; t < n; t++) {                                                       \
-            const double v = rnd_dbl(scaled((double)xs[t], g), M, DRAW(M, t, 0)); \
+            const double v = rnd_dbl(scaled((double)xs[t], g), M, DRAW(M, t, 0));             \
             ys[t] = v == v ? (T)(v * g.unscale + 0.0) : xs[t];                                  \
         }                                                                                       \
     } while (0)
@@ -654,8 +654,8 @@ int qlab_fixed_quantize(const void *x, void *y, int kind, int64_t n, int W, int 
 }
 
 /* ------------------------------------------------------------------ pointwise steps */
-/* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue): from sums s on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides)
- * to values y (float32/float64, contiguous in the view's order): with final, the exact
+/* The intrinsic linear/conv epilogue (qlab.core.intrinsic.fixed_epilogue): from sums s
+ * on A's grid (int64; a strided 4-d view, n[4] sizes, st[4] strides) to values y (float32/float64, contiguous in the view's order): with final, the exact
  * sum moved to A (s << dA, clamped); with a bias (grid integers kb, index i1*bs[0] +
  * i2*bs[1] + i3*bs[2]), A(s + kb << dA); then Q: R(s * 2**-dA) clamped, times 2**-F.
  * dA = A.F - q.F >= 0; F in 0..62; shifts and sums wrap as torch's int64 ops do. */
