@@ -18,7 +18,9 @@ replaces (alternating, best of ``--repeats``, results checked equal):
   add in one C pass (``cpu.EPILOGUE_KERNEL``) and their conv kernel (``cpu.CONV_KERNEL``:
   windows gathered from Q(x)) beside the reference's steps (unfold + the float matmul);
   stochastic float tiles on 8 lanes beside the scalar rows (``cpu.FLOAT_STO_VEC``, the
-  same draws: outputs checked equal);
+  same draws: outputs checked equal); the short roundings without their saturation and
+  NaN selects where a bound shows them idle (``cpu.FLOAT_IN_RANGE``) beside with them: a
+  conv layer and the trained zoo CNNs (``zoo.pretrained``) on Fashion-MNIST test images;
 * the elementwise fixed(8,4) quantizer (one C pass, ``cpu.FIXED_KERNEL``) beside the
   reference's torch steps on 250x48x14x14 float32 values, and every zoo CNN with all
   layers' outputs quantized extrinsic fixed(8,4) (beside the float model);
@@ -150,12 +152,12 @@ def model_rows(a, B, xs, plan):
 
 
 def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "resnet_small", "inception_small"),
-             same=True, seed=None):
-    """One row per zoo CNN (random weights) under ``plan``: ``cpu.<switch>`` off, on
-    (``same``: the two outputs checked equal, else their shapes; ``seed``: torch.manual_seed
-    before every forward pass, so stochastic draws repeat)."""
+             same=True, seed=None, trained=False):
+    """One row per zoo CNN (random weights; ``trained``: zoo.pretrained's) under ``plan``:
+    ``cpu.<switch>`` off, on (``same``: the two outputs checked equal, else their shapes;
+    ``seed``: torch.manual_seed before every forward pass, so stochastic draws repeat)."""
     for name in names:
-        model = zoo.build(name).eval()
+        model = (zoo.pretrained(name) if trained else zoo.build(name)).eval()
 
         def run():
             if seed is not None:
@@ -165,7 +167,8 @@ def zoo_rows(switch, what, a, B, xs, plan, names=("lenet5", "alexnet_small", "re
 
         t0, t1, outs = side_by_side_switch(switch, run, max(1, a.repeats // 2))
         assert torch.equal(outs[False], outs[True]) if same else outs[False].shape == outs[True].shape
-        print(f"| {name}, {what} {plan.intrinsic['*']}, {B} images | {t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
+        print(f"| {name}{' (trained)' if trained else ''}, {what} {plan.intrinsic['*']}, {B} images | "
+              f"{t0 * 1e3:.0f} | {t1 * 1e3:.0f} | "
               f"| {t0 / t1:.1f}x |")
 
 
@@ -251,6 +254,21 @@ def float_rows(a, B, xs):
     for fmt in ("float(5,10,stochastic)", "float(4,3,stochastic,fn)"):
         zoo_rows("FLOAT_STO_VEC", "every layer", a, B, xs, qlab.Plan(intrinsic={"*": fmt}), ("lenet5", "resnet_small"),
                  seed=0)
+    print()
+    print("| in range (no saturation/NaN selects where a bound allows) | with the selects (ms) | without (ms) | "
+          "| speed-up |")
+    print("|---|---:|---:|---:|---:|")
+    specs = ("fp16", "bf16", "intrinsic(fp8e4m3,acc=fp16)", "intrinsic(fp16,accumulate=final)")
+    for fmt in specs:
+        t0, t1, outs = side_by_side_switch("FLOAT_IN_RANGE", lambda: qlab.intrinsic_conv(x, w, None, padding=1, spec=fmt),
+                                           a.repeats)
+        assert torch.equal(outs[False], outs[True])
+        print(f"| conv {tuple(x.shape)} -> 32, 3x3, {fmt} | {t0 * 1e3:.1f} | {t1 * 1e3:.1f} | | {t0 / t1:.1f}x |")
+    from qlab.ext import data
+
+    images = data.fashion_mnist("test").images[:B]
+    for fmt in specs[:3]:
+        zoo_rows("FLOAT_IN_RANGE", "every layer", a, B, images, qlab.Plan(intrinsic={"*": fmt}), trained=True)
     print()
 
 

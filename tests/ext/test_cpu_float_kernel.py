@@ -715,3 +715,118 @@ def test_stochastic_tiles_on_lanes_equal_the_scalar_rows(monkeypatch):
                 outs[vec] = run()
                 assert cpu.float_calls == before + 1, str(spec)
             assert same(outs[True], outs[False]), str(spec)
+
+
+# ------------------------------------------------------------------ in range: no saturation selects
+def _worst_pre_rounding(q, a, x, w):
+    """The largest |value| that Q (the products) and A (the sequential sums) round in the
+    dot product x . w (Q's values), in float64 -- exact for the small formats used here."""
+    s, worst_p, worst_t = torch.zeros((), dtype=torch.float64), 0.0, 0.0
+    for xk, wk in zip(x.tolist(), w.tolist()):
+        v = torch.tensor(xk * wk, dtype=torch.float64)
+        worst_p = max(worst_p, abs(v.item()))
+        t = s + q.quantize(v)
+        worst_t = max(worst_t, abs(t.item()))
+        s = a.quantize(t)
+    return worst_p, worst_t
+
+
+def test_in_range_bound_holds_for_worst_case_sums():
+    """cpu._in_range (which lets the kernel drop its saturation and NaN selects) is sound:
+    for random small formats and every rounding mode, at the largest operand scale it
+    accepts (found by bisection), no product and no partial sum exceeds its format's max
+    before rounding -- with same-sign products of equal size (directed roundings grow such
+    sums geometrically: 2**-M per step), and random ones; it rejects NaN and inf; and it
+    accepts what real layers see (fp16 and bf16: K = 2304, |x| <= 8, |w| <= 0.5)."""
+    import random
+
+    rng = random.Random(5)
+    refused = 0
+    cases = [(qlab.Float(4, M, mode), qlab.Float(5, M, mode), 24, True) for M in (0, 1) for mode in ("up", "down")]
+    for trial in range(60):
+        E, M, mode = rng.randint(3, 5), rng.randint(0, 4), rng.choice(MODES)
+        cases.append((qlab.Float(E, M, mode), qlab.Float(E + rng.randint(0, 1), M + rng.randint(0, 2), mode),
+                      rng.choice([1, 2, 5, 17, 40]), trial % 2 == 1))
+    for q, a, K, equal in cases:
+        fp = plan(qlab.Intrinsic(q, acc=a), K)
+        if equal:  # same-sign products: directed roundings double such a sum per step where M = 0
+            x0, w0 = torch.ones(K, dtype=torch.float64), torch.ones(K, dtype=torch.float64)
+        else:
+            x0 = torch.rand(K, dtype=torch.float64) * 2 - 1
+            w0 = torch.rand(K, dtype=torch.float64) * 2 - 1
+        accepted = None
+        lo, hi = -40.0, 40.0  # log2 of the scale
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            xq, wq = q.quantize(x0 * 2.0 ** mid), q.quantize(w0)
+            ok = cpu._in_range(fp, K, float(xq.abs().max()), float(wq.abs().max()), float((xq * wq).abs().sum()))
+            if ok:
+                lo, accepted = mid, (xq, wq)
+            else:
+                hi = mid
+        if accepted is None:  # directed roundings of M <= 1 double a sum of tiny products per step
+            refused += 1
+            continue
+        worst_p, worst_t = _worst_pre_rounding(q, a, *accepted)
+        assert worst_p <= fp.q[2] and worst_t <= fp.a[2], (str(q), str(a), K, worst_p, worst_t)
+    assert refused <= 10
+    fp = plan(qlab.Intrinsic("fp16"), 16)
+    for bad in (math.nan, math.inf):
+        assert not cpu._in_range(fp, 16, bad, 1.0, 1.0) and not cpu._in_range(fp, 16, 1.0, 1.0, bad)
+    for name in ("fp16", "bf16"):
+        fp = plan(qlab.Intrinsic(name), 2304)
+        assert cpu._in_range(fp, 2304, 8.0, 0.5, 2304 * 8.0 * 0.5)
+
+
+@pytest.mark.parametrize("fmt", [FP16, BF16, E4M3, E5M2, (6, 5, False, False), (5, 10, True, False),
+                                 (5, 10, False, True)])
+def test_in_range_tiles_equal_reference(monkeypatch, fmt):
+    """Where the bound holds the short roundings run without their selects (cpu.FLOAT_IN_RANGE):
+    linear and conv results equal the reference and the switched-off kernel bit for bit, at
+    operand scales below, near and past the bound (the last saturate through the selects);
+    sequential sums and final ones (products only), Q = A and a wider A.  Forcing the flag
+    where sums overflow changes results: the flag reaches the kernel."""
+    q = qlab.Float(fmt[0], fmt[1], "even", fn=fmt[2], inf=fmt[3])
+    g = torch.Generator().manual_seed(fmt[0] * 31 + fmt[1])
+    x0, w0 = torch.randn(6, 50, generator=g), torch.randn(64, 50, generator=g)
+    xc0, wc0 = torch.randn(2, 5, 6, 6, generator=g), torch.randn(32, 5, 3, 3, generator=g)
+    maxv = plan(qlab.Intrinsic(q), 50).q[2]
+    seen = set()
+    for acc in ("sequential", "final"):
+        for A in (q, qlab.Float(8, 10, "even")):
+            spec = qlab.Intrinsic(q, acc=A, accumulate=acc)
+            if plan(spec, 50) is None:
+                continue
+            for frac in (1e-3, 0.02, 0.2, 2.0):  # the operands' scale against sqrt(max / K)
+                s = math.sqrt(maxv / 50) * frac
+                x, w, xc, wc = x0 * s, w0 * s, xc0 * s, wc0 * s
+                fp = plan(as_intrinsic(spec), 50)
+                inr = cpu._matmul_in_range(fp, q(x), q(w).t())
+                seen.add(inr)
+                for fn, args, kw in [(intrinsic_linear, (x, w, None), {}),
+                                     (intrinsic_conv, (xc, wc, None), dict(padding=1))]:
+                    ref, got, ran = both(monkeypatch, fn, *args, spec=spec, **kw)
+                    assert ran == 1 and same(ref, got), (str(spec), frac, fn.__name__)
+                    monkeypatch.setattr(cpu, "FLOAT_IN_RANGE", False)
+                    assert same(got, fn(*args, spec=spec, **kw))
+                    monkeypatch.setattr(cpu, "FLOAT_IN_RANGE", True)
+    assert seen == {True, False}
+    # one row (linear) or one 3x3 patch of two channels (conv) far larger than the rest: their
+    # sums climb past max (the reference saturates them) and come back (an unchecked inf
+    # would not): the bound must see them; forced on, the results differ (for saturating
+    # formats), so the flag reaches both kernels
+    spec = qlab.Intrinsic(q, accumulate="sequential")
+    xs, ws = torch.randn(40, 50, generator=g) * 1e-3, w0.abs()
+    ws[:, 25:] = -ws[:, :25]
+    xs[2] = 1.5 * maxv / float(ws[:, :25].sum(1).min())
+    xcs, wcs = xc0 * 1e-3, wc0.abs()
+    wcs[:, 3] = -wcs[:, 2]
+    xcs[1, 2:4, 2:5, 2:5] = 1.5 * maxv / float(wcs[:, 2].sum((1, 2)).min())
+    for fn, args, kw, bound in [(intrinsic_linear, (xs, ws, None), {}, "_matmul_in_range"),
+                                (intrinsic_conv, (xcs, wcs, None), dict(padding=1), "_conv_in_range")]:
+        ref, got, ran = both(monkeypatch, fn, *args, spec=spec, **kw)
+        assert ran == 1 and same(ref, got), (str(spec), fn.__name__)
+        if not q.inf:  # overflow to inf: the selects keep what the short rounding gives
+            with monkeypatch.context() as m:
+                m.setattr(cpu, bound, lambda *a: True)
+                assert not same(ref, fn(*args, spec=spec, **kw)), (str(spec), fn.__name__)

@@ -13,7 +13,8 @@ draws.  The float kernels live in ``float_matmul.c`` (see its header and
 :mod:`qlab.ext.float_intrinsic`): the quantizer on float32 CPU tensors (every mode) and
 float64 ones (M <= 21, deterministic modes), the pointwise steps likewise deterministic;
 float32/float16/bfloat16 for the matmul and conv, every mode (stochastic full tiles on 8
-lanes, ``FLOAT_STO_VEC``).
+lanes, ``FLOAT_STO_VEC``; the short roundings without their saturation and NaN selects
+where a bound on the operands shows them idle, ``FLOAT_IN_RANGE``, :func:`_in_range`).
 
 Fixed point: ``qlab.core.intrinsic._fixed_accumulate`` asks the backend registry first; this module
 answers for CPU tensors with one fused C pass (``fixed_accumulate.c``): per output, every
@@ -564,9 +565,10 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 15
+FLOAT_ABI = 16
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
+FLOAT_IN_RANGE = True  # False: the short roundings keep their saturation/NaN selects where a bound shows them idle (_in_range)
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -715,9 +717,70 @@ def float_quantize(x, q, generator=None):
     return y
 
 
-def _float_flags() -> int:
+def _float_flags(in_range: bool = False) -> int:
     """The float matmul/conv's switches as its flags argument (float_matmul.c, fcall)."""
-    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC)
+    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range)
+
+
+def _growth(fmt) -> tuple[float, float]:
+    """(g, d) with |R(v)| <= g |v| + d for every real v and the format's rounding R before
+    saturation: the step at |v| is at most |v| 2**-M in a normal binade and 2**(emin - M)
+    below; nearest roundings move v by half a step at most."""
+    emin, M, _, _, rounding = fmt
+    frac = 0.5 if rounding in ("even", "nearest") else 1.0
+    return 1.0 + frac * 2.0 ** -M, frac * 2.0 ** (emin - M)
+
+
+def _in_range(fp, K: int, xmax: float, wmax: float, dot: float) -> bool:
+    """Whether, in a dot product of length K with |x| <= xmax, |w| <= wmax and sum_k |x_k w_k|
+    <= dot, every product and (sequential sums) every partial sum is finite and at most its
+    format's max in magnitude before it is rounded, so that no saturation or NaN can arise
+    (float_matmul.c's IN_RANGE).  NaN or inf arguments: False.
+
+    Bound: the float32 product (exact, or rounded to odd) lies within a |x w| + b,
+    a = 1 + 2**-23, b = 2**-149 (<= max of Q: the products); Q rounds it to
+    p_k <= g_Q (a |x_k w_k| + b) + d_Q (_growth).  Before A's rounding a sum is
+    t_k <= a (s_{k-1} + p_k) + b (rounded to odd, or one float32 addition), after it
+    s_k <= g_A t_k + d_A, so with c = a g_A, s_k <= c s_{k-1} + c p_k + (g_A b + d_A) and every
+    t_k <= c**K (sum_k p_k + K (g_A b + d_A)) + b: this must be <= A's max.  Roundings are
+    monotone and max lies on the grid, so no value <= max rounds past it."""
+    if not FLOAT_IN_RANGE or fp.a32 or fp.q32 or K < 1:
+        return False
+    a, b = 1.0 + 2.0 ** -23, 2.0 ** -149
+    if not xmax * wmax * a + b <= fp.q[2]:  # NaN and inf fail too
+        return False
+    if not fp.seq:
+        return True  # final: the float64 sum of the products is exact (the caller's dsum_ok)
+    (gq, dq), (ga, da) = _growth(fp.q), _growth(fp.a)
+    c1 = (a - 1.0) + (ga - 1.0) + (a - 1.0) * (ga - 1.0)  # c - 1
+    sum_p = gq * a * dot + K * (gq * b + dq)
+    t = math.exp(K * math.log1p(c1)) * (sum_p + K * (ga * b + da)) + b
+    return t * (1.0 + 1e-9) <= fp.a[2]  # the margin covers this float64 arithmetic
+
+
+def _matmul_in_range(fp, x: torch.Tensor, w: torch.Tensor) -> bool:
+    """_in_range for x [M, K] @ w [K, N]: sum_k |x_k w_k| bounded through each side's largest
+    magnitude per k (in float64: exact products, sums within K 2**-53 of theirs)."""
+    K = x.shape[1]
+    if not FLOAT_IN_RANGE or x.numel() == 0 or w.numel() == 0:
+        return False
+    xa, wa = x.detach().abs().double(), w.detach().abs().double()
+    xk, wk = xa.amax(0), wa.amax(1)  # per k: the largest |x| over rows, |w| over columns
+    dot = min(float((xa @ wk).max()), float((xk @ wa).max())) * (1.0 + K * 2.0 ** -52)
+    return _in_range(fp, K, float(xk.max()), float(wk.max()), dot)
+
+
+def _conv_in_range(fp, x: torch.Tensor, w: torch.Tensor, groups: int) -> bool:
+    """_in_range for a conv of x [B, C, H, W] with w [O, C/groups, kh, kw] (zero padding):
+    each window's sum_k |x_k w_k| is at most sum over w of |w| times its channel's max |x|."""
+    if not FLOAT_IN_RANGE or x.numel() == 0 or w.numel() == 0:
+        return False
+    O, CG, KH, KW = w.shape
+    K = CG * KH * KW
+    xc = x.detach().abs().amax((0, 2, 3)).double()  # per input channel (a max: exact in x's dtype)
+    wa = w.detach().abs().double().reshape(groups, O // groups, CG, KH * KW)
+    dot = float((wa * xc.reshape(groups, 1, CG, 1)).sum((2, 3)).max()) * (1.0 + K * 2.0 ** -52)
+    return _in_range(fp, K, float(xc.max()), float(wa.max()), dot)
 
 
 def _seed(spec, generator) -> int:
@@ -784,7 +847,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags())
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_matmul_in_range(fp, xin, wq)))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1
@@ -844,7 +907,7 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
             B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags())
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_conv_in_range(fp, xin, wq, groups)))
         if rc == -2:
             raise MemoryError("qlab CPU float conv kernel: out of memory")
         if rc != 0:

@@ -266,11 +266,15 @@ static inline vf vtwo_sum_odd(vf a, vf b) {
  *      the sign of x is put back (a zero result keeps it, as nearest even does);
  * then, as vround: magnitudes past max (inf included) become sat with their sign, NaN
  * keeps its bits, a zero keeps its sign (nearest even's rule).  Equal to vround for every
- * float32 input (tests/ext/test_cpu_float_kernel.py runs both over bit patterns). */
+ * float32 input (tests/ext/test_cpu_float_kernel.py runs both over bit patterns).
+ * hw | IN_RANGE (the caller has proved every x finite with |x| <= max, so that nothing
+ * rounds past max: fcall's in_range) leaves out those two selects. */
+#define IN_RANGE 4
 #if defined(__F16C__)
 #include <immintrin.h>
 #endif
-static inline vf vround_hw(vf x, const vfmt_t *f, const int hw) {
+static inline __attribute__((always_inline)) vf vround_hw(vf x, const vfmt_t *f, const int hw_in) {
+    const int hw = hw_in & 3;
     (void)hw; /* never 1 where the CPU has no half conversion (F16C) */
     const vi bits = (vi)x;
     vi r;
@@ -291,6 +295,7 @@ static inline vf vround_hw(vf x, const vfmt_t *f, const int hw) {
         const vu u = (vu)bits;
         r = (vi)((u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u);
     }
+    if (hw_in & IN_RANGE) return (vf)r;
     const vi big = (vf)(r & 0x7FFFFFFF) > f->maxv; /* NaN: false */
     r = sel(big, (vi)f->sat | (bits & (int32_t)0x80000000), r);
     return (vf)sel((bits & 0x7FFFFFFF) > 0x7F800000, bits, r);
@@ -372,12 +377,22 @@ static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
     case 2: ROW_SEQ(HQ, 2); break;                                                              \
     default: ROW_SEQ(HQ, 3); break;                                                             \
     }
+#define ROW_SEQ_IN(HQ)                                                                          \
+    switch (ha) {                                                                               \
+    case 1 | IN_RANGE: ROW_SEQ(HQ, 1 | IN_RANGE); break;                                        \
+    case 2 | IN_RANGE: ROW_SEQ(HQ, 2 | IN_RANGE); break;                                        \
+    default: ROW_SEQ(HQ, 3 | IN_RANGE); break;                                                  \
+    }
     switch (hq) {
     case 0: ROW_SEQ_A(0); break;
     case 1: ROW_SEQ_A(1); break;
     case 2: ROW_SEQ_A(2); break;
-    default: ROW_SEQ_A(3); break;
+    case 3: ROW_SEQ_A(3); break;
+    case 1 | IN_RANGE: ROW_SEQ_IN(1 | IN_RANGE); break; /* fcall: ha has IN_RANGE too */
+    case 2 | IN_RANGE: ROW_SEQ_IN(2 | IN_RANGE); break;
+    default: ROW_SEQ_IN(3 | IN_RANGE); break;
     }
+#undef ROW_SEQ_IN
 #undef ROW_SEQ_A
 #undef ROW_SEQ
 }
@@ -389,8 +404,8 @@ static void row_seq_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
 typedef double vd __attribute__((vector_size(32)));
 typedef float vf4 __attribute__((vector_size(16)));
 
-static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
-                        int check, const int a32, float *acc) {
+static inline __attribute__((always_inline)) void row_fin_body(const float *x, int64_t sx_k, const float *w,
+        int64_t sw_k, int64_t K, const fmt_t qf, int check, const int a32, float *acc, const int hq) {
     const vfmt_t q = vfmt(qf);
     vd d[8] = {{0}};
     for (int64_t k = 0; k < K; k++) {
@@ -400,7 +415,7 @@ static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
         for (int v = 0; v < 4; v++) {
             vf wv;
             memcpy(&wv, wr + 8 * v, 32);
-            const vf p = vround(vproduct(xv, wv, xs, wr + 8 * v, check), &q);
+            const vf p = vround_by(vproduct(xv, wv, xs, wr + 8 * v, check), &q, hq);
             vf4 lo, hi; /* the two halves (memcpy: no shuffle builtin, older compilers too) */
             memcpy(&lo, &p, 16);
             memcpy(&hi, (const char *)&p + 16, 16);
@@ -411,6 +426,22 @@ static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw
     double tot[JB];
     memcpy(tot, d, sizeof tot);
     for (int j = 0; j < JB; j++) acc[j] = a32 ? (float)tot[j] : f64_to_f32_odd(tot[j]);
+}
+
+/* row_fin_body compiled for each product rounding */
+static void row_fin_vec(const float *x, int64_t sx_k, const float *w, int64_t sw_k, int64_t K, const fmt_t qf,
+                        int check, const int a32, float *acc, int hq) {
+#define ROW_FIN(HQ) row_fin_body(x, sx_k, w, sw_k, K, qf, check, a32, acc, HQ)
+    switch (hq) {
+    case 0: ROW_FIN(0); break;
+    case 1: ROW_FIN(1); break;
+    case 2: ROW_FIN(2); break;
+    case 3: ROW_FIN(3); break;
+    case 1 | IN_RANGE: ROW_FIN(1 | IN_RANGE); break;
+    case 2 | IN_RANGE: ROW_FIN(2 | IN_RANGE); break;
+    default: ROW_FIN(3 | IN_RANGE); break;
+    }
+#undef ROW_FIN
 }
 
 /* One row r, columns j0 .. j0+n-1 (n <= JB) */
@@ -520,7 +551,7 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
     const int vec = p64 != 1 && jn == JB && !sto;
     const int vec_fin = vec && !seq && P->dsum_ok;
     if (vec && seq) row_seq_vec(xr, sx_k, wc, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, P->hq, P->ha);
-    else if (vec_fin) row_fin_vec(xr, sx_k, wc, sw_k, K, qf, p64 == 2, a32, acc);
+    else if (vec_fin) row_fin_vec(xr, sx_k, wc, sw_k, K, qf, p64 == 2, a32, acc, P->hq);
     else if (sto && seq && P->sto_vec && p64 != 1 && !q32 && jn == JB)
         row_sto_vec(xr, sx_k, wc, sw_k, K, j0, key, qf, af, p64 == 2, a32, sum32, acc);
     else if (sto) row_sto(xr, sx_k, wc, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc,
@@ -551,7 +582,10 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
 
 /* the fcall_t of a call's arguments; -1 in .seq for formats the kernels do not take.
  * flags: bit 0 allows the short roundings (FLOAT_HW), bit 1 the 8-lane stochastic tiles
- * (FLOAT_STO_VEC) */
+ * (FLOAT_STO_VEC), bit 2 says the operands are in range: every product, and with seq
+ * every partial sum, is finite and at most its format's max in magnitude before its
+ * rounding (the caller's bound: qlab/ext/cpu/__init__.py, _in_range), so the short
+ * roundings of the full tiles leave out their saturation and NaN selects (IN_RANGE) */
 static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
                      float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
                      int flags) {
@@ -561,6 +595,10 @@ static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, cons
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
                  (flags >> 1) & 1, to_steps, from_steps, seed};
+    if ((flags & 4) && P.hq && (seq ? P.ha != 0 : 1)) {
+        P.hq |= IN_RANGE;
+        if (seq) P.ha |= IN_RANGE;
+    }
     if ((qf.M > 21 && !(q32 && qf.M == 23 && qf.emin == -126 && p64 == 1 && seq)) ||
         (af.M > 21 && !(a32 && af.M == 23 && af.emin == -126)))
         P.seq = -1;
@@ -852,4 +890,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 15; }
+int qlab_float_abi(void) { return 16; }
