@@ -830,3 +830,28 @@ def test_in_range_tiles_equal_reference(monkeypatch, fmt):
             with monkeypatch.context() as m:
                 m.setattr(cpu, bound, lambda *a: True)
                 assert not same(ref, fn(*args, spec=spec, **kw)), (str(spec), fn.__name__)
+
+
+def test_vector_epilogue_equals_the_scalar_one(monkeypatch):
+    """Full deterministic tiles finish on 8 lanes (cpu.FLOAT_EPI_VEC: A's rounding of a final
+    sum, the bias, Q's rounding): the scalar epilogue's bits and the reference's, with the
+    bias along columns and broadcast along a row (both layouts), sequential and final sums,
+    sums in float32 (sum32) and in binary32 (a32), binary32 products (q32), general and short
+    roundings, NaN, inf and saturating results."""
+    g = torch.Generator().manual_seed(21)
+    F32 = (8, 23, False, False)
+    specs = [fspec(FP16, FP16, "even"), fspec(FP16, FP16, "nearest"), fspec(E4M3, FP16, "even", "final"),
+             fspec(BF16, BF16, "down"), fspec(E4M3, (5, 7, False, False), "even"), fspec(FP16, F32, "even", amode="even"),
+             fspec(F32, F32, "even", inputs=False), fspec(E5M2, E5M2, "zero", "final")]
+    x, w, b = torch.randn(7, 30, generator=g) * 40, torch.randn(64, 30, generator=g) * 40, torch.randn(64, generator=g) * 300
+    x[1, :3] = torch.tensor([math.nan, math.inf, -math.inf])
+    xs = torch.randn(200, 30, generator=g) * 4  # many rows, 64 columns: vectorised over rows (bias broadcast per row)
+    xc, wc, bc = torch.randn(2, 3, 6, 6, generator=g) * 8, torch.randn(40, 3, 3, 3, generator=g), torch.randn(40, generator=g)
+    for spec in specs:
+        for fn, args, kw in [(intrinsic_linear, (x, w, b), {}), (intrinsic_linear, (xs, w[:48], b[:48]), {}),
+                             (intrinsic_conv, (xc, wc, bc), dict(padding=1))]:
+            ref, got, ran = both(monkeypatch, fn, *args, spec=spec, **kw)
+            assert ran == 1 and same(ref, got), (str(spec), fn.__name__)
+            monkeypatch.setattr(cpu, "FLOAT_EPI_VEC", False)
+            assert same(got, fn(*args, spec=spec, **kw)), (str(spec), fn.__name__)
+            monkeypatch.setattr(cpu, "FLOAT_EPI_VEC", True)

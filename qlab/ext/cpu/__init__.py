@@ -565,10 +565,11 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 16
+FLOAT_ABI = 17
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
 FLOAT_IN_RANGE = True  # False: the short roundings keep their saturation/NaN selects where a bound shows them idle (_in_range)
+FLOAT_EPI_VEC = True  # False: every tile's epilogue (bias, the output's rounding) one column at a time: the same values
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -719,7 +720,7 @@ def float_quantize(x, q, generator=None):
 
 def _float_flags(in_range: bool = False) -> int:
     """The float matmul/conv's switches as its flags argument (float_matmul.c, fcall)."""
-    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range)
+    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range) | 8 * int(FLOAT_EPI_VEC)
 
 
 def _growth(fmt) -> tuple[float, float]:

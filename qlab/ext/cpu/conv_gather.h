@@ -13,7 +13,7 @@ typedef struct {
 
 /* gather_row_SFX: dst[k] for k < K, position p's window, channels of group grp.
  * gather_cols_SFX: dst[k * ld + j] for k < K, j < n: the windows of positions p0 + j
- * (n <= ld), group grp; off/ih0/iw0: scratch of n entries each. */
+ * (n <= ld), group grp; idx: scratch of KH * KW * ld entries. */
 #define DEFINE_GATHER(T, SFX)                                                                   \
     static void gather_row_##SFX(T *dst, const conv_geo *g, int64_t p, int64_t grp) {           \
         const T *x = (const T *)g->x;                                                           \
@@ -33,25 +33,30 @@ typedef struct {
         }                                                                                       \
     }                                                                                           \
     static void gather_cols_##SFX(T *dst, int64_t ld, const conv_geo *g, int64_t p0, int64_t n, int64_t grp, \
-                                  int64_t *off, int64_t *ih0, int64_t *iw0) {                   \
+                                  int64_t *idx) {                                               \
         const T *x = (const T *)g->x;                                                           \
-        const int64_t L = g->HO * g->WO;                                                        \
-        for (int64_t j = 0; j < n; j++) {                                                       \
+        const int64_t L = g->HO * g->WO, HW = g->H * g->W, KHW = g->KH * g->KW;                 \
+        for (int64_t j = 0; j < n; j++) { /* each kernel offset's element per column, -1: padding */ \
             const int64_t p = p0 + j, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO; \
-            off[j] = (b * g->C + grp * g->CG) * g->H * g->W;                                    \
-            ih0[j] = oh * g->SH - g->PT;                                                        \
-            iw0[j] = ow * g->SW - g->PL;                                                        \
-        }                                                                                       \
-        int64_t k = 0;                                                                          \
-        for (int64_t c = 0; c < g->CG; c++) {                                                   \
-            const int64_t cof = c * g->H * g->W;                                                \
+            const int64_t off = (b * g->C + grp * g->CG) * HW, ih0 = oh * g->SH - g->PT, iw0 = ow * g->SW - g->PL; \
             for (int64_t r = 0; r < g->KH; r++) {                                               \
-                for (int64_t t = 0; t < g->KW; t++, k++) {                                      \
-                    T *d = dst + k * ld;                                                        \
-                    for (int64_t j = 0; j < n; j++) {                                           \
-                        const int64_t ih = ih0[j] + r * g->DH, iw = iw0[j] + t * g->DW;         \
-                        d[j] = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? x[off[j] + cof + ih * g->W + iw] : (T)0; \
-                    }                                                                           \
+                const int64_t ih = ih0 + r * g->DH;                                             \
+                for (int64_t t = 0; t < g->KW; t++) {                                           \
+                    const int64_t iw = iw0 + t * g->DW;                                         \
+                    idx[(r * g->KW + t) * ld + j] =                                             \
+                        ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? off + ih * g->W + iw : -1; \
+                }                                                                               \
+            }                                                                                   \
+        }                                                                                       \
+        for (int64_t c = 0; c < g->CG; c++) { /* the same offsets in every channel */           \
+            const T *xc = x + c * HW;                                                           \
+            T *d = dst + c * KHW * ld;                                                          \
+            for (int64_t rt = 0; rt < KHW; rt++, d += ld) {                                    \
+                const int64_t *ix = idx + rt * ld;                                              \
+                for (int64_t j = 0; j < n; j++) { /* unconditional loads (element 0 for padding): a vector gather */ \
+                    const int64_t i = ix[j];                                                    \
+                    const T v = xc[i < 0 ? 0 : i];                                              \
+                    d[j] = i < 0 ? (T)0 : v;                                                    \
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \

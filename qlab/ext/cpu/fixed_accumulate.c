@@ -449,14 +449,15 @@ DEFINE_GATHER(int32_t, i32)
         const int64_t ntiles = G * ngrp * nblk;                                                 \
         const int par = nthreads > 1 && ntiles > 1 && R * NC * K >= 65536;                      \
         const int nt = par ? nthreads : 1;                                                      \
-        const size_t per = (size_t)(K > 0 ? K : 1) * (4 + JB);                                  \
+        const size_t per = (size_t)(K > 0 ? K : 1) * (4 + JB), nidx = (size_t)(KH * KW * JB);   \
         int32_t *bufs = (int32_t *)malloc(sizeof(int32_t) * per * (size_t)nt);                  \
-        if (bufs == NULL) return -1;                                                            \
+        int64_t *idxs = (int64_t *)malloc(sizeof(int64_t) * nidx * (size_t)nt);                \
+        if (bufs == NULL || idxs == NULL) { free(bufs); free(idxs); return -1; }                \
         _Pragma("omp parallel num_threads(nt) if(par)")                                         \
         {                                                                                       \
             int32_t *abuf = bufs + per * (size_t)omp_get_thread_num();                          \
             int32_t *bbuf = abuf + 4 * (K > 0 ? K : 1);                                         \
-            int64_t scratch[3 * JB];  /* gather_cols: each column's offsets */                \
+            int64_t *scratch = idxs + nidx * (size_t)omp_get_thread_num(); /* gather_cols' offsets */ \
             T acc[JB];                                                                          \
             T out4[4][JB];                                                                      \
             _Pragma("omp for schedule(static)")                                                 \
@@ -469,7 +470,7 @@ DEFINE_GATHER(int32_t, i32)
                 const int32_t *bb;                                                              \
                 int64_t ldb;                                                                    \
                 if (swap) {                                                                     \
-                    gather_cols_i32(bbuf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB); \
+                    gather_cols_i32(bbuf, JB, &geo, j0, jn, grp, scratch);                          \
                     bb = bbuf;                                                                  \
                     ldb = JB;                                                                   \
                 } else {                                                                        \
@@ -481,6 +482,7 @@ DEFINE_GATHER(int32_t, i32)
             }                                                                                   \
         }                                                                                       \
         free(bufs);                                                                             \
+        free(idxs);                                                                             \
         return 0;                                                                               \
     }
 

@@ -531,9 +531,31 @@ typedef struct {
     fmt_t qf, af;
     int seq, p64, a32, q32, sum32, dsum_ok, hq, ha;
     int sto_vec; /* stochastic full tiles on 8 lanes (row_sto_vec; else all in row_sto: the tests compare) */
+    int epi_vec; /* full deterministic tiles' epilogue on 8 lanes (tile_epilogue_vec; else scalar: the tests compare) */
     float to_steps, from_steps;
     uint64_t seed;
 } fcall_t;
+
+/* float_tile's epilogue for a full deterministic tile on 8 lanes: the same steps (fin: A's
+ * rounding of the final sum; the bias; Q's rounding), the same values.  The bias adds lie
+ * outside IN_RANGE's bound: every rounding here keeps its selects. */
+static void tile_epilogue_vec(const fcall_t *P, const float *acc, int fin, const float *bias, int64_t sb_c, float *y,
+                              const int64_t *yc) {
+    const vfmt_t q = vfmt(P->qf), A = vfmt(P->af);
+    const int hq = P->hq & 3, ha = P->ha & 3;
+    for (int v = 0; v < 4; v++) {
+        vf s;
+        memcpy(&s, acc + 8 * v, 32);
+        if (fin) s = P->a32 ? vclamp32(s, &A) : vround_by(s, &A, ha);
+        if (bias) {
+            vf bv;
+            for (int i = 0; i < 8; i++) bv[i] = bias[(8 * v + i) * sb_c];
+            s = P->a32 ? vclamp32(s + bv, &A) : vround_by(P->sum32 ? s + bv : vtwo_sum_odd(s, bv), &A, ha);
+        }
+        s = P->q32 ? vclamp32(s, &q) : vround_by(s, &q, hq);
+        for (int i = 0; i < 8; i++) y[yc[8 * v + i]] = s[i];
+    }
+}
 
 /* One tile: row xr (K values, stride sx_k) against jn <= JB columns wc (stride sw_k between
  * k), then the epilogue: y[yc[jj]] for column jj, the bias term bias[jj * sb_c] (bias may
@@ -557,6 +579,10 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
     else if (sto) row_sto(xr, sx_k, wc, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc,
                           isum, nonfin);
     else row(xr, sx_k, wc, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc, isum, nonfin);
+    if (vec && (seq || vec_fin) && P->epi_vec) {
+        tile_epilogue_vec(P, acc, vec_fin, bias, sb_c, y, yc);
+        return;
+    }
     for (int64_t jj = 0; jj < jn; jj++) {
         float s = acc[jj];
         if (vec_fin) {
@@ -585,7 +611,8 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
  * (FLOAT_STO_VEC), bit 2 says the operands are in range: every product, and with seq
  * every partial sum, is finite and at most its format's max in magnitude before its
  * rounding (the caller's bound: qlab/ext/cpu/__init__.py, _in_range), so the short
- * roundings of the full tiles leave out their saturation and NaN selects (IN_RANGE) */
+ * roundings of the full tiles leave out their saturation and NaN selects (IN_RANGE), bit 3
+ * the full deterministic tiles' epilogue on 8 lanes (FLOAT_EPI_VEC) */
 static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
                      float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
                      int flags) {
@@ -594,7 +621,7 @@ static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, cons
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
-                 (flags >> 1) & 1, to_steps, from_steps, seed};
+                 (flags >> 1) & 1, (flags >> 3) & 1, to_steps, from_steps, seed};
     if ((flags & 4) && P.hq && (seq ? P.ha != 0 : 1)) {
         P.hq |= IN_RANGE;
         if (seq) P.ha |= IN_RANGE;
@@ -656,13 +683,18 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
     const int64_t ntiles = G * R * nblk;
     const int par = nthreads > 1 && ntiles > 1 && R * NC * K >= 16384;
     const int nt = par ? nthreads : 1;
-    const size_t per = (size_t)(K > 0 ? K : 1) * JB;
+    const size_t per = (size_t)(K > 0 ? K : 1) * JB, nidx = (size_t)(KH * KW * JB);
     float *bufs = (float *)malloc(sizeof(float) * per * (size_t)nt);
-    if (bufs == NULL) return -2;
+    int64_t *idxs = (int64_t *)malloc(sizeof(int64_t) * nidx * (size_t)nt);
+    if (bufs == NULL || idxs == NULL) {
+        free(bufs);
+        free(idxs);
+        return -2;
+    }
     _Pragma("omp parallel num_threads(nt) if(par)")
     {
         float *buf = bufs + per * (size_t)omp_get_thread_num();
-        int64_t scratch[3 * JB], yc[JB];
+        int64_t *scratch = idxs + nidx * (size_t)omp_get_thread_num(), yc[JB]; /* gather_cols' offsets */
         int64_t held = -1; /* the block (grp * nblk + block) buf holds (swap) */
         _Pragma("omp for schedule(static)")
         for (int64_t t = 0; t < ntiles; t++) {
@@ -675,7 +707,7 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
             int64_t sx_k, sw_k;
             if (swap) {
                 if (held != grp * nblk + blk) {
-                    gather_cols_f32(buf, JB, &geo, j0, jn, grp, scratch, scratch + JB, scratch + 2 * JB);
+                    gather_cols_f32(buf, JB, &geo, j0, jn, grp, scratch);
                     held = grp * nblk + blk;
                 }
                 xr = wt + (grp * og + r) * K, sx_k = 1, wc = buf, sw_k = JB;
@@ -694,6 +726,7 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
         }
     }
     free(bufs);
+    free(idxs);
     return 0;
 }
 
@@ -890,4 +923,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 16; }
+int qlab_float_abi(void) { return 17; }
