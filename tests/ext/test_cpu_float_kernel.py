@@ -855,3 +855,34 @@ def test_vector_epilogue_equals_the_scalar_one(monkeypatch):
             monkeypatch.setattr(cpu, "FLOAT_EPI_VEC", False)
             assert same(got, fn(*args, spec=spec, **kw)), (str(spec), fn.__name__)
             monkeypatch.setattr(cpu, "FLOAT_EPI_VEC", True)
+
+
+def test_ragged_blocks_as_padded_full_tiles(monkeypatch):
+    """A ragged last block of columns (< 32) runs as a zero-padded full tile (cpu.FLOAT_PAD:
+    the linear pads its column operand, the conv its gathered block of positions): the
+    one-column-at-a-time path's values for deterministic modes (and the reference's), and
+    for stochastic ones the same draws, so the same values under one seed; with a bias, both
+    orientations of the linear, conv with ragged position blocks and groups."""
+    g = torch.Generator().manual_seed(23)
+    x, w, b = torch.randn(5, 37, generator=g) * 6, torch.randn(45, 37, generator=g), torch.randn(45, generator=g)
+    xs = torch.randn(70, 37, generator=g) * 6  # 70 rows, 45 columns: vectorised over rows (70 = 2 x 32 + 6)
+    xc, wc, bc = torch.randn(1, 4, 7, 7, generator=g) * 6, torch.randn(6, 2, 3, 3, generator=g), torch.randn(6, generator=g)
+    det = [fspec(FP16, FP16, "even"), fspec(BF16, BF16, "down"), fspec(E4M3, FP16, "even", "final"),
+           fspec(E5M2, E5M2, "up")]
+    sto = [qlab.Intrinsic(qlab.Float(5, 2, "stochastic"), acc=qlab.Float(5, 10, "stochastic")),
+           qlab.Intrinsic(qlab.Float(8, 7, "stochastic"))]
+    calls = [(intrinsic_linear, (x, w, b), {}), (intrinsic_linear, (xs, w, b), {}),
+             (intrinsic_conv, (xc, wc, bc), dict(padding=1, groups=2))]  # 49 positions: 32 + 17
+    for spec in det + sto:
+        for fn, args, kw in calls:
+            outs = []
+            for pad in (True, False):
+                monkeypatch.setattr(cpu, "FLOAT_PAD", pad)
+                torch.manual_seed(3)
+                before = cpu.float_calls
+                outs.append(fn(*args, spec=spec, **kw))
+                assert cpu.float_calls == before + 1
+            assert same(outs[0], outs[1]), (str(spec), fn.__name__)
+            if spec in det:
+                ref, _, _ = both(monkeypatch, fn, *args, spec=spec, **kw)
+                assert same(ref, outs[0]), (str(spec), fn.__name__)

@@ -45,6 +45,7 @@ source, the flags, the machine and the compiler, atomically (temporary name, the
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -565,11 +566,12 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 17
+FLOAT_ABI = 18
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
 FLOAT_IN_RANGE = True  # False: the short roundings keep their saturation/NaN selects where a bound shows them idle (_in_range)
 FLOAT_EPI_VEC = True  # False: every tile's epilogue (bias, the output's rounding) one column at a time: the same values
+FLOAT_PAD = True  # False: ragged column blocks (< 32 columns) one column at a time, not as zero-padded full tiles
 _flib = None
 float_calls = 0  # float_matmul kernel calls in this process (tests check that it ran)
 round_calls = 0  # float_quantize kernel calls
@@ -614,7 +616,10 @@ _MODE_FLAGS = {"nearest": (1, 1, 0, 0, 0, 0, 0, 0), "even": (1, 0, 1, 0, 0, 1, 0
                "stochastic": (0, 0, 0, 0, 0, 0, 0, 1)}
 
 
+@functools.lru_cache(maxsize=256)
 def _fmt_arrays(fmt):
+    """The C kernels' format arrays (ints, floats) for fmt = (emin, M, maxv, inf, rounding);
+    cached: callers only pass their data pointers."""
     emin, M, maxv, inf, rounding = fmt
     ints = torch.tensor([emin, M] + [-f for f in _MODE_FLAGS[rounding]], dtype=torch.int32)
     floats = torch.tensor([maxv, math.inf if inf else maxv], dtype=torch.float32)
@@ -718,9 +723,9 @@ def float_quantize(x, q, generator=None):
     return y
 
 
-def _float_flags(in_range: bool = False) -> int:
+def _float_flags(in_range: bool = False, pad: bool = False) -> int:
     """The float matmul/conv's switches as its flags argument (float_matmul.c, fcall)."""
-    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range) | 8 * int(FLOAT_EPI_VEC)
+    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range) | 8 * int(FLOAT_EPI_VEC) | 16 * int(pad)
 
 
 def _growth(fmt) -> tuple[float, float]:
@@ -838,17 +843,23 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
         if _swap(M, N):
             # few or ragged outputs (conv layers with few channels): vectorise over x's M rows
             # instead; the products commute and k runs in the same order
-            rows, cols = wq, xin.t().contiguous()  # rows (n, k) = w[k, n]; cols (k, m)
-            R, C, sr, sk, sb, sy = N, M, (wq.stride(1), wq.stride(0)), cols.stride(0), (1, 0), (1, N)
+            rows, cols = wq, xin.t()  # rows (n, k) = w[k, n]; cols (k, m)
+            R, C, sr, sb, sy = N, M, (wq.stride(1), wq.stride(0)), (1, 0), (1, N)
         else:
-            rows, cols = xin, wq.contiguous()
-            R, C, sr, sk, sb, sy = M, N, (xin.stride(0), xin.stride(1)), N, (0, 1), (N, 1)
+            rows, cols = xin, wq
+            R, C, sr, sb, sy = M, N, (xin.stride(0), xin.stride(1)), (0, 1), (N, 1)
+        pad = FLOAT_PAD and C % 32 != 0  # the last column block zero-padded: a full vector tile
+        if pad:
+            cols = torch.zeros(K, -(-C // 32) * 32, dtype=cols.dtype).narrow(1, 0, C).copy_(cols)
+        else:
+            cols = cols.contiguous()
+        sk = cols.stride(0)
         rc = load_float().qlab_float_matmul(
             rows.data_ptr(), sr[0], sr[1], cols.data_ptr(), sk,
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_matmul_in_range(fp, xin, wq)))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_matmul_in_range(fp, xin, wq), pad))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1
@@ -908,7 +919,7 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
             B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_conv_in_range(fp, xin, wq, groups)))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_conv_in_range(fp, xin, wq, groups), FLOAT_PAD))
         if rc == -2:
             raise MemoryError("qlab CPU float conv kernel: out of memory")
         if rc != 0:

@@ -532,15 +532,16 @@ typedef struct {
     int seq, p64, a32, q32, sum32, dsum_ok, hq, ha;
     int sto_vec; /* stochastic full tiles on 8 lanes (row_sto_vec; else all in row_sto: the tests compare) */
     int epi_vec; /* full deterministic tiles' epilogue on 8 lanes (tile_epilogue_vec; else scalar: the tests compare) */
+    int pad;     /* the columns are zero-padded to a multiple of JB: ragged tiles run as full ones */
     float to_steps, from_steps;
     uint64_t seed;
 } fcall_t;
 
-/* float_tile's epilogue for a full deterministic tile on 8 lanes: the same steps (fin: A's
+/* float_tile's epilogue for a full (or padded) deterministic tile on 8 lanes, jn columns stored: the same steps (fin: A's
  * rounding of the final sum; the bias; Q's rounding), the same values.  The bias adds lie
  * outside IN_RANGE's bound: every rounding here keeps its selects. */
 static void tile_epilogue_vec(const fcall_t *P, const float *acc, int fin, const float *bias, int64_t sb_c, float *y,
-                              const int64_t *yc) {
+                              const int64_t *yc, int64_t jn) {
     const vfmt_t q = vfmt(P->qf), A = vfmt(P->af);
     const int hq = P->hq & 3, ha = P->ha & 3;
     for (int v = 0; v < 4; v++) {
@@ -549,11 +550,11 @@ static void tile_epilogue_vec(const fcall_t *P, const float *acc, int fin, const
         if (fin) s = P->a32 ? vclamp32(s, &A) : vround_by(s, &A, ha);
         if (bias) {
             vf bv;
-            for (int i = 0; i < 8; i++) bv[i] = bias[(8 * v + i) * sb_c];
+            for (int i = 0; i < 8; i++) bv[i] = 8 * v + i < jn ? bias[(8 * v + i) * sb_c] : 0.0f;
             s = P->a32 ? vclamp32(s + bv, &A) : vround_by(P->sum32 ? s + bv : vtwo_sum_odd(s, bv), &A, ha);
         }
         s = P->q32 ? vclamp32(s, &q) : vround_by(s, &q, hq);
-        for (int i = 0; i < 8; i++) y[yc[8 * v + i]] = s[i];
+        for (int i = 0; i < 8 && 8 * v + i < jn; i++) y[yc[8 * v + i]] = s[i];
     }
 }
 
@@ -570,17 +571,18 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
     /* p64: 0 float32 products (exact), 1 float64 products, 2 float32 checked (float64 where needed) */
     const int sto = (qf.c_sto | af.c_sto) != 0;
     const uint32_t key = sto ? row_key(P->seed, kr) : 0;
-    const int vec = p64 != 1 && jn == JB && !sto;
+    const int full = jn == JB || P->pad; /* pad: a ragged tile's columns readable (zeros) up to JB */
+    const int vec = p64 != 1 && full && !sto;
     const int vec_fin = vec && !seq && P->dsum_ok;
     if (vec && seq) row_seq_vec(xr, sx_k, wc, sw_k, K, qf, af, p64 == 2, a32, sum32, acc, P->hq, P->ha);
     else if (vec_fin) row_fin_vec(xr, sx_k, wc, sw_k, K, qf, p64 == 2, a32, acc, P->hq);
-    else if (sto && seq && P->sto_vec && p64 != 1 && !q32 && jn == JB)
+    else if (sto && seq && P->sto_vec && p64 != 1 && !q32 && full)
         row_sto_vec(xr, sx_k, wc, sw_k, K, j0, key, qf, af, p64 == 2, a32, sum32, acc);
     else if (sto) row_sto(xr, sx_k, wc, sw_k, K, jn, j0, key, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc,
                           isum, nonfin);
     else row(xr, sx_k, wc, sw_k, K, jn, qf, af, seq, p64 != 0, a32, q32, sum32, P->to_steps, acc, isum, nonfin);
     if (vec && (seq || vec_fin) && P->epi_vec) {
-        tile_epilogue_vec(P, acc, vec_fin, bias, sb_c, y, yc);
+        tile_epilogue_vec(P, acc, vec_fin, bias, sb_c, y, yc, jn);
         return;
     }
     for (int64_t jj = 0; jj < jn; jj++) {
@@ -612,7 +614,9 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
  * every partial sum, is finite and at most its format's max in magnitude before its
  * rounding (the caller's bound: qlab/ext/cpu/__init__.py, _in_range), so the short
  * roundings of the full tiles leave out their saturation and NaN selects (IN_RANGE), bit 3
- * the full deterministic tiles' epilogue on 8 lanes (FLOAT_EPI_VEC) */
+ * the full deterministic tiles' epilogue on 8 lanes (FLOAT_EPI_VEC), bit 4 says the
+ * columns are zero-padded to a multiple of JB (readable, ignored past the last; the conv
+ * pads its gathered blocks itself, swap = 1) */
 static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
                      float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
                      int flags) {
@@ -621,7 +625,7 @@ static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, cons
     const fmt_t qf = {qi[0], qi[1], qv[0], qv[1], qi[2], qi[3], qi[4], qi[5], qi[6], qi[7], qi[8], qi[9]};
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
-                 (flags >> 1) & 1, (flags >> 3) & 1, to_steps, from_steps, seed};
+                 (flags >> 1) & 1, (flags >> 3) & 1, (flags >> 4) & 1, to_steps, from_steps, seed};
     if ((flags & 4) && P.hq && (seq ? P.ha != 0 : 1)) {
         P.hq |= IN_RANGE;
         if (seq) P.ha |= IN_RANGE;
@@ -674,7 +678,8 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
                     const int32_t *qi, const float *qv, const int32_t *ai, const float *av,
                     int seq, int p64, float to_steps, float from_steps, int dsum_ok, uint64_t seed,
                     int nthreads, int a32, int q32, int sum32, int flags) {
-    const fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, flags);
+    fcall_t P = fcall(qi, qv, ai, av, seq, p64, to_steps, from_steps, dsum_ok, seed, a32, q32, sum32, flags);
+    P.pad = P.pad && swap; /* the gathered blocks are padded here; the weights' columns (swap = 0) are not */
     if (P.seq < 0) return -1;
     const conv_geo geo = {xq, Cin, H, W, HO, WO, KH, KW, SH, SW, PT, PL, DH, DW, Cin / G};
     const int64_t K = geo.CG * KH * KW, L = HO * WO, Pn = B * L, O = G * og;
@@ -708,6 +713,8 @@ int qlab_float_conv(const float *xq, const float *wt, const float *wk, const flo
             if (swap) {
                 if (held != grp * nblk + blk) {
                     gather_cols_f32(buf, JB, &geo, j0, jn, grp, scratch);
+                    if (jn < JB && P.pad)
+                        for (int64_t k = 0; k < K; k++) memset(buf + k * JB + jn, 0, sizeof(float) * (size_t)(JB - jn));
                     held = grp * nblk + blk;
                 }
                 xr = wt + (grp * og + r) * K, sx_k = 1, wc = buf, sw_k = JB;
@@ -923,4 +930,4 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 17; }
+int qlab_float_abi(void) { return 18; }
