@@ -214,6 +214,8 @@ _GEOMETRIES = [  # B, C, H, W, O, kh, kw, stride, padding, dilation, groups
     (1, 2, 4, 3, 70, 3, 3, 1, 1, 1, 1),  # 12 positions, 70 channels: rows are positions, ragged column blocks
     (1, 4, 5, 4, 80, 3, 2, 1, 2, 2, 2),  # rows are positions (30 of them), groups and dilation
     (2, 5, 3, 3, 7, 3, 3, 1, 2, 1, 1),  # windows mostly in the padding
+    (2, 1, 9, 9, 6, 5, 5, 1, 2, 1, 1),  # one input channel (a first layer): gathered in one pass
+    (2, 4, 6, 6, 8, 3, 3, 2, 1, 1, 4),  # depthwise-like: one channel per group
 ]
 
 

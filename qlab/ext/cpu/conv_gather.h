@@ -36,6 +36,7 @@ typedef struct {
                                   int64_t *idx) {                                               \
         const T *x = (const T *)g->x;                                                           \
         const int64_t L = g->HO * g->WO, HW = g->H * g->W, KHW = g->KH * g->KW;                 \
+        const int one = g->CG == 1; /* one channel: the values at once (an index pass would not pay) */ \
         for (int64_t j = 0; j < n; j++) { /* each kernel offset's element per column, -1: padding */ \
             const int64_t p = p0 + j, b = p / L, l = p - b * L, oh = l / g->WO, ow = l - oh * g->WO; \
             const int64_t off = (b * g->C + grp * g->CG) * HW, ih0 = oh * g->SH - g->PT, iw0 = ow * g->SW - g->PL; \
@@ -43,12 +44,15 @@ typedef struct {
                 const int64_t ih = ih0 + r * g->DH;                                             \
                 for (int64_t t = 0; t < g->KW; t++) {                                           \
                     const int64_t iw = iw0 + t * g->DW;                                         \
-                    idx[(r * g->KW + t) * ld + j] =                                             \
-                        ih >= 0 && ih < g->H && iw >= 0 && iw < g->W ? off + ih * g->W + iw : -1; \
+                    const int ok = ih >= 0 && ih < g->H && iw >= 0 && iw < g->W;                \
+                    if (one)                                                                    \
+                        dst[(r * g->KW + t) * ld + j] = ok ? x[off + ih * g->W + iw] : (T)0;    \
+                    else                                                                        \
+                        idx[(r * g->KW + t) * ld + j] = ok ? off + ih * g->W + iw : -1;         \
                 }                                                                               \
             }                                                                                   \
         }                                                                                       \
-        for (int64_t c = 0; c < g->CG; c++) { /* the same offsets in every channel */           \
+        for (int64_t c = 0; c < g->CG && !one; c++) { /* the same offsets in every channel */   \
             const T *xc = x + c * HW;                                                           \
             T *d = dst + c * KHW * ld;                                                          \
             for (int64_t rt = 0; rt < KHW; rt++, d += ld) {                                    \
