@@ -886,3 +886,40 @@ def test_ragged_blocks_as_padded_full_tiles(monkeypatch):
             if spec in det:
                 ref, _, _ = both(monkeypatch, fn, *args, spec=spec, **kw)
                 assert same(ref, outs[0]), (str(spec), fn.__name__)
+
+
+def test_checked_products_skip_their_check_where_none_can_be_inexact(monkeypatch):
+    """Formats whose products may leave float32's normal range (bf16, float(8, 11): checked
+    products) skip the check where the operands show it idle (cpu._products_exact: in range
+    and the smallest nonzero magnitudes' product >= 2**-126): the reference's values for
+    operands on both sides of that bound, linear and conv; a claim of exactness on operands
+    whose products fall below 2**-126 changes results (12-bit significands, rounding down:
+    the float32 product's own rounding shows), so the flag reaches both kernels."""
+    g = torch.Generator().manual_seed(31)
+    x, w = torch.randn(40, 16, generator=g), torch.randn(64, 16, generator=g)
+    xc, wc = torch.randn(2, 4, 6, 6, generator=g), torch.randn(32, 4, 3, 3, generator=g)
+    for q in (qlab.Float(8, 7, "even"), qlab.Float(8, 11, "down")):
+        spec = qlab.Intrinsic(q)
+        fp = plan(as_intrinsic(spec), 16)
+        assert cpu._product_mode(fp, as_intrinsic(spec)) == 2
+        for scale, exact in ((1.0, True), (2.0 ** -60, False)):  # products ~2**-120 / ~2**-180 (some tiny)
+            xs, xcs = x * scale, xc * scale
+            assert cpu._products_exact(fp, as_intrinsic(spec), True, q(xs), q(w * scale).t()) == exact
+            for fn, args, kw in [(intrinsic_linear, (xs, w * scale, None), {}),
+                                 (intrinsic_conv, (xcs, wc * scale, None), dict(padding=1))]:
+                ref, got, ran = both(monkeypatch, fn, *args, spec=spec, **kw)
+                assert ran == 1 and same(ref, got), (str(q), scale, fn.__name__)
+    q = qlab.Float(8, 11, "down")
+    spec = qlab.Intrinsic(q)
+    xs = q(torch.rand(64, 16, generator=g) + 1) * 2.0 ** -64  # products in [2**-128, 2**-126)... and below
+    ws = q(torch.rand(64, 16, generator=g) + 1) * 2.0 ** -66
+    xcs, wcs = q(torch.rand(4, 4, 9, 9, generator=g) + 1) * 2.0 ** -64, q(torch.rand(32, 4, 3, 3, generator=g) + 1) * 2.0 ** -66
+    xmix = xcs.clone()
+    xmix[0, :, 0, 0] = 1.0  # one value near 1 per channel, the rest tiny: the smallest nonzero magnitude decides
+    ref, got, ran = both(monkeypatch, intrinsic_conv, xmix, wcs, None, padding=1, spec=spec)
+    assert ran == 1 and same(ref, got)
+    for fn, args, kw in [(intrinsic_linear, (xs, ws, None), {}), (intrinsic_conv, (xcs, wcs, None), dict(padding=1))]:
+        ref = fn(*args, spec=spec, **kw)
+        with monkeypatch.context() as m:
+            m.setattr(cpu, "_products_exact", lambda *a: True)
+            assert not same(ref, fn(*args, spec=spec, **kw)), fn.__name__

@@ -566,7 +566,7 @@ def fixed_elementwise(a, b, op, spec, generator=None):
 # --------------------------------------------------------------------------- float formats
 FLOAT_SOURCE = SOURCE.with_name("float_matmul.c")
 FLOAT_FLAGS = FLAGS + ["-fno-fast-math"]
-FLOAT_ABI = 18
+FLOAT_ABI = 20
 FLOAT_HW = True  # False: nearest-even formats rounded by the general bit arithmetic, not the short ones (float_matmul.c)
 FLOAT_STO_VEC = True  # False: stochastic float tiles one column at a time (row_sto), as before 2026-11-30: the same values
 FLOAT_IN_RANGE = True  # False: the short roundings keep their saturation/NaN selects where a bound shows them idle (_in_range)
@@ -599,7 +599,8 @@ def load_float():
                     lib.qlab_float_round.restype = ctypes.c_int
                     lib.qlab_float_bn.argtypes = [ptr, ptr, i32, i64, i64, i64, ptr, ptr, ptr, ptr, i32, i32, i32]
                     lib.qlab_float_binary.argtypes = [ptr, ptr, ptr, i32, i64, i32, ptr, ptr, i32, i32, i32]
-                    for name in ("qlab_float_bn", "qlab_float_binary"):
+                    lib.qlab_abs_bits.argtypes = [ptr, i64, i64, i64, ptr, ptr, i32]
+                    for name in ("qlab_float_bn", "qlab_float_binary", "qlab_abs_bits"):
                         getattr(lib, name).restype = ctypes.c_int
                     _flib = lib
                 except Exception as e:
@@ -723,9 +724,38 @@ def float_quantize(x, q, generator=None):
     return y
 
 
-def _float_flags(in_range: bool = False, pad: bool = False) -> int:
+def _float_flags(in_range: bool = False, pad: bool = False, exact: bool = False) -> int:
     """The float matmul/conv's switches as its flags argument (float_matmul.c, fcall)."""
-    return int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range) | 8 * int(FLOAT_EPI_VEC) | 16 * int(pad)
+    return (int(FLOAT_HW) | 2 * int(FLOAT_STO_VEC) | 4 * int(in_range) | 8 * int(FLOAT_EPI_VEC) | 16 * int(pad)
+            | 32 * int(exact))
+
+
+def _abs_range(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel (dim 1) of t [B, C, ...] (float32, contiguous): (max |t|, min nonzero |t|)
+    as float32 tensors of C values, in one C pass; NaN shows as a NaN max, no nonzero
+    value as a NaN min (treat as none)."""
+    C = t.shape[1]
+    hi, lo = torch.empty(C, dtype=torch.int32), torch.empty(C, dtype=torch.int32)
+    _counted(load_float().qlab_abs_bits(t.data_ptr(), t.shape[0], C, t[0, 0].numel() if t.shape[0] else 0,
+                                        hi.data_ptr(), lo.data_ptr(), max(1, torch.get_num_threads())))
+    return hi.view(torch.float32), lo.view(torch.float32)
+
+
+def _amin_nonzero(t: torch.Tensor) -> float:
+    """min |t| over t's nonzero values (inf where there are none)."""
+    a = t.detach().abs()
+    return float(torch.where(a == 0, math.inf, a).amin()) if a.numel() else math.inf
+
+
+def _products_exact(fp, spec, in_range: bool, x, w: torch.Tensor) -> bool:
+    """Whether the checked float32 products (_product_mode 2: operands of <= 12 significant
+    bits, whose product is exact unless it overflows or falls below 2**-126) are all exact:
+    in range (no product past Q's max < 2**128; finite operands) and the smallest nonzero
+    magnitudes' product at least 2**-126 (a zero product is exact)."""
+    if not (FLOAT_IN_RANGE and in_range and _product_mode(fp, spec) == 2):
+        return False
+    xmin = x if isinstance(x, float) else _amin_nonzero(x)  # a float: the caller's (_abs_range)
+    return xmin * _amin_nonzero(w) >= 2.0 ** -126
 
 
 def _growth(fmt) -> tuple[float, float]:
@@ -776,14 +806,15 @@ def _matmul_in_range(fp, x: torch.Tensor, w: torch.Tensor) -> bool:
     return _in_range(fp, K, float(xk.max()), float(wk.max()), dot)
 
 
-def _conv_in_range(fp, x: torch.Tensor, w: torch.Tensor, groups: int) -> bool:
-    """_in_range for a conv of x [B, C, H, W] with w [O, C/groups, kh, kw] (zero padding):
-    each window's sum_k |x_k w_k| is at most sum over w of |w| times its channel's max |x|."""
-    if not FLOAT_IN_RANGE or x.numel() == 0 or w.numel() == 0:
+def _conv_in_range(fp, xmax: torch.Tensor, w: torch.Tensor, groups: int) -> bool:
+    """_in_range for a conv of x [B, C, H, W] with w [O, C/groups, kh, kw] (zero padding),
+    xmax the largest |x| per input channel (_abs_range): each window's sum_k |x_k w_k| is at
+    most sum over w of |w| times its channel's max |x|."""
+    if not FLOAT_IN_RANGE or xmax.numel() == 0 or w.numel() == 0:
         return False
     O, CG, KH, KW = w.shape
     K = CG * KH * KW
-    xc = x.detach().abs().amax((0, 2, 3)).double()  # per input channel (a max: exact in x's dtype)
+    xc = xmax.double()
     wa = w.detach().abs().double().reshape(groups, O // groups, CG, KH * KW)
     dot = float((wa * xc.reshape(groups, 1, CG, 1)).sum((2, 3)).max()) * (1.0 + K * 2.0 ** -52)
     return _in_range(fp, K, float(xc.max()), float(wa.max()), dot)
@@ -848,6 +879,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
         else:
             rows, cols = xin, wq
             R, C, sr, sb, sy = M, N, (xin.stride(0), xin.stride(1)), (0, 1), (N, 1)
+        inr = _matmul_in_range(fp, xin, wq)
         pad = FLOAT_PAD and C % 32 != 0  # the last column block zero-padded: a full vector tile
         if pad:
             cols = torch.zeros(K, -(-C // 32) * 32, dtype=cols.dtype).narrow(1, 0, C).copy_(cols)
@@ -859,7 +891,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_matmul_in_range(fp, xin, wq), pad))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(inr, pad, _products_exact(fp, spec, inr, xin, wq)))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1
@@ -914,12 +946,17 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
         wk = wt if swap else wt.transpose(1, 2).contiguous()
         qi, qv = _fmt_arrays(fp.q)
         ai, av = _fmt_arrays(fp.a)
+        inr = exact = False
+        if FLOAT_IN_RANGE:
+            xmax, xmin = _abs_range(xin)
+            inr = _conv_in_range(fp, xmax, wq, groups)
+            exact = _products_exact(fp, spec, inr, float(torch.where(xmin.isnan(), math.inf, xmin).min()), wq)
         rc = load_float().qlab_float_conv(
             xin.data_ptr(), wt.data_ptr(), wk.data_ptr(), bq.data_ptr() if bq is not None else None, y.data_ptr(),
             B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(_conv_in_range(fp, xin, wq, groups), FLOAT_PAD))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(inr, FLOAT_PAD, exact))
         if rc == -2:
             raise MemoryError("qlab CPU float conv kernel: out of memory")
         if rc != 0:

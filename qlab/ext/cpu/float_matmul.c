@@ -616,7 +616,8 @@ static void float_tile(const fcall_t *P, const float *xr, int64_t sx_k, const fl
  * roundings of the full tiles leave out their saturation and NaN selects (IN_RANGE), bit 3
  * the full deterministic tiles' epilogue on 8 lanes (FLOAT_EPI_VEC), bit 4 says the
  * columns are zero-padded to a multiple of JB (readable, ignored past the last; the conv
- * pads its gathered blocks itself, swap = 1) */
+ * pads its gathered blocks itself, swap = 1), bit 5 that checked products (p64 = 2) are
+ * exact in float32: none overflows or underflows (the caller's bound, _products_exact) */
 static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, const float *av, int seq, int p64,
                      float to_steps, float from_steps, int dsum_ok, uint64_t seed, int a32, int q32, int sum32,
                      int flags) {
@@ -626,6 +627,7 @@ static fcall_t fcall(const int32_t *qi, const float *qv, const int32_t *ai, cons
     const fmt_t af = {ai[0], ai[1], av[0], av[1], ai[2], ai[3], ai[4], ai[5], ai[6], ai[7], ai[8], ai[9]};
     fcall_t P = {qf, af, seq, p64, a32, q32, sum32, dsum_ok, fmt_hw(qf, allow_hw), a32 ? 0 : fmt_hw(af, allow_hw),
                  (flags >> 1) & 1, (flags >> 3) & 1, (flags >> 4) & 1, to_steps, from_steps, seed};
+    if ((flags & 32) && p64 == 2) P.p64 = 0; /* the caller's bound: every product exact in float32 */
     if ((flags & 4) && P.hq && (seq ? P.ha != 0 : 1)) {
         P.hq |= IN_RANGE;
         if (seq) P.ha |= IN_RANGE;
@@ -930,4 +932,28 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef BY_HW
 
 /* Version of the calling convention, checked by the loader. */
-int qlab_float_abi(void) { return 18; }
+/* Per channel c of x [B, C, HW] (float32, contiguous): the largest |x| and the smallest
+ * nonzero |x| as their bits (for finite x the bits order as the magnitudes; NaN's bits
+ * exceed inf's, so a NaN shows as the largest; no nonzero value: 0xFFFFFFFF).  One pass,
+ * no temporaries (the bounds of _conv_in_range and _products_exact). */
+int qlab_abs_bits(const float *x, int64_t B, int64_t C, int64_t HW, uint32_t *cmax, uint32_t *cmin, int nthreads) {
+    const int par = nthreads > 1 && C > 1 && B * C * HW >= 65536;
+    _Pragma("omp parallel for schedule(static) num_threads(par ? nthreads : 1) if(par)")
+    for (int64_t c = 0; c < C; c++) {
+        uint32_t hi = 0, lo = 0xFFFFFFFFu;
+        for (int64_t b = 0; b < B; b++) {
+            const uint32_t *u = (const uint32_t *)(x + (b * C + c) * HW);
+            for (int64_t i = 0; i < HW; i++) {
+                const uint32_t a = u[i] & 0x7FFFFFFFu;
+                hi = a > hi ? a : hi;
+                const uint32_t nz = a == 0 ? 0xFFFFFFFFu : a;
+                lo = nz < lo ? nz : lo;
+            }
+        }
+        cmax[c] = hi;
+        cmin[c] = lo;
+    }
+    return 0;
+}
+
+int qlab_float_abi(void) { return 20; }
