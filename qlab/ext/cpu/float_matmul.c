@@ -322,7 +322,7 @@ static int fmt_hw(const fmt_t f, int allow) {
 /* x * w for 8 columns in float32; with check, lanes whose float32 product may be inexact
  * (a nonzero product that underflowed below 2**-126 or overflowed) are redone in float64
  * and rounded to odd.  Both operands have <= 12 significant bits, so every other lane is exact. */
-static inline vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
+static inline __attribute__((always_inline)) vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
     vf p = xv * wv;
     if (check) {
         const vi ap = (vi)p & 0x7FFFFFFF;
