@@ -241,9 +241,9 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
     return (vf)out;
 }
 
-static inline vf vround(vf x, const vfmt_t *f) { return vround_r(x, f, (vu){0}, 0); }
+static inline __attribute__((always_inline)) vf vround(vf x, const vfmt_t *f) { return vround_r(x, f, (vu){0}, 0); }
 
-static inline vf vtwo_sum_odd(vf a, vf b) {
+static inline __attribute__((always_inline)) vf vtwo_sum_odd(vf a, vf b) {
     const vf s = a + b;
     const vf bb = s - a;
     const vf err = (a - (s - bb)) + (b - bb);
