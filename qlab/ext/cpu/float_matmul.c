@@ -241,7 +241,7 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
     return (vf)out;
 }
 
-static inline __attribute__((always_inline)) vf vround(vf x, const vfmt_t *f) { return vround_r(x, f, (vu){0}, 0); }
+static inline vf vround(vf x, const vfmt_t *f) { return vround_r(x, f, (vu){0}, 0); }
 
 static inline __attribute__((always_inline)) vf vtwo_sum_odd(vf a, vf b) {
     const vf s = a + b;
@@ -322,6 +322,11 @@ static int fmt_hw(const fmt_t f, int allow) {
 /* x * w for 8 columns in float32; with check, lanes whose float32 product may be inexact
  * (a nonzero product that underflowed below 2**-126 or overflowed) are redone in float64
  * and rounded to odd.  Both operands have <= 12 significant bits, so every other lane is exact. */
+static __attribute__((noinline, cold)) vf vproduct_redo(vf p, vi ok, float xs, const float *wr) {
+    for (int i = 0; i < 8; i++)
+        if (!ok[i]) p[i] = f64_to_f32_odd((double)xs * (double)wr[i]);
+    return p;
+}
 static inline __attribute__((always_inline)) vf vproduct(vf xv, vf wv, float xs, const float *wr, int check) {
     vf p = xv * wv;
     if (check) {
@@ -331,10 +336,8 @@ static inline __attribute__((always_inline)) vf vproduct(vf xv, vf wv, float xs,
                       (ax >= 0x7F800000) | (aw >= 0x7F800000);
         uint64_t lanes[4]; /* any lane not ok: four scalar ORs, not eight lane extractions */
         memcpy(lanes, &ok, 32);
-        if (__builtin_expect(~(lanes[0] & lanes[1] & lanes[2] & lanes[3]) != 0, 0)) {
-            for (int i = 0; i < 8; i++)
-                if (!ok[i]) p[i] = f64_to_f32_odd((double)xs * (double)wr[i]);
-        }
+        if (__builtin_expect(~(lanes[0] & lanes[1] & lanes[2] & lanes[3]) != 0, 0))
+            p = vproduct_redo(p, ok, xs, wr); /* out of line: the tiles stay small (compile time) */
     }
     return p;
 }
