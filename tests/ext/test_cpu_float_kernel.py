@@ -923,3 +923,52 @@ def test_checked_products_skip_their_check_where_none_can_be_inexact(monkeypatch
         with monkeypatch.context() as m:
             m.setattr(cpu, "_products_exact", lambda *a: True)
             assert not same(ref, fn(*args, spec=spec, **kw)), fn.__name__
+
+
+@pytest.mark.parametrize("fmt", [(5, 10, False, False), (4, 3, True, False), (8, 7, False, True), (3, 0, False, False),
+                                 (6, 1, False, False), (7, 21, False, False), (2, 4, True, False)])
+def test_normal_range_rounding_path(monkeypatch, fmt):
+    """The vector rounding takes a short path where all 8 lanes are zero or finite in Q's
+    normal range (the rounding point is then bit 23 - M): the reference's bits for every
+    mode, values at and next to ties (both signs, M = 0's power-of-two grid included), at
+    the top of the range (saturation or inf), at Q's smallest normal and just below (one
+    lane off the path sends its vector to the general code), signed zeros; through the
+    quantizer, the stochastic quantizer's floor/ceil, and the matmul's tiles."""
+    E, M, fn, inf = fmt
+    from qlab.core.formats import _float_params
+
+    emin, _, maxv = _float_params(E, M, fn)
+    g = torch.Generator().manual_seed(E * 40 + M)
+    n = 8 * 4000
+    e = torch.randint(emin, int(math.log2(maxv)) + 1, (n,), generator=g)
+    m = torch.randint(0, 1 << 23, (n,), generator=g)
+    bits = ((e + 127) << 23) | m
+    cut = (bits & ~((1 << (23 - M)) - 1)) | (1 << (22 - M))  # ties of Q's grid
+    sel = torch.randint(0, 4, (n,), generator=g)
+    bits = torch.where(sel == 1, cut, torch.where(sel == 2, cut + 1, torch.where(sel == 3, cut - 1, bits)))
+    sign = torch.randint(0, 2, (n,), generator=g) << 31
+    x = (bits | sign).to(torch.int32).view(torch.float32)
+    x[::97] = 0.0
+    x[1::89] = -0.0
+    x[2::301] = min(maxv * 1.01, 3.4028234663852886e38)
+    x[3::211] = -maxv
+    x[4::503] = 2.0 ** emin * 0.75  # below the normal range: the vector's general code
+    x[5::709] = math.nan
+    for mode in MODES:
+        quantizer_matches_reference(monkeypatch, qlab.Float(E, M, mode, fn=fn, inf=inf), x)
+    monkeypatch.setattr(cpu, "FLOAT_HW", False)  # nearest even by this path too, not the short roundings
+    quantizer_matches_reference(monkeypatch, qlab.Float(E, M, "even", fn=fn, inf=inf), x)
+    monkeypatch.setattr(cpu, "FLOAT_HW", True)
+    # stochastic: each value its floor or ceiling on the grid
+    qs = qlab.Float(E, M, "stochastic", fn=fn, inf=inf)
+    xs = x[torch.isfinite(x)]
+    lo, hi = qlab.Float(E, M, "down", fn=fn, inf=inf)(xs), qlab.Float(E, M, "up", fn=fn, inf=inf)(xs)
+    y = qs(xs)
+    assert bool(((y == lo) | (y == hi)).all()) and bool((y != lo).any()) and bool((y != hi).any())
+    xm, wm = torch.randn(5, 40, generator=g) * 2, torch.randn(64, 40, generator=g)
+    for mode in MODES:
+        spec = fspec(fmt, fmt, mode)
+        if plan(as_intrinsic(spec), 40) is None:  # an accumulator with inf and float32's range: the reference
+            continue
+        ref, got, ran = both(monkeypatch, intrinsic_linear, xm, wm, None, spec=spec)
+        assert ran == 1 and same(ref, got), str(spec)

@@ -184,14 +184,19 @@ typedef struct {
     vf maxv, sat;
     vi ebmax; /* float32 biased exponent of the binade above maxv (vround_hw's mode 3) */
     vi c_sto;
+    /* vround_r's normal-range path: biased emin, shift 23 - M, its mask and half, 30 - shift,
+     * the implicit bit where M = 0 (the significand's last kept bit is then bit 23) */
+    vi eb_min, s0, mask0, half0, sh30, imp0;
 } vfmt_t;
 
 static inline vfmt_t vfmt(const fmt_t f) {
     const vi z = {0};
     const vf zf = {0};
+    const int s0 = f.M <= 22 ? 23 - f.M : 1; /* M > 22: never on the normal-range path (vround_r) */
     vfmt_t v = {z + f.emin, z + f.M, z + f.c_gt, z + f.c_tie, z + f.c_odd, z + f.c_neg, z + f.c_pos,
                 z + f.keep_all, z + f.keep_zero_in, zf + f.maxv, zf + f.sat, z + (((as_i(f.maxv) >> 23) & 0xFF) + 1),
-                z + f.c_sto};
+                z + f.c_sto, z + (f.M <= 22 ? f.emin + 127 : 255), z + s0, z + ((1 << s0) - 1), z + (1 << (s0 - 1)),
+                z + (30 - s0), z + (f.M == 0 ? 0x800000 : 0)};
     return v;
 }
 
@@ -212,6 +217,25 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
     const vi bits = (vi)x;
     const vi neg = bits >> 31;
     const vi a = bits & 0x7FFFFFFF;
+    { /* every lane zero or finite in Q's normal range: the rounding point is bit 23 - M of the
+       * float32 bits (the general code's shift s is then 23 - M), no variable shifts */
+        const vi normal = ((a >> 23) >= f->eb_min) & (a < 0x7F800000);
+        const vi fast = normal | (a == 0);
+        uint64_t lanes[4];
+        memcpy(lanes, &fast, 32);
+        if (__builtin_expect((lanes[0] & lanes[1] & lanes[2] & lanes[3]) == ~(uint64_t)0, 1)) {
+            const vi rem = a & f->mask0, inexact = rem != 0;
+            const vi gt = rem > f->half0, tie = rem == f->half0;
+            const vi odd = -(((a | f->imp0) >> f->s0) & 1);
+            vi up = (gt & f->c_gt) | (tie & f->c_tie) | (tie & odd & f->c_odd) | (inexact & neg & f->c_neg) |
+                    (inexact & ~neg & f->c_pos);
+            if (sto) up |= f->c_sto & ((vi)(rnd >> 2) < (rem << f->sh30));
+            vi mb = (a & ~f->mask0) + (up & (f->mask0 + 1)); /* a carry steps the exponent */
+            
+            const vi keep = f->keep_all | (mb != 0) | (f->keep_zero_in & (a == 0));
+            return (vf)(mb | (neg & keep & (int32_t)0x80000000));
+        }
+    }
     const vi ef = a >> 23;
     const vi efp = sel(ef > 1, ef, one);
     const vi sig = sel(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF);
