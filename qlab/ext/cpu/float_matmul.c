@@ -231,7 +231,7 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
                     (inexact & ~neg & f->c_pos);
             if (sto) up |= f->c_sto & ((vi)(rnd >> 2) < (rem << f->sh30));
             vi mb = (a & ~f->mask0) + (up & (f->mask0 + 1)); /* a carry steps the exponent */
-            
+            mb = sel((vf)mb > f->maxv, (vi)f->sat, mb);
             const vi keep = f->keep_all | (mb != 0) | (f->keep_zero_in & (a == 0));
             return (vf)(mb | (neg & keep & (int32_t)0x80000000));
         }
