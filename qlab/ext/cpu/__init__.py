@@ -736,8 +736,8 @@ def _abs_range(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     value as a NaN min (treat as none)."""
     C = t.shape[1]
     hi, lo = torch.empty(C, dtype=torch.int32), torch.empty(C, dtype=torch.int32)
-    _counted(load_float().qlab_abs_bits(t.data_ptr(), t.shape[0], C, t[0, 0].numel() if t.shape[0] else 0,
-                                        hi.data_ptr(), lo.data_ptr(), max(1, torch.get_num_threads())))
+    load_float().qlab_abs_bits(t.data_ptr(), t.shape[0], C, t[0, 0].numel() if t.shape[0] else 0, hi.data_ptr(),
+                               lo.data_ptr(), max(1, torch.get_num_threads()))
     return hi.view(torch.float32), lo.view(torch.float32)
 
 

@@ -564,9 +564,10 @@ typedef struct {
     uint64_t seed;
 } fcall_t;
 
-/* float_tile's epilogue for a full (or padded) deterministic tile on 8 lanes, jn columns stored: the same steps (fin: A's
- * rounding of the final sum; the bias; Q's rounding), the same values.  The bias adds lie
- * outside IN_RANGE's bound: every rounding here keeps its selects. */
+/* float_tile's epilogue for a full (or padded) deterministic tile on 8 lanes, jn columns
+ * stored: the same steps (fin: A's rounding of the final sum; the bias; Q's rounding), the
+ * same values.  The bias adds lie outside IN_RANGE's bound: every rounding here keeps its
+ * selects. */
 static void tile_epilogue_vec(const fcall_t *P, const float *acc, int fin, const float *bias, int64_t sb_c, float *y,
                               const int64_t *yc, int64_t jn) {
     const vfmt_t q = vfmt(P->qf), A = vfmt(P->af);
@@ -958,7 +959,6 @@ int qlab_float_binary(const void *a, const void *b, void *y, int f64, int64_t n,
 #undef VQ64
 #undef BY_HW
 
-/* Version of the calling convention, checked by the loader. */
 /* Per channel c of x [B, C, HW] (float32, contiguous): the largest |x| and the smallest
  * nonzero |x| as their bits (for finite x the bits order as the magnitudes; NaN's bits
  * exceed inf's, so a NaN shows as the largest; no nonzero value: 0xFFFFFFFF).  One pass,
@@ -983,4 +983,5 @@ int qlab_abs_bits(const float *x, int64_t B, int64_t C, int64_t HW, uint32_t *cm
     return 0;
 }
 
+/* Version of the calling convention, checked by the loader. */
 int qlab_float_abi(void) { return 20; }
