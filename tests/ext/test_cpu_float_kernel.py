@@ -972,3 +972,32 @@ def test_normal_range_rounding_path(monkeypatch, fmt):
             continue
         ref, got, ran = both(monkeypatch, intrinsic_linear, xm, wm, None, spec=spec)
         assert ran == 1 and same(ref, got), str(spec)
+
+
+def test_stochastic_rounding_of_values_far_below_the_step():
+    """Stochastic rounding of |x| far below Q's smallest step (|x| / step < 2**-6, where the
+    rounding's shift passes 30 bits) rounds up with probability |x| / step (it used to take
+    rem / 2**30, up to 2**k times too often): the quantizer's vector loop and scalar tail,
+    and products in the matmul's tiles (fp8 products of small operands are often that
+    small)."""
+    q = qlab.Float(4, 3, "stochastic")  # smallest step 2**-9
+    n = 1 << 20
+    for v in (2.0 ** -17, 3 * 2.0 ** -20, 1.7 * 2.0 ** -24):
+        for size in (n, 7):  # the 8-lane loop, the scalar tail (many calls)
+            torch.manual_seed(3)
+            if size == n:
+                ups = int((cpu.float_quantize(torch.full((n,), v), q) != 0).sum())
+            else:
+                ups = sum(int((cpu.float_quantize(torch.full((7,), v), q) != 0).sum()) for _ in range(n // 7 // 16))
+                size = n // 7 // 16 * 7
+            p = v / 2.0 ** -9
+            assert abs(ups - size * p) <= 5 * math.sqrt(size * p) + 1, (v, size, ups, size * p)
+    # products: x = 2**-10, w = 3 * 2**-10 (both on Q's grid): each output is Q(x w), 0 or 2**-9
+    spec = qlab.Intrinsic(q, acc=qlab.Float(5, 10, "even"))
+    x, w = torch.full((4096, 1), 2.0 ** -10), torch.full((64, 1), 3 * 2.0 ** -10)
+    before = cpu.float_calls
+    torch.manual_seed(4)
+    y = intrinsic_linear(x, w, None, spec=spec)
+    assert cpu.float_calls == before + 1
+    p, m = 3 * 2.0 ** -11, y.numel()
+    assert abs(int((y != 0).sum()) - m * p) <= 5 * math.sqrt(m * p) + 1

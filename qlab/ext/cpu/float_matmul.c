@@ -65,6 +65,13 @@ static inline int32_t pow2_bits(int32_t e) {
 #define FMT_PASS(p) p##emin, p##M, p##maxv, p##sat, p##c_gt, p##c_tie, p##c_odd, p##c_neg, p##c_pos, p##keep_all, \
     p##keep_zero_in, p##c_sto
 
+/* Stochastic rounding's threshold: up with probability rem / 2**st, the draw's top 30 bits
+ * against rem * 2**(30 - st): exact for st <= 30; beyond (|x| below 2**-6 of Q's step),
+ * rem * 2**(30 - st) floored: low by less than 2**-30 */
+static inline int32_t sto_scaled(int32_t rem, int32_t st) {
+    return st <= 30 ? rem << (30 - st) : rem >> (st - 30 < 31 ? st - 30 : 31);
+}
+
 static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
     const int32_t bits = as_i(x);
     const int32_t neg = bits >> 31; /* 0 or -1 */
@@ -74,8 +81,8 @@ static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
     const int32_t sig = ef > 0 ? ((a & 0x7FFFFF) | 0x800000) : (a & 0x7FFFFF);
     const int32_t e = efp - 127 > f_emin ? efp - 127 : f_emin;
     const int32_t L = e - f_M;
-    int32_t s = L - (efp - 150);
-    s = s < 30 ? s : 30;
+    const int32_t st = L - (efp - 150); /* |x| / Q's step = sig / 2**st */
+    const int32_t s = st < 30 ? st : 30;     /* beyond 30: fl = 0, rem = sig */
     const int32_t fl = sig >> s;
     const int32_t rem = sig & ((1 << s) - 1);
     const int32_t half = (1 << s) >> 1;
@@ -85,7 +92,7 @@ static inline float round_fmt_r(float x, uint32_t rnd, FMT_PARAMS(f_)) {
     const int32_t odd = -(fl & 1);
     const int32_t up = (gt & f_c_gt) | (tie & f_c_tie) | (tie & odd & f_c_odd) | (inexact & neg & f_c_neg) |
                        (inexact & ~neg & f_c_pos) |
-                       (f_c_sto & -((int32_t)(rnd >> 2) < (rem << (30 - s)))); /* exact: rem / 2**s */
+                       (f_c_sto & -((int32_t)(rnd >> 2) < sto_scaled(rem, st))); /* rem / 2**st */
     const int32_t r = fl + (up & 1);
     float mag = (float)r * as_f(pow2_bits(L));
     mag = (mag > f_maxv) | (a == 0x7F800000) ? f_sat : mag;
@@ -241,8 +248,8 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
     const vi sig = sel(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF);
     const vi e = sel(efp - 127 > f->emin, efp - 127, f->emin);
     const vi L = e - f->M;
-    vi s = L - (efp - 150);
-    s = sel(s < 30, s, one * 30);
+    const vi st = L - (efp - 150); /* |x| / Q's step = sig / 2**st */
+    const vi s = sel(st < 30, st, one * 30);
     const vi fl = sig >> s;
     const vi rem = sig & ((one << s) - 1);
     const vi half = (one << s) >> 1;
@@ -252,7 +259,10 @@ static inline __attribute__((always_inline)) vf vround_r(vf x, const vfmt_t *f, 
     const vi odd = -(fl & 1);
     vi up = (gt & f->c_gt) | (tie & f->c_tie) | (tie & odd & f->c_odd) | (inexact & neg & f->c_neg) |
             (inexact & ~neg & f->c_pos);
-    if (sto) up |= f->c_sto & ((vi)(rnd >> 2) < (rem << (30 - s))); /* exact: rem / 2**s */
+    if (sto) { /* sto_scaled on 8 lanes */
+        const vi over = sel(st - 30 < 31, st - 30, one * 31);
+        up |= f->c_sto & ((vi)(rnd >> 2) < sel(st <= 30, rem << (30 - s), rem >> sel(over > 0, over, one * 0)));
+    }
     const vi r = fl + (up & 1);
     const vi sh = sel(L + 149 > 0, L + 149, one * 0);
     const vi p2 = sel(L >= -126, (L + 127) << 23, one << sh);

@@ -91,6 +91,14 @@ STOCHASTIC = """
         for lag in (1, 2, 3, 4, 5, 1024):
             agree = (up[lag:] == up[:-lag]).double().mean().item()
             assert abs(agree - 0.5) <= 5 * math.sqrt(0.25 / (n2 - lag)), (str(q), four, lag, agree)
+    # far below Q's smallest step (|x| / step < 2**-6: past the rounding's 30-bit shift), up
+    # with probability |x| / step all the same
+    q, n3 = qlab.Float(4, 3, "stochastic"), 1 << 15
+    for v in (2.0 ** -17, 3 * 2.0 ** -20):
+        torch.manual_seed(7)
+        ups = (fast(q, torch.full((n3,), v)) != 0).sum().item()
+        p = v / 2.0 ** -9
+        assert abs(ups - n3 * p) <= 5 * math.sqrt(n3 * p) + 1, (v, ups, n3 * p)
     print("STOCHASTIC OK")
 """
 

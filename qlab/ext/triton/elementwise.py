@@ -366,7 +366,8 @@ def _round_any_bits(bits, a, ef, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.cons
     efp = tl.maximum(ef, 1)
     sig = tl.where(ef > 0, (a & 0x7FFFFF) | 0x800000, a & 0x7FFFFF)  # |x| = sig * 2**(efp - 150)
     L = tl.maximum(efp - 127, EMIN) - M  # exponent of the format's ulp at |x|
-    s = tl.minimum(L - (efp - 150), 30)  # >= 23 - M; beyond 25 the value is below 1/2 either way
+    st = L - (efp - 150)  # |x| / the ulp = sig / 2**st
+    s = tl.minimum(st, 30)  # >= 23 - M; beyond 25 the value is below 1/2 either way
     fl = sig >> s
     rem = sig & ((1 << s) - 1)
     half = (1 << s) >> 1
@@ -383,8 +384,9 @@ def _round_any_bits(bits, a, ef, EMIN, M, maxv, INF: tl.constexpr, MODE: tl.cons
         up = inexact & (~neg)
     elif MODE == 4:  # zero
         up = rem < 0
-    else:  # stochastic: magnitude up with probability rem / 2**s
-        up = u < rem.to(tl.float32) * _pow2_bits(-s).to(tl.float32, bitcast=True)  # exact
+    else:  # stochastic: magnitude up with probability rem / 2**st (the true st: past 30, |x| is below
+        # 2**-6 of the ulp and rem = sig; exact for st <= 30, within 2**-31 beyond)
+        up = u < rem.to(tl.float32) * _pow2_bits(-tl.minimum(st, 149)).to(tl.float32, bitcast=True)
     r = fl + up.to(tl.int32)  # <= 2**24: exact in float32
     mag = r.to(tl.float32) * _pow2_bits(L).to(tl.float32, bitcast=True)  # exact (inf past float32's max)
     sat = maxv
