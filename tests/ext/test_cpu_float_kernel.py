@@ -904,7 +904,7 @@ def test_checked_products_skip_their_check_where_none_can_be_inexact(monkeypatch
         assert cpu._product_mode(fp, as_intrinsic(spec)) == 2
         for scale, exact in ((1.0, True), (2.0 ** -60, False)):  # products ~2**-120 / ~2**-180 (some tiny)
             xs, xcs = x * scale, xc * scale
-            assert cpu._products_exact(fp, as_intrinsic(spec), True, q(xs), q(w * scale).t()) == exact
+            assert cpu._products_exact(fp, as_intrinsic(spec), True, lambda: cpu._amin_nonzero(q(xs)), q(w * scale).t()) == exact
             for fn, args, kw in [(intrinsic_linear, (xs, w * scale, None), {}),
                                  (intrinsic_conv, (xcs, wc * scale, None), dict(padding=1))]:
                 ref, got, ran = both(monkeypatch, fn, *args, spec=spec, **kw)

@@ -747,15 +747,15 @@ def _amin_nonzero(t: torch.Tensor) -> float:
     return float(torch.where(a == 0, math.inf, a).amin()) if a.numel() else math.inf
 
 
-def _products_exact(fp, spec, in_range: bool, x, w: torch.Tensor) -> bool:
+def _products_exact(fp, spec, in_range: bool, xmin, w: torch.Tensor) -> bool:
     """Whether the checked float32 products (_product_mode 2: operands of <= 12 significant
     bits, whose product is exact unless it overflows or falls below 2**-126) are all exact:
     in range (no product past Q's max < 2**128; finite operands) and the smallest nonzero
-    magnitudes' product at least 2**-126 (a zero product is exact)."""
+    magnitudes' product at least 2**-126 (a zero product is exact); xmin() gives x's
+    smallest nonzero magnitude (called only where the rest holds)."""
     if not (FLOAT_IN_RANGE and in_range and _product_mode(fp, spec) == 2):
         return False
-    xmin = x if isinstance(x, float) else _amin_nonzero(x)  # a float: the caller's (_abs_range)
-    return xmin * _amin_nonzero(w) >= 2.0 ** -126
+    return xmin() * _amin_nonzero(w) >= 2.0 ** -126
 
 
 def _growth(fmt) -> tuple[float, float]:
@@ -891,7 +891,7 @@ def float_matmul(x, w, bias, spec, generator=None, quantize_w=True):
             bq.data_ptr() if bq is not None else None, sb[0], sb[1], y.data_ptr(), sy[0], sy[1], R, K, C,
             qi.data_ptr(), qv.data_ptr(), ai.data_ptr(), av.data_ptr(), int(fp.seq), _product_mode(fp, spec),
             fp.to_steps, fp.from_steps, int(_dsum_exact(fp, K)), _seed(spec, generator), max(1, torch.get_num_threads()),
-            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(inr, pad, _products_exact(fp, spec, inr, xin, wq)))
+            int(fp.a32), int(fp.q32), int(fp.sum32), _float_flags(inr, pad, _products_exact(fp, spec, inr, lambda: _amin_nonzero(xin), wq)))
         if rc != 0:
             raise ValueError(f"the CPU float kernel refused {spec}")
         float_calls += 1
@@ -950,7 +950,7 @@ def float_conv2d(x, w, bias, stride, pads, dilation, groups, spec, generator=Non
         if FLOAT_IN_RANGE:
             xmax, xmin = _abs_range(xin)
             inr = _conv_in_range(fp, xmax, wq, groups)
-            exact = _products_exact(fp, spec, inr, float(torch.where(xmin.isnan(), math.inf, xmin).min()), wq)
+            exact = _products_exact(fp, spec, inr, lambda: float(torch.where(xmin.isnan(), math.inf, xmin).min()), wq)
         rc = load_float().qlab_float_conv(
             xin.data_ptr(), wt.data_ptr(), wk.data_ptr(), bq.data_ptr() if bq is not None else None, y.data_ptr(),
             B, C, H, W_, HO, WO, KH, KW, SH, SW, pt, pl, DH, DW, groups, og, int(swap),
