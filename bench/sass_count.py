@@ -39,12 +39,12 @@ _FLOATS = ("out_scale", "qmax", "amax", "to_steps", "from_steps")  # float32 sca
 
 
 def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: bool = True, wide: bool = True,
-                 prefetch: bool = True, float_pass: int | None = None) -> str:
+                 prefetch: bool = True, float_pass: int | None = None, only: int = 0) -> str:
     """SASS of the fixed-point kernel, or of the float kernel for a float(E, M) spec
     (wide=False: as with ``intrinsic.WIDE_STEP`` off; prefetch=False: ``intrinsic.PREFETCH`` off;
     float_pass: the float kernel's PASS, by default 1 -- the unclamped pass -- where
     saturating fp16/bf16 and binary32 accumulators take two launches (``intrinsic._retry``),
-    else 0)."""
+    else 0; only: the fixed kernel's ONLY, 1 for WIDE_TILE's launch)."""
     s = as_intrinsic(spec)
     k = 3 if conv else 1
     const = dict(CONV=conv, KH=k, KW=k, SH=1, SW=1, PT=k // 2, PL=k // 2, DH=1, DW=1, HAS_BIAS=False,
@@ -53,7 +53,7 @@ def compile_sass(spec: str, conv: bool, bm: int, bn: int, warps: int, inrange: b
         fn, plan = ti._fixed_gemm_kernel, ti._plan(s, 2048, False)
         ptr = "*i64" if plan is not None and plan["IDT"] == triton.language.int64 else "*i32"
         const.update(INRANGE=inrange, ASM=ti.WIDE_ASM, PAIR=ti.PAIR_SUM, SUM_RUNS=ti.SKIP_SUM_CLAMP,
-                     SUM_RUN_MACS=ti.SUM_RUN_MACS)
+                     SUM_RUN_MACS=ti.SUM_RUN_MACS, ONLY=only)
     else:
         fn, plan, ptr = ti._float_gemm_kernel, (ti._float_plan(s, 2048) or (None,))[0], "*fp32"
         if float_pass is None:
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     ap.add_argument("--warps", type=int, default=4)
     ap.add_argument("--no-wide", action="store_true", help="as with intrinsic.WIDE_STEP off")
     ap.add_argument("--no-prefetch", action="store_true", help="as with intrinsic.PREFETCH off")
+    ap.add_argument("--only", type=int, default=0, choices=(0, 1, 2),
+                    help="the fixed kernel's ONLY: 1 = WIDE_TILE's launch (no clamping loop), 2 = the clamping loop's")
     ap.add_argument("--elementwise", action="store_true", help="the elementwise fixed(8,4) kernels instead")
     a = ap.parse_args(argv)
     if a.elementwise:
@@ -212,7 +214,8 @@ def main(argv=None) -> int:
     print(f"{a.spec}, tile {a.tile}, {a.warps} warps, sm_90, triton {triton.__version__}: "
           f"{per_thread:g} MACs per thread per k")
     for conv in (False, True):
-        sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide, prefetch=not a.no_prefetch)
+        sass = compile_sass(a.spec, conv, bm, bn, a.warps, wide=not a.no_wide, prefetch=not a.no_prefetch,
+                            only=a.only)
         print(f"  {'conv 3x3' if conv else 'linear  '} kernel: {compile_sass.n_regs} registers per thread")
         found = loops(sass)
         for (n, ops), blocks in zip(found, skipped_blocks(sass)):

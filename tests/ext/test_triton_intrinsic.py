@@ -116,6 +116,68 @@ def test_int32_tiles_give_every_sm_a_program(monkeypatch):
     assert ti._block(512, 512, tl.int32, device="cpu") == (128, 32)
 
 
+def test_wide_tile_for_large_deterministic_linears(monkeypatch):
+    """Deterministic linears that fill whole waves add a WIDE_TILE (128x128, 8 warps) launch
+    for the loops without product clamps: two launches, ONLY=1 at the wide tile (prefetching
+    unless PREFETCH is False) and ONLY=2 at the usual tile, so the device's operand bounds
+    pick; convs, stochastic plans, plans without the in-range test (inputs=False) and
+    WIDE_TILE = None keep one launch (ONLY=0)."""
+    import torch
+    import triton.language as tl
+
+    from qlab.core.intrinsic import as_intrinsic
+    from qlab.ext.triton import intrinsic as ti
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(ti, "_sm_count", lambda device: 132)
+    assert ti._wide_block(2048, 2048, tl.int32) == (128, 128, 8)  # 256 programs: two waves, 97% full
+    assert ti._wide_block(1536, 1536, tl.int32) is None  # 144: the second wave 9% full
+    assert ti._wide_block(1024, 2048, tl.int32) is None  # 128 < 132 SMs
+    assert ti._wide_block(16896, 128, tl.int32) == (128, 128, 8)  # 132: one full wave
+    assert ti._wide_block(6272, 256, tl.int32) is None  # 98 programs
+    assert ti._wide_block(2048, 2048, tl.int64) is None
+    assert ti._block(2048, 2048, tl.int32) == (128, 32)
+    monkeypatch.setattr(ti, "WIDE_TILE", None)
+    assert ti._wide_block(2048, 2048, tl.int32) is None
+    monkeypatch.setattr(ti, "WIDE_TILE", (128, 128, 8))
+
+    launches = []
+
+    class Kernel:  # records each launch's grid and constexprs instead of running it
+        def __getitem__(self, grid):
+            return lambda *a, **k: launches.append((grid, k["ONLY"], k["PREFETCH"], k["BLOCK_M"], k["BLOCK_N"],
+                                                    k["num_warps"]))
+
+    monkeypatch.setattr(ti, "_fixed_gemm_kernel", Kernel())
+    monkeypatch.setattr(ti, "_grid_ints", lambda t, q, g, idt: (torch.zeros(t.shape, dtype=torch.int32),
+                                                                 torch.zeros(1, dtype=torch.int64)))
+    monkeypatch.setattr(ti, "matmul_accepts", lambda *a: True)
+    monkeypatch.setattr(ti, "_asm_ok", lambda: False)
+    x, w = torch.ones(2048, 64), torch.ones(64, 2048)
+
+    def run(spec):
+        launches.clear()
+        ti.fixed_matmul(x, w, None, as_intrinsic(spec))
+        return list(launches)
+
+    assert run("fixed(16,8)") == [((16, 16, 1), 1, True, 128, 128, 8), ((16, 64, 1), 2, False, 128, 32, 4)]
+    assert [o for _, o, *_ in run("intrinsic(fixed(8,4),acc=fixed(16,4,down))")] == [1, 2]
+    for spec in ["fixed(16,8,stochastic)", "intrinsic(fixed(8,4),acc=fixed(16,4,stochastic))",
+                 "intrinsic(fixed(8,4),inputs=False)"]:
+        assert run(spec) == [((16, 64, 1), 0, False, 128, 32, 4)], spec
+    monkeypatch.setattr(ti, "PREFETCH", False)
+    assert [(o, p) for _, o, p, *_ in run("fixed(16,8)")] == [(1, False), (2, False)]
+    monkeypatch.setattr(ti, "NUM_WARPS", 2)  # overrides both launches' warps
+    assert [r[-1] for r in run("fixed(16,8)")] == [2, 2]
+    monkeypatch.setattr(ti, "NUM_WARPS", None)
+    monkeypatch.setattr(ti, "PREFETCH", "auto")
+    monkeypatch.setattr(ti, "SKIP_PRODUCT_CLAMP", False)  # no in-range test on the device: one launch
+    assert [o for _, o, *_ in run("fixed(16,8)")] == [0]
+    monkeypatch.setattr(ti, "SKIP_PRODUCT_CLAMP", True)
+    monkeypatch.setattr(ti, "WIDE_TILE", None)
+    assert [o for _, o, *_ in run("fixed(16,8)")] == [0]
+
+
 def _hw16_recipe(x, w, fmt, hmax, saturate, retry=False, tile=(8, 4)):
     """The CUDA kernel's binary16/bfloat16 recipe in torch's 16-bit CPU arithmetic (each
     op computed in float32 and rounded once to the format: exact, as float32 has more

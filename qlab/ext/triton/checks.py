@@ -852,6 +852,31 @@ NO_PREFETCH = COMMON + """
                 bad.append(("128x32 conv", fs))
     finally:
         _ti._block = _block
+    # the wide tile's launch pair (intrinsic.WIDE_TILE, 128x128 with 8 warps, and 64x128 with
+    # 4, for the loops without product clamps; the usual tile for the clamping loop: each
+    # stores only the outputs its loop serves), prefetch off and on: ragged row and column
+    # blocks, products in range (the wide launch) and saturating (fixed(8,4) at scale 12: the
+    # other one), runs without sum clamps (weights N(0, 1/K)), inputs=False (one launch)
+    _wide = _ti._wide_block
+    try:
+        for tile, pre in [((128, 128, 8), False), ((128, 128, 8), True), ((64, 128, 4), True)]:
+            _ti._wide_block = lambda *a, **k: tile
+            _ti.PREFETCH = pre
+            for fs, xs, ws, N in [("fixed(16,8)", 12, 12, 37), ("fixed(8,4)", 12, 12, 150),
+                                  ("fixed(8,4)", 0.5, 0.5, 150),
+                                  ("intrinsic(fixed(8,4),accumulate=final)", 12, 12, 37),
+                                  ("intrinsic(fixed(16,8),acc=fixed(20,8))", 3, 0.2, 150),
+                                  ("intrinsic(fixed(8,4),inputs=False)", 2, 2, 37)]:
+                x = torch.randn(150, 45, generator=rng) * xs
+                w = torch.randn(N, 45, generator=rng) * ws
+                b = torch.randn(N, generator=rng)
+                assert lin_dispatched(x, w, b, fs), fs
+                n += 1
+                if not lin_same(x, w, b, spec=fs):
+                    bad.append(("wide pair", tile, pre, fs, xs))
+    finally:
+        _ti._wide_block = _wide
+        _ti.PREFETCH = False
     print("CASES", n, "BAD", bad)
     assert not bad, bad
 """

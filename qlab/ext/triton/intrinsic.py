@@ -373,8 +373,12 @@ def _fixed_gemm_kernel(
     LT: tl.constexpr, HA: tl.constexpr, SO: tl.constexpr, LO: tl.constexpr,
     HAS_BIAS: tl.constexpr, INRANGE: tl.constexpr, WA: tl.constexpr, WB: tl.constexpr, FUSE: tl.constexpr,
     SHARE: tl.constexpr, ASM: tl.constexpr, PREFETCH: tl.constexpr, PAIR: tl.constexpr, SUM_RUNS: tl.constexpr,
-    SUM_RUN_MACS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    SUM_RUN_MACS: tl.constexpr, ONLY: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """ONLY (with INRANGE): 0 = this launch computes every output; 1 = only where every
+    product is known to round into Q's range (skip), 2 = only where not: the other launch of
+    the pair computes them (WIDE_TILE: a tile for each loop, chosen on the device, no host
+    sync); a launch with nothing to do runs no k loop and stores nothing."""
     g, offs_m, offs_n, m_mask, n_mask = _tile(M, N, BLOCK_M, BLOCK_N)
     b_idx, rem, ih0, iw0, x_row = _rows(x_ptr, offs_m, g, C_IN, H, W_IN, HO, WO, CG, SH, SW, PT, PL, CONV)
     # weights as [G, K, N]: one coalesced row per k
@@ -391,6 +395,12 @@ def _fixed_gemm_kernel(
     if INRANGE:
         ax, aw = tl.load(ax_ptr), tl.load(aw_ptr)
         skip = _products_in_range(ax, aw, qhi, SP, WA)
+    go = True  # whether this launch computes the outputs (ONLY)
+    if ONLY == 1:
+        go = skip
+    elif ONLY == 2:
+        go = skip == 0
+        skip = False  # this launch runs the clamping loop alone
     # PREFETCH: the operands of k + 1 are loaded before the products of k are formed, so
     # their memory latency overlaps this k's arithmetic (a pair carried through the loops)
     xn, wn = _operands_first(x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG, DH, DW, CONV,
@@ -399,6 +409,8 @@ def _fixed_gemm_kernel(
     if (QMODE == 5) & (SHARE > 1):
         word = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.uint32)  # stochastic products: the current Philox word
     n_cr = CG * KH
+    if ONLY != 0:
+        n_cr = tl.where(go, n_cr, 0)
     # the one-multiply-add loops of the runs carry their sums as 64-bit pairs (_pair_step);
     # not where every sum is clamped, nor for final sums: those loops came out longer with
     # the pair (sm_90 fixed(16,8) sequential 6.0-6.3 against 5.4-5.5 per MAC, final 4.0-4.3
@@ -448,7 +460,7 @@ def _fixed_gemm_kernel(
                 LA, False, WA, WB, FUSE, SHARE, ASM, PREFETCH, PAIRED, True)
         if PAIRED:
             acc = (acc >> 32).to(IDT)
-    else:
+    elif ONLY != 1:
         acc, xn, wn, word = _fixed_k_loop(
             acc, xn, wn, word, 0, n_cr, x_ptr, x_row, w_base, offs_m, m_mask, n_mask, ih0, iw0, M, N, H, W_IN, CG,
             qlo, qhi, alo, ahi, seed, rbase, CONV, KH, KW, DH, DW, IDT, X_FLOAT, QMODE, AMODE, SEQ, SP, LP, HQ, D,
@@ -470,7 +482,7 @@ def _fixed_gemm_kernel(
     ky = tl.minimum(tl.maximum(ky, qlo), qhi)
     out = ky.to(tl.float32) * out_scale + 0.0  # one rounding (W > 24), then an exact power of two
     y_off = _y_at(offs_m, offs_n, b_idx, rem, g, N, HO, WO, CONV)
-    tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(y_ptr + y_off, out, mask=m_mask[:, None] & n_mask[None, :] & go)
 
 
 def _plan(spec, K: int, has_bias: bool):
@@ -569,12 +581,11 @@ def matmul_accepts(x, w=None, bias=None, spec=None, generator=None, quantize_w=T
     return _common_accepts(x, w, bias, spec, generator, quantize_w, x.shape[1])
 
 
-def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generator=None, amax=None):
-    """amax: (max |kx|, max |kw|) as one-element int64 device tensors (inputs=True)."""
+def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generator=None, amax=None, wide=None):
+    """amax: (max |kx|, max |kw|) as one-element int64 device tensors (inputs=True).
+    wide: a second tile (WIDE_TILE) for the loops without product clamps: two launches,
+    each computing the outputs only where the device's operand bounds pick its loop."""
     q, A = spec.q, spec.A
-    BM, BN = block
-    grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
-    prefetch = _prefetch(grid[0] * grid[1] * grid[2], y.device)
     C_IN, H, W_IN, HO, WO, CG, KH, KW, SH, SW, PT, PL, DH, DW = geom
     seed = kw3
     if spec.q.stochastic or spec.A.stochastic:
@@ -586,15 +597,23 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
     # inputs=False and F < 0 always clamp each product
     inrange = SKIP_PRODUCT_CLAMP and not plan["X_FLOAT"] and plan["LP"] == 0
     ax, aw = amax if inrange else (kw3, kw3)
-    _fixed_gemm_kernel[grid](
-        xin, kw3, kb if kb is not None else kw3, y, seed, ax, aw,
-        M, N, K, C_IN, H, W_IN, HO, WO, CG,
-        q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
-        CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
-        HAS_BIAS=kb is not None, INRANGE=inrange, ASM=WIDE_ASM if _asm_ok() else 0, PREFETCH=prefetch,
-        PAIR=PAIR_SUM, SUM_RUNS=SKIP_SUM_CLAMP, SUM_RUN_MACS=SUM_RUN_MACS,
-        BLOCK_M=BM, BLOCK_N=BN,
-        num_warps=_warps(BM, BN, plan["IDT"]), **plan)
+    # (tile, warps, ONLY, prefetch): the wide tile prefetches unless PREFETCH is False
+    # (without it the 64x128 loop ran 7.2 ms at 2048^3 on an H200 against 2.47 with it)
+    launches = [(block, _warps(*block, plan["IDT"]), 0, None)]
+    if wide is not None and inrange:
+        launches = [(wide[:2], NUM_WARPS or wide[2], 1, PREFETCH is not False), (block, launches[0][1], 2, None)]
+    for (BM, BN), warps, only, prefetch in launches:
+        grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
+        if prefetch is None:
+            prefetch = _prefetch(grid[0] * grid[1] * grid[2], y.device)
+        _fixed_gemm_kernel[grid](
+            xin, kw3, kb if kb is not None else kw3, y, seed, ax, aw,
+            M, N, K, C_IN, H, W_IN, HO, WO, CG,
+            q.min_int, q.max_int, A.min_int, A.max_int, 2.0 ** -q.F,
+            CONV=conv, KH=KH, KW=KW, SH=SH, SW=SW, PT=PT, PL=PL, DH=DH, DW=DW,
+            HAS_BIAS=kb is not None, INRANGE=inrange, ASM=WIDE_ASM if _asm_ok() else 0, PREFETCH=prefetch,
+            PAIR=PAIR_SUM, SUM_RUNS=SKIP_SUM_CLAMP, SUM_RUN_MACS=SUM_RUN_MACS, ONLY=only,
+            BLOCK_M=BM, BLOCK_N=BN, num_warps=warps, **plan)
 
 
 def _asm_ok() -> bool:
@@ -694,6 +713,34 @@ def _prefetch(programs: int, device=None) -> bool:
 # still gives every SM a program: 128x32 tiles make only 64 programs of a 512^3 GEMM for
 # 132 SMs (that row ran at 0.27 T QMAC/s, the 2048^3 one at 2.05 T).
 INT32_TILES = ((128, 32), (64, 32), (32, 32))
+# Deterministic linears with int32 plans that fill whole waves of wide tiles (one program
+# per SM at a time: at least one per SM, and the waves at least WIDE_TILE_FILL full) run
+# their loops without product clamps in a wide tile, (BLOCK_M, BLOCK_N, warps): 64 outputs
+# per thread, so the staged operands serve twice the MACs (sm_90, triton 3.6, fixed(16,8),
+# instructions per MAC in runs / clamped stretches: 128x128 with 8 warps 1.80 / 3.89, 64x128
+# with 4 warps 1.89 / 3.92, 128x32 with 4 warps 3.03 / 5.72).  H200, 2026-11-30, 2048^3 with
+# the clamping loop still in the kernel: 128x128 2.38-2.41 ms, 64x128 2.45-2.49, 128x32
+# 2.53-2.63.  The clamping loop is slower in such tiles (64x128: 13.3 against 9.8 per MAC;
+# fixed(8,4) saturating at 2048^3 5.24 ms against 3.58), so it keeps the tile below: two
+# launches, each storing only the outputs its loop serves -- the device's operand bounds
+# choose, as within one launch (_fixed_gemm_kernel's ONLY); without that loop 128x128 no
+# longer spills.  The 3x3 conv spills at these tiles (about 6100 local loads; 99.8 ms
+# against 0.80), as does the stochastic loop: both keep the tiles below.  None: one
+# launch, INT32_TILES only.
+WIDE_TILE = (128, 128, 8)
+WIDE_TILE_FILL = 0.85
+
+
+def _wide_block(M, N, idt, G=1, device=None):
+    """WIDE_TILE (BLOCK_M, BLOCK_N, warps) where it applies (a deterministic linear's int32
+    plan, whole waves of programs), else None."""
+    import os
+
+    if WIDE_TILE is None or idt != tl.int32 or os.environ.get("TRITON_INTERPRET") == "1":
+        return None
+    bm, bn, _ = WIDE_TILE
+    programs, sms = triton.cdiv(M, bm) * triton.cdiv(N, bn) * G, _sm_count(device)
+    return WIDE_TILE if programs >= sms and programs >= WIDE_TILE_FILL * sms * triton.cdiv(programs, sms) else None
 
 
 def _block(M, N, idt, G=1, device=None):
@@ -760,7 +807,9 @@ def fixed_matmul(x, w, bias, spec, generator=None, quantize_w=True):
     kw, aw = _grid_ints(w, q, generator, idt)  # [K, N]
     kb = _grid_ints(bias, q, generator, idt)[0] if bias is not None else None
     geom = (K, 1, 1, 1, 1, K, 1, 1, 1, 1, 0, 0, 1, 1)
-    _launch(xin, kw.contiguous(), kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt, 1, x.device), generator, (ax, aw))
+    wide = None if spec.q.stochastic or spec.A.stochastic else _wide_block(M, N, idt, 1, x.device)
+    _launch(xin, kw.contiguous(), kb, y, M, N, K, 1, geom, False, plan, spec, _block(M, N, idt, 1, x.device), generator,
+            (ax, aw), wide)
     return y.to(x.dtype)  # float16/bfloat16 (W <= 24): exact float32 values, rounded once
 
 
