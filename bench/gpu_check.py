@@ -39,7 +39,7 @@ else an equivalent ResNet-50 defined here).  Rows:
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 to 7): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form),
-``INT32_TILES`` (128x32 only), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile
+``INT32_TILES`` (128x32 only), ``WIDE_TILE`` (None: one launch at 128x32; 64x128 with 4 warps), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile
 overflows), ``FLOAT_FP8``, ``FLOAT_QHW`` (fp16 products, float32 sums), ``SHARE_DRAWS``,
 ``PREFETCH`` (forced on and off; the default "auto" prefetches small launches),
 ``SKIP_SUM_CLAMP`` and ``PAIR_SUM`` (session 9: sums without clamps where a bound allows,
@@ -71,6 +71,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="smaller sizes (a smoke run)")
     ap.add_argument("--skip-checks", action="store_true", help="skip the CUDA exactness checks")
+    ap.add_argument("--checks", default=None, help="comma-separated check sections to run (default: all)")
     ap.add_argument("--only", default=",".join(ROWS), help=f"comma-separated subset of {','.join(ROWS)}")
     ap.add_argument("--jobs", type=int, default=1, help="check sections run at once (each compiles its kernels)")
     ap.add_argument("--reps", type=int, default=10, help="timed repetitions per row")
@@ -115,8 +116,15 @@ def setting(module, **values):
             setattr(module, k, v)
 
 
+WARMUP_S, WINDOW_S, WINDOWS = 0.1, 0.02, 3
+
+
 def timed(fn, reps: int) -> float:
-    """Seconds per call (CUDA events, one warm-up call; the wall clock in a dry run)."""
+    """Seconds per call: calls for WARMUP_S first (compiles, and the clocks ramp up from idle:
+    on 2026-11-30 the first compute-bound row, a 512^3 linear timed right after one warm-up
+    call, read 0.74 ms, the same kernel 0.31 ms later in the run), then the median of
+    WINDOWS windows of at least reps / WINDOWS calls and WINDOW_S each (CUDA events; the wall
+    clock in a dry run, one warm-up call)."""
     fn()
     if DEV == "cpu":
         t = time.perf_counter()
@@ -124,13 +132,25 @@ def timed(fn, reps: int) -> float:
             fn()
         return (time.perf_counter() - t) / reps
     torch.cuda.synchronize()
-    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    s.record()
-    for _ in range(reps):
+    t0, calls = time.perf_counter(), 0
+    while True:
         fn()
-    e.record()
-    torch.cuda.synchronize()
-    return s.elapsed_time(e) / reps / 1e3
+        calls += 1
+        if calls % 4 == 0 or calls == 1:
+            torch.cuda.synchronize()
+            if time.perf_counter() - t0 >= WARMUP_S:
+                break
+    n = max(-(-reps // WINDOWS), int(WINDOW_S * calls / (time.perf_counter() - t0)) + 1)
+    s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    per = []
+    for _ in range(WINDOWS):
+        s.record()
+        for _ in range(n):
+            fn()
+        e.record()
+        torch.cuda.synchronize()
+        per.append(s.elapsed_time(e) / n / 1e3)
+    return sorted(per)[len(per) // 2]
 
 
 class Rows:
@@ -338,7 +358,8 @@ def bench_linear(sz: dict, reps: int, part: str):
         t.add(f"qlab intrinsic linear {fspec} (Triton float kernel)", lambda: lin(n, fspec, r2, wscale=0.05))
     # fixed(8,4) on N(0, 1) operands: products beyond Q's range, so the clamping loop runs
     # (with the 64-bit multiply step for W <= 15, and without it)
-    for label, switch in [("", {}), (", WIDE_STEP off", dict(WIDE_STEP=False))]:
+    for label, switch in [("", {}), (", WIDE_STEP off", dict(WIDE_STEP=False)),
+                          (", one launch, 128x32 tiles (WIDE_TILE None)", dict(WIDE_TILE=None))]:
         t.add(f"qlab intrinsic linear fixed(8,4), products saturate (clamping loop){label}",
               lambda: lin(n, "fixed(8,4)", **switch))
     # stochastic products (the deck's rounding experiment, intrinsic): Philox draws per MAC
@@ -349,6 +370,9 @@ def bench_linear(sz: dict, reps: int, part: str):
     for label, switch, ns in [("without the one-multiply-add step (WIDE_STEP off)", dict(WIDE_STEP=False), sizes),
                               ("every product clamped (SKIP_PRODUCT_CLAMP off)", dict(SKIP_PRODUCT_CLAMP=False), sizes),
                               ("128x32 tiles only (64 programs at 512^3)", dict(INT32_TILES=((128, 32),)), sizes[:1]),
+                              ("one launch, 128x32 tiles (WIDE_TILE None)", dict(WIDE_TILE=None), sizes[-1:]),
+                              ("wide tile 64x128, 4 warps (WIDE_TILE (64, 128, 4))",
+                               dict(WIDE_TILE=(64, 128, 4)), sizes[-1:]),
                               ("4 warps in every tile (8 outputs per thread at 32x32; NUM_WARPS 4)",
                                dict(NUM_WARPS=4), sizes[:1]),
                               ("64-bit step as one mad.wide.s32 (WIDE_ASM 1)", dict(WIDE_ASM=1), sizes),
@@ -363,7 +387,7 @@ def bench_linear(sz: dict, reps: int, part: str):
     # weights at a trained layer's scale, N(0, 1/K): the sums provably stay in range for long
     # stretches, which run without clamps (N(0, 1) weights allow only a few k at a time)
     for label, switch in [("", {}), (", SKIP_SUM_CLAMP off", dict(SKIP_SUM_CLAMP=False)),
-                          (", PAIR_SUM off", dict(PAIR_SUM=False))]:
+                          (", PAIR_SUM off", dict(PAIR_SUM=False)), (", WIDE_TILE None", dict(WIDE_TILE=None))]:
         t.add(f"  {spec}, weights N(0, 1/K): runs without clamps{label}",
               lambda: lin(n, wscale=n ** -0.5, **switch))
     for fspec in ["fp16", "bf16"]:  # through the general float code, as before 2026-11-28
@@ -559,7 +583,17 @@ def main(argv=None) -> int:
     rows("goals")
     failed = []
     if not a.skip_checks:
-        failed = check_exact(device, a.jobs, a.check_timeout)
+        sections = None
+        if a.checks:
+            from qlab.ext.triton.checks import ELEMENTWISE, INTRINSIC
+
+            known = {**ELEMENTWISE, **INTRINSIC}
+            names = [c.strip() for c in a.checks.split(",") if c.strip()]
+            unknown = [c for c in names if c not in known]
+            if unknown:
+                raise SystemExit(f"unknown check sections {unknown}; choose from {sorted(known)}")
+            sections = {c: known[c] for c in names}
+        failed = check_exact(device, a.jobs, a.check_timeout, sections)
         if failed and a.triage:
             triage(failed, device, a.jobs, a.check_timeout)
     rows("more")

@@ -23,7 +23,12 @@ import torch
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dry-run", action="store_true")
+    ap.add_argument("--parts", default="small,big,profile",
+                    help="comma-separated: small (512^3 tiles), big (2048^3 and conv tiles), profile (ResNet-50)")
     a = ap.parse_args(argv)
+    parts = set(a.parts.split(","))
+    if parts - {"small", "big", "profile"}:
+        ap.error(f"unknown parts {sorted(parts - {'small', 'big', 'profile'})}")
     sys.stdout.reconfigure(line_buffering=True)
     if a.dry_run:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -49,7 +54,7 @@ def main(argv=None) -> int:
     if a.dry_run:
         configs = configs[:2]
     def tile(bm, bn, nw):
-        return gc.setting(ti, _block=lambda *a: (bm, bn), NUM_WARPS=nw)
+        return gc.setting(ti, _block=lambda *a, **k: (bm, bn), NUM_WARPS=nw, WIDE_TILE=None)
 
     # small GEMMs first (they set intrinsic.PREFETCH_PROGRAMS_PER_SM and the small tiles):
     # 512^3 with 128x32 tiles is 64 programs on 132 SMs (the H200 gave 0.27 T QMAC/s there
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
                 sl[on] = gc.timed(lambda: intrinsic_linear(xs, ws, None, spec="fixed(16,8)"), reps)
         return [-(-m // bm) * -(-m // bn), f"{sl[True] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[True], "QMAC/s"),
                 f"{sl[False] * 1e3:.3f}", gc.fmt_rate(m ** 3 / sl[False], "QMAC/s")]
-    for bm, bn, nw in small[:2] if a.dry_run else small:
+    for bm, bn, nw in (small[:2] if a.dry_run else small) if "small" in parts else []:
         t.add(f"{bm}x{bn}, {nw} warps", lambda: small_row(bm, bn, nw))
 
     t = gc.Rows(f"fixed(16,8) sequential: tile sweep (linear {n}^3; conv batch {B}, {C}->{C}, {S}x{S}, 3x3)",
@@ -84,9 +89,11 @@ def main(argv=None) -> int:
             sl = gc.timed(lambda: intrinsic_linear(x, w, None, spec="fixed(16,8)"), reps)
             sc = gc.timed(lambda: intrinsic_conv(xc, wc, None, padding=1, spec="fixed(16,8)"), reps)
         return [f"{sl * 1e3:.3f}", gc.fmt_rate(n ** 3 / sl, "QMAC/s"), f"{sc * 1e3:.3f}", gc.fmt_rate(cmacs / sc, "QMAC/s")]
-    for bm, bn, nw in configs:
+    for bm, bn, nw in configs if "big" in parts else []:
         t.add(f"{bm}x{bn}, {nw} warps", lambda: big_row(bm, bn, nw))
 
+    if "profile" not in parts:
+        return 0
     model, name = gc.resnet50()
     model = model.to(dev).eval()
     bs, side = (1, 32) if a.dry_run else (64, 224)
