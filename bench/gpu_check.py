@@ -39,9 +39,10 @@ else an equivalent ResNet-50 defined here).  Rows:
 Beside the defaults, rows with one module switch off time each change made without a
 GPU (docs/benchmarks.md, sessions 5 to 7): ``intrinsic.WIDE_STEP``,
 ``SKIP_PRODUCT_CLAMP``, ``FUSED_GRID_INTS``, ``WIDE_ASM`` (1: the mad.wide form),
-``INT32_TILES`` (128x32 only), ``WIDE_TILE`` (None: one launch at 128x32; 64x128 with 4 warps), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile
-overflows), ``FLOAT_FP8``, ``FLOAT_QHW`` (fp16 products, float32 sums), ``SHARE_DRAWS``,
-``PREFETCH`` (forced on and off; the default "auto" prefetches small launches),
+``INT32_TILES`` (128x32 only), ``WIDE_TILE`` (None: one launch at 128x32; 64x128 with 4
+warps), ``FLOAT_HW16``, ``HW16_RETRY`` (and fp16 where every tile overflows),
+``FLOAT_FP8``, ``FLOAT_QHW`` (fp16 products, float32 sums), ``SHARE_DRAWS``, ``PREFETCH``
+(forced on and off; the default "auto" prefetches small launches),
 ``SKIP_SUM_CLAMP`` and ``PAIR_SUM`` (session 9: sums without clamps where a bound allows,
 carried as 64-bit pairs; also with weights at a trained layer's scale, N(0, 1/K)) and
 ``elementwise.PHILOX4``; also fixed(8,4) with saturating products (the clamping loop),
