@@ -30,11 +30,53 @@ def test_gpu_check_dry_run_prints_every_table():
                 "one Philox call per product (SHARE_DRAWS off)", "(PREFETCH True)", "(PREFETCH False)",
                 "bf16, clamps at every MAC (HW16_RETRY off)", "fp16, every tile overflows", "(FLOAT_FP8 off)",
                 "qlab intrinsic linear fp8e5m2", "every conv and fc intrinsic fp8e4m3", "(WIDE_ASM 1)", "NUM_WARPS 4",
-                "intrinsic(bf16,acc=float(8,23,even))", "(FLOAT_QHW off)"]:
+                "intrinsic(bf16,acc=float(8,23,even))", "(FLOAT_QHW off)", "(WIDE_TILE None)",
+                "(WIDE_TILE (64, 128, 4))"]:
         assert row in out, (row, out[-3000:])
     for r_ in ("elementwise", "linear", "conv", "resnet"):
         assert f"({r_}, goals: " in out and f"({r_}, more: " in out
     assert "ERROR" not in out and "skipped" not in out
+
+
+def test_cuda_timing_warms_up_then_takes_the_median_window(monkeypatch):
+    """timed() on CUDA: calls for WARMUP_S first (the clocks ramp up from idle), then the
+    median of WINDOWS windows, each of at least reps / WINDOWS calls and WINDOW_S seconds
+    (CUDA events and synchronize replaced by a fake clock: each call advances it by the
+    next duration of a list, so the windows' times are known)."""
+    import torch
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_check as gc
+
+    clock = [0.0]
+    durations = iter([0.05] * 5 + [0.001] * 10_000)  # slow calls while warming up, then fast
+
+    class Event:
+        def __init__(self, **k):
+            pass
+
+        def record(self):
+            self.t = clock[0]
+            records.append(clock[0])
+
+        def elapsed_time(self, other):  # milliseconds, as CUDA events give them
+            return (other.t - self.t) * 1e3
+
+    calls, records = [], []
+
+    def fn():
+        calls.append(clock[0])
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda: None)
+    monkeypatch.setattr(gc.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(gc, "DEV", "cuda")
+    sec = gc.timed(fn, 10)
+    assert sec == pytest.approx(0.001, rel=1e-9)  # every timed window ran fast calls only: the slow ones were warm-up
+    assert records[0] >= 0.05 + gc.WARMUP_S  # one call, then WARMUP_S of warm-up calls before any window
+    warm = sum(1 for t in calls if t < 0.05 + gc.WARMUP_S)
+    assert len(calls) - warm >= gc.WINDOWS * gc.WINDOW_S / 0.001  # windows of >= WINDOW_S
 
 
 def test_gpu_sweep_dry_run_prints_its_tables():
