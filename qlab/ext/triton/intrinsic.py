@@ -600,9 +600,10 @@ def _launch(xin, kw3, kb, y, M, N, K, G, geom, conv, plan, spec, block, generato
     # (tile, warps, ONLY, prefetch): the wide tile prefetches unless PREFETCH is False
     # (without it fixed(16,8) at 2048^3 on an H200 ran 20.3 ms at 128x128 against 2.35 with
     # it, 7.2 against 2.47 at 64x128)
-    launches = [(block, _warps(*block, plan["IDT"]), 0, None)]
+    warps = _warps(*block, plan["IDT"])
+    launches = [(block, warps, 0, None)]
     if wide is not None and inrange:
-        launches = [(wide[:2], NUM_WARPS or wide[2], 1, PREFETCH is not False), (block, launches[0][1], 2, None)]
+        launches = [(wide[:2], NUM_WARPS or wide[2], 1, PREFETCH is not False), (block, warps, 2, None)]
     for (BM, BN), warps, only, prefetch in launches:
         grid = (triton.cdiv(M, BM), triton.cdiv(N, BN), G)
         if prefetch is None:
